@@ -1,0 +1,22 @@
+//! Compiles wsfwd-ebpf for the BPF target so the agent can embed the object.
+use std::path::PathBuf;
+
+use anyhow::{Context as _, anyhow};
+use aya_build::Toolchain;
+
+fn main() -> anyhow::Result<()> {
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?;
+    let root = PathBuf::from(manifest_dir).join("../wsfwd-ebpf");
+    let root = root
+        .to_str()
+        .ok_or_else(|| anyhow!("non-UTF-8 path {}", root.display()))?;
+    aya_build::build_ebpf(
+        [aya_build::Package {
+            name: "wsfwd-ebpf",
+            root_dir: root,
+            no_default_features: false,
+            features: &[],
+        }],
+        Toolchain::default(),
+    )
+}

@@ -1,0 +1,70 @@
+//! Kubernetes objects (Service + EndpointSlice/Endpoints) to the desired-state
+//! model, with Kubernetes' and kube-proxy's semantics. A file is accepted whole
+//! or rejected whole.
+mod documents;
+mod error;
+mod translate;
+
+use std::path::Path;
+
+pub use error::{ConfigError, ConfigErrors};
+
+use crate::model::Service;
+
+/// Things worth telling the user that do not make the file invalid.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Notes {
+    pub warnings: Vec<String>,
+    pub infos: Vec<String>,
+}
+
+impl Notes {
+    fn warn(&mut self, s: String) {
+        self.warnings.push(s);
+    }
+    fn info(&mut self, s: String) {
+        self.infos.push(s);
+    }
+
+    /// Sends every note to the log, once.
+    pub fn log(&self) {
+        for s in &self.infos {
+            log::info!("{s}");
+        }
+        for s in &self.warnings {
+            log::warn!("{s}");
+        }
+    }
+}
+
+/// A validated configuration: every service port wsfwd will forward, sorted by id.
+#[derive(Debug)]
+pub struct Config {
+    pub services: Vec<Service>,
+    pub notes: Notes,
+}
+
+/// Parses and validates a multi-document YAML text.
+pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    let mut notes = Notes::default();
+    let mut errors = Vec::new();
+    let docs = documents::parse(text, &mut notes, &mut errors);
+    let services = translate::translate(&docs, &mut notes, &mut errors);
+    if errors.is_empty() { Ok(Config { services, notes }) } else { Err(ConfigErrors(errors)) }
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            document: None,
+            object: None,
+            path: String::new(),
+            message: format!("cannot read {}: {e}", path.display()),
+        }])
+    })?;
+    parse(&text)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,107 @@
+//! `cargo xtask`: build, run, test and demo wsfwd. Each subcommand's work lives in a module;
+//! this file only parses the command line and dispatches.
+
+mod bench;
+mod cargo;
+mod cmd;
+mod demo;
+mod prereqs;
+mod test;
+
+use std::{ffi::OsString, process::ExitCode};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::cargo::Profile;
+
+/// Developer tasks for the wsfwd workspace.
+#[derive(Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the eBPF crate alone, to see its compile errors quickly.
+    ///
+    /// Runs `cargo +nightly build --locked -Z build-std=core --target bpfel-unknown-none
+    /// -p wsfwd-ebpf --release` with the flags aya-build uses. `cargo xtask build` compiles
+    /// the same programs through the agent's build script, where errors are harder to read.
+    BuildEbpf,
+
+    /// Build the agent (its build script compiles and embeds the eBPF programs).
+    Build {
+        /// Build with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+
+    /// Build the agent and run it as root (through `sudo -E` unless already root).
+    ///
+    /// Example: `cargo xtask run -- --help`. The agent's exit code becomes ours.
+    Run {
+        /// Build and run the release binary.
+        #[arg(long)]
+        release: bool,
+        /// Arguments for the agent (put them after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "AGENT_ARGS")]
+        args: Vec<OsString>,
+    },
+
+    /// Check that this (Debian 12) machine has everything needed; install what is missing.
+    ///
+    /// Debian packages (apt-get), rust-src for the installed nightly toolchain, and bpf-linker
+    /// 0.13.0 built for LLVM 22. It never installs a toolchain: `nightly` must exist and use
+    /// LLVM 22. Prints only "prerequisites ok" when nothing is missing.
+    CheckPrereqs,
+
+    /// Run all tests: unit tests, then the end-to-end tests one at a time as root.
+    ///
+    /// Checks prerequisites first. Extra arguments after `--` go to both `cargo test` runs;
+    /// those after a second `--` go to the test harness, e.g.
+    /// `cargo xtask test -- affinity -- --nocapture`. The last line is `N passed, N failed`;
+    /// the exit status is non-zero if any test failed or cargo failed.
+    Test {
+        /// Extra `cargo test` arguments (after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "CARGO_TEST_ARGS")]
+        args: Vec<OsString>,
+    },
+
+    /// Show wsfwd at work: check prerequisites, build, check the demo configuration.
+    ///
+    /// Runs `wsfwd check --config fixtures/seed-demo.yaml` and prints its report.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    // Before anything else (and before any thread exists): spawned commands must find cargo,
+    // rustup and bpf-linker in ~/.cargo/bin.
+    cmd::prepend_cargo_bin_to_path();
+
+    let cli = Cli::parse();
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Cmd) -> Result<ExitCode> {
+    match command {
+        Cmd::BuildEbpf => cargo::build_ebpf().map(|()| ExitCode::SUCCESS),
+        Cmd::Build { release } => {
+            let binary = cargo::build_agent(Profile::new(release))?;
+            println!("built {}", binary.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Run { release, args } => cargo::run_agent(Profile::new(release), &args),
+        Cmd::CheckPrereqs => prereqs::check().map(|()| ExitCode::SUCCESS),
+        Cmd::Test { args } => test::test(&args),
+        Cmd::Demo => demo::demo().map(|()| ExitCode::SUCCESS),
+    }
+}

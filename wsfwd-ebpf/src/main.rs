@@ -1,20 +1,30 @@
-//! wsfwd's kernel programs. Entry points only adapt the context and turn the
-//! packet logic's result into a verdict; the logic lives in the modules.
+//! wsfwd's kernel programs. Entry points only adapt the context; the packet
+//! logic lives in one module per concern.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
+mod conntrack;
+mod counters;
+mod egress;
+mod forward;
+mod ingress;
+mod maps;
+mod nat;
+mod parse;
+mod select;
+
+use aya_ebpf::{macros::classifier, programs::TcContext};
 
 /// TC ingress on an external interface: frontend traffic is translated here.
 #[classifier]
-pub fn wsfwd_tc_ingress(_ctx: TcContext) -> i32 {
-    TC_ACT_OK
+pub fn wsfwd_tc_ingress(ctx: TcContext) -> i32 {
+    ingress::handle(&ctx)
 }
 
-/// TC egress on an external interface: replies are un-translated here.
+/// TC egress on an external interface: replies are translated back here.
 #[classifier]
-pub fn wsfwd_tc_egress(_ctx: TcContext) -> i32 {
-    TC_ACT_OK
+pub fn wsfwd_tc_egress(ctx: TcContext) -> i32 {
+    egress::handle(&ctx)
 }
 
 #[cfg(not(test))]

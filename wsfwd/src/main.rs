@@ -1,13 +1,8 @@
-//! wsfwd: an eBPF L4 forwarder that puts WebSocket (or any TCP/UDP) services
-//! behind a virtual IP with client-IP affinity.
-mod check;
-mod config;
-mod maglev;
-mod model;
-
-use std::{path::PathBuf, process::ExitCode};
+//! The wsfwd command line.
+use std::{io::Write as _, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
+use wsfwd::{check, config, datapath::gc::Timeouts, run, stats};
 
 /// Exit code for a configuration that was rejected (clap also uses 2 for bad usage).
 const EXIT_BAD_CONFIG: u8 = 2;
@@ -49,28 +44,122 @@ enum Command {
         #[arg(long, value_name = "N", default_value_t = wsfwd_common::DEFAULT_HASH_SEED)]
         hash_seed: u32,
     },
+    /// Forward: attach to the external interfaces and run in the foreground.
+    ///
+    /// Runs in the current network namespace, as root. Logs one line starting
+    /// with "ready" once every interface is attached and the maps are filled.
+    /// On SIGINT or SIGTERM it detaches, unpins and exits 0. A rejected config
+    /// exits 2, any other failure 1; either way nothing is left attached or
+    /// pinned.
+    Run(RunCli),
+    /// Print a running agent's counters (packets by verdict and reason).
+    Stats {
+        /// The running agent's --bpffs directory.
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a running agent's tracked flows, both directions of each.
+    Conntrack {
+        /// The running agent's --bpffs directory.
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+const DEFAULT_BPFFS: &str = "/sys/fs/bpf/wsfwd";
+
+#[derive(clap::Args)]
+struct RunCli {
+    /// Multi-document YAML file of Services and EndpointSlices/Endpoints.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// An external interface: where frontend traffic arrives and replies to
+    /// clients leave. Repeat for several. NodePorts are served on its IPv4
+    /// addresses.
+    #[arg(long = "iface", value_name = "IFACE", required = true)]
+    ifaces: Vec<String>,
+    /// Hook to attach to. Only "tc" exists today (XDP comes later).
+    #[arg(long, value_name = "HOOK", default_value = "tc")]
+    attach: String,
+    /// Directory on a bpffs where the maps are pinned while running (bpffs is
+    /// mounted there, or at /sys/fs/bpf, if missing).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_BPFFS)]
+    bpffs: PathBuf,
+    /// Conntrack capacity in entries (two per flow). When full, the least
+    /// recently used entries are evicted; see the README for what that costs.
+    #[arg(long, value_name = "N", default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(16..))]
+    ct_size: u32,
+    /// Seed of the flow hash; every node of a deployment must use the same one.
+    #[arg(long, value_name = "N", default_value_t = wsfwd_common::DEFAULT_HASH_SEED)]
+    hash_seed: u32,
+    /// Idle timeout of an established TCP flow, in seconds (Cilium: 21600;
+    /// kube-proxy sets the kernel's to 86400).
+    #[arg(long, value_name = "SECS", default_value_t = 21600, value_parser = clap::value_parser!(u64).range(1..))]
+    tcp_timeout: u64,
+    /// Timeout of a TCP flow that never saw a reply, in seconds (Cilium: 60).
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    tcp_syn_timeout: u64,
+    /// How long a TCP flow lingers after RST, or FIN both ways, in seconds (Cilium: 10).
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    tcp_fin_timeout: u64,
+    /// Idle timeout of a UDP flow, in seconds (Cilium: 60; the kernel's: 30, 120 once replied).
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    udp_timeout: u64,
+    /// How often expired flows are removed, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    gc_interval: u64,
+}
+
+fn init_logging(level: &str) {
+    // Info lines are plain ("ready: ..."); others say their level.
+    env_logger::Builder::new()
+        .parse_filters(level)
+        .parse_env("RUST_LOG")
+        .format(|buf, record| match record.level() {
+            log::Level::Info => writeln!(buf, "{}", record.args()),
+            l => writeln!(buf, "{}: {}", l.as_str().to_lowercase(), record.args()),
+        })
+        .init();
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::new()
-        .parse_filters(&cli.log_level)
-        .parse_env("RUST_LOG")
-        .format_target(false)
-        .init();
-    match cli.command {
-        Command::Check { config, json, hash_seed } => check(&config, json, hash_seed),
+    init_logging(&cli.log_level);
+    let result = match cli.command {
+        Command::Check { config, json, hash_seed } => return check_cmd(&config, json, hash_seed),
+        Command::Run(args) => return run_cmd(args),
+        Command::Stats { bpffs, json } => stats_cmd(&bpffs, json),
+        Command::Conntrack { bpffs, json } => conntrack_cmd(&bpffs, json),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        // `wsfwd conntrack | head`: the reader is gone, which is fine.
+        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) => {
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
-fn check(path: &std::path::Path, json: bool, seed: u32) -> ExitCode {
+fn print_config_errors(path: &std::path::Path, errors: &config::ConfigErrors) {
+    for e in &errors.0 {
+        eprintln!("error: {e}");
+    }
+    eprintln!("{}: rejected ({} error(s)); nothing applied", path.display(), errors.0.len());
+}
+
+fn check_cmd(path: &std::path::Path, json: bool, seed: u32) -> ExitCode {
     let config = match config::load(path) {
         Ok(c) => c,
         Err(errors) => {
-            for e in &errors.0 {
-                eprintln!("error: {e}");
-            }
-            eprintln!("{}: rejected ({} error(s)); nothing applied", path.display(), errors.0.len());
+            print_config_errors(path, &errors);
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
@@ -88,4 +177,76 @@ fn check(path: &std::path::Path, json: bool, seed: u32) -> ExitCode {
         print!("{}", check::render(&plan));
     }
     ExitCode::SUCCESS
+}
+
+fn run_cmd(a: RunCli) -> ExitCode {
+    if a.attach != "tc" {
+        eprintln!("error: --attach {}: not available yet; this version attaches with tc only", a.attach);
+        return ExitCode::from(EXIT_BAD_CONFIG);
+    }
+    let args = run::RunArgs {
+        config: a.config.clone(),
+        ifaces: a.ifaces,
+        bpffs: a.bpffs,
+        ct_size: a.ct_size,
+        hash_seed: a.hash_seed,
+        timeouts: Timeouts {
+            tcp: Duration::from_secs(a.tcp_timeout),
+            tcp_syn: Duration::from_secs(a.tcp_syn_timeout),
+            tcp_fin: Duration::from_secs(a.tcp_fin_timeout),
+            udp: Duration::from_secs(a.udp_timeout),
+        },
+        gc_interval: Duration::from_secs(a.gc_interval),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(run::RunError::Config(errors)) => {
+            print_config_errors(&a.config, &errors);
+            ExitCode::from(EXIT_BAD_CONFIG)
+        }
+        Err(run::RunError::Other(e)) => {
+            eprintln!("error: {e:#}");
+            eprintln!("nothing was left attached or pinned");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn stats_cmd(bpffs: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let counters = stats::counters(bpffs)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        let obj: serde_json::Map<String, serde_json::Value> =
+            counters.into_iter().map(|(k, v)| (k.to_owned(), v.into())).collect();
+        writeln!(out, "{}", serde_json::Value::Object(obj))?;
+    } else {
+        for (name, value) in counters {
+            writeln!(out, "{name:<24} {value}")?;
+        }
+    }
+    Ok(())
+}
+
+fn conntrack_cmd(bpffs: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let flows = stats::flows(bpffs)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string(&flows)?)?;
+    } else {
+        for f in flows {
+            writeln!(
+                out,
+                "{:<8} {} {} -> {} => {} flags={:#x} idle={}ms",
+                f.direction, f.protocol, f.source, f.destination, f.translated_to, f.flags, f.idle_ms
+            )?;
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,254 @@
+//! Map keys and values shared by the datapath and the agent. All `#[repr(C)]`
+//! with explicit padding, sizes asserted below. Addresses and ports are kept
+//! in network byte order, exactly as they sit in the packet, so the datapath
+//! never converts them.
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Map names, as the agent finds them in the object and pins them.
+pub mod map_names {
+    pub const SERVICES: &str = "SERVICES";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const MAGLEV: &str = "MAGLEV";
+    pub const CONNTRACK: &str = "CONNTRACK";
+    pub const REVNAT: &str = "REVNAT";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const ALL: [&str; 6] = [SERVICES, BACKENDS, MAGLEV, CONNTRACK, REVNAT, COUNTERS];
+}
+
+/// Name of the global holding the flow-hash seed in the object.
+pub const HASH_SEED_GLOBAL: &str = "HASH_SEED";
+
+/// `SERVICES` key: a frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub addr: [u8; 4],
+    pub port: [u8; 2],
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Hash the client address only (`sh`, `sessionAffinity: ClientIP`); else the 5-tuple.
+pub const SVC_F_HASH_CLIENT: u32 = 1;
+
+/// `SERVICES` value: where the service's Maglev table lives in `MAGLEV`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceEntry {
+    pub service_id: u32,
+    pub flags: u32,
+    pub table_offset: u32,
+    /// 0 when no endpoint takes new flows.
+    pub table_size: u32,
+}
+
+/// `BACKENDS` value (an array indexed by backend id): an endpoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Backend {
+    pub addr: [u8; 4],
+    pub port: [u8; 2],
+    pub _pad: [u8; 2],
+}
+
+/// A flow as seen in one direction.
+pub const DIR_ORIGINAL: u8 = 0;
+pub const DIR_REPLY: u8 = 1;
+
+/// `CONNTRACK` key: one direction of a flow. A flow has two entries, the
+/// original (client -> frontend) and the reply (endpoint -> client).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub proto: u8,
+    pub dir: u8,
+    pub _pad: [u8; 2],
+}
+
+impl FlowKey {
+    /// The key of the flow's other direction, given this direction's entry:
+    /// original (client, frontend) with endpoint E <-> reply (E, client) with frontend.
+    #[inline(always)]
+    pub const fn counterpart(&self, entry: &FlowEntry) -> FlowKey {
+        if self.dir == DIR_ORIGINAL {
+            FlowKey {
+                saddr: entry.nat_addr,
+                daddr: self.saddr,
+                sport: entry.nat_port,
+                dport: self.sport,
+                proto: self.proto,
+                dir: DIR_REPLY,
+                _pad: [0; 2],
+            }
+        } else {
+            FlowKey {
+                saddr: self.daddr,
+                daddr: entry.nat_addr,
+                sport: self.dport,
+                dport: entry.nat_port,
+                proto: self.proto,
+                dir: DIR_ORIGINAL,
+                _pad: [0; 2],
+            }
+        }
+    }
+}
+
+/// The reply direction seen: the flow is established.
+pub const CT_F_REPLIED: u8 = 1;
+/// FIN seen from the client / from the endpoint.
+pub const CT_F_FIN_ORIGINAL: u8 = 2;
+pub const CT_F_FIN_REPLY: u8 = 4;
+/// RST seen in either direction.
+pub const CT_F_RST: u8 = 8;
+/// The flow is over; its entries linger only for stray packets.
+pub const CT_F_CLOSED_MASK: u8 = CT_F_RST;
+pub const CT_F_FIN_BOTH: u8 = CT_F_FIN_ORIGINAL | CT_F_FIN_REPLY;
+
+/// `CONNTRACK` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowEntry {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the last packet in this direction.
+    pub last_seen_ns: u64,
+    /// Original direction: the endpoint's address and port (the new
+    /// destination). Reply direction: the frontend's (the new source).
+    pub nat_addr: [u8; 4],
+    pub nat_port: [u8; 2],
+    pub flags: u8,
+    pub _pad: u8,
+}
+
+impl FlowEntry {
+    pub const fn is_closing(&self) -> bool {
+        self.flags & CT_F_CLOSED_MASK != 0 || self.flags & CT_F_FIN_BOTH == CT_F_FIN_BOTH
+    }
+}
+
+/// `REVNAT` key: an endpoint, as the source of replies.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RevNatKey {
+    pub addr: [u8; 4],
+    pub port: [u8; 2],
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// The endpoint serves exactly one frontend, so a reply can be translated
+/// without its conntrack entry (which an LRU map may have evicted).
+pub const REVNAT_F_UNIQUE: u32 = 1;
+
+/// `REVNAT` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RevNatEntry {
+    pub addr: [u8; 4],
+    pub port: [u8; 2],
+    pub _pad: [u8; 2],
+    pub flags: u32,
+}
+
+/// Per-CPU counters (`COUNTERS`, an array indexed by this enum), one per
+/// verdict and reason.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// A frontend packet translated and redirected to its endpoint.
+    Redirected = 0,
+    /// A reply translated back to its frontend (from conntrack).
+    ReplyTranslated,
+    /// A reply translated from `REVNAT` because its conntrack entry was gone.
+    ReplyFromRevNat,
+    /// Flows created (a conntrack miss on a frontend packet).
+    FlowCreated,
+    /// Not IPv4, or not TCP/UDP: passed untouched.
+    PassNotIpv4L4,
+    /// IPv4 with options, a fragment, or truncated: passed untouched.
+    PassUnparsed,
+    /// Not addressed to a frontend (ingress) or not from an endpoint (egress).
+    PassNotOurs,
+    /// TTL would expire: left to the kernel, which answers it.
+    PassTtlExpired,
+    /// A reply from an endpoint with no conntrack entry and several frontends.
+    PassReplyUnknown,
+    /// The service has no endpoint taking new flows.
+    DropNoEndpoint,
+    /// No route to the endpoint.
+    DropNoRoute,
+    /// Too large for the link towards the endpoint.
+    DropFragNeeded,
+    /// A packet rewrite or redirect failed.
+    DropError,
+}
+
+pub const COUNTER_COUNT: u32 = Counter::DropError as u32 + 1;
+
+impl Counter {
+    pub const ALL: [Counter; COUNTER_COUNT as usize] = [
+        Counter::Redirected,
+        Counter::ReplyTranslated,
+        Counter::ReplyFromRevNat,
+        Counter::FlowCreated,
+        Counter::PassNotIpv4L4,
+        Counter::PassUnparsed,
+        Counter::PassNotOurs,
+        Counter::PassTtlExpired,
+        Counter::PassReplyUnknown,
+        Counter::DropNoEndpoint,
+        Counter::DropNoRoute,
+        Counter::DropFragNeeded,
+        Counter::DropError,
+    ];
+
+    /// Stable names for logs, `wsfwd stats` and tests.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::Redirected => "redirected",
+            Counter::ReplyTranslated => "reply-translated",
+            Counter::ReplyFromRevNat => "reply-from-revnat",
+            Counter::FlowCreated => "flow-created",
+            Counter::PassNotIpv4L4 => "pass-not-ipv4-tcp-udp",
+            Counter::PassUnparsed => "pass-unparsed",
+            Counter::PassNotOurs => "pass-not-ours",
+            Counter::PassTtlExpired => "pass-ttl-expired",
+            Counter::PassReplyUnknown => "pass-reply-unknown",
+            Counter::DropNoEndpoint => "drop-no-endpoint",
+            Counter::DropNoRoute => "drop-no-route",
+            Counter::DropFragNeeded => "drop-frag-needed",
+            Counter::DropError => "drop-error",
+        }
+    }
+}
+
+// The layouts are the ABI: a change here must be made on both sides.
+const _: () = {
+    use core::mem::size_of;
+    assert!(size_of::<ServiceKey>() == 8);
+    assert!(size_of::<ServiceEntry>() == 16);
+    assert!(size_of::<Backend>() == 8);
+    assert!(size_of::<FlowKey>() == 16);
+    assert!(size_of::<FlowEntry>() == 16);
+    assert!(size_of::<RevNatKey>() == 8);
+    assert!(size_of::<RevNatEntry>() == 12);
+    assert!(Counter::ALL.len() == COUNTER_COUNT as usize);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: plain-old-data: repr(C), no implicit padding, every bit pattern valid.
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceEntry {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowEntry {}
+    unsafe impl aya::Pod for RevNatKey {}
+    unsafe impl aya::Pod for RevNatEntry {}
+}

@@ -1,0 +1,50 @@
+//! External egress: replies from endpoints, routed out by the kernel, get
+//! their frontend address back. Everything else passes untouched.
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    programs::TcContext,
+};
+use wsfwd_common::abi::{Counter, DIR_REPLY, REVNAT_F_UNIQUE, RevNatKey};
+
+use crate::{conntrack, counters::count, maps::REVNAT, nat, parse};
+
+#[inline(always)]
+pub fn handle(ctx: &TcContext) -> i32 {
+    let p = match parse::parse(ctx) {
+        Ok(p) => p,
+        Err(c) => {
+            count(c);
+            return TC_ACT_OK as i32;
+        }
+    };
+    // Cheap filter first: is the source an endpoint at all?
+    let endpoint = RevNatKey { addr: p.saddr, port: p.sport, proto: p.proto, _pad: 0 };
+    // SAFETY: the value is copied out before any other map call.
+    let Some(revnat) = (unsafe { REVNAT.get(&endpoint) }).copied() else {
+        count(Counter::PassNotOurs);
+        return TC_ACT_OK as i32;
+    };
+    let key = conntrack::key(&p, DIR_REPLY);
+    let (addr, port) = match conntrack::lookup(&key) {
+        Some(e) => {
+            conntrack::seen(e, &key, &p, conntrack::now());
+            // SAFETY: a pointer into a map value, valid for this run.
+            unsafe { ((*e).nat_addr, (*e).nat_port) }
+        }
+        // Evicted: an endpoint of exactly one frontend still says where it belongs.
+        None if revnat.flags & REVNAT_F_UNIQUE != 0 => {
+            count(Counter::ReplyFromRevNat);
+            (revnat.addr, revnat.port)
+        }
+        None => {
+            count(Counter::PassReplyUnknown);
+            return TC_ACT_OK as i32;
+        }
+    };
+    if nat::rewrite_src(ctx, &p, addr, port).is_err() {
+        count(Counter::DropError);
+        return TC_ACT_SHOT as i32;
+    }
+    count(Counter::ReplyTranslated);
+    TC_ACT_OK as i32
+}

@@ -1,0 +1,81 @@
+//! Sending a translated packet on: FIB lookup towards the endpoint, then a
+//! redirect out of the egress interface. The packet never returns to the
+//! kernel's stack, which never saw the flow.
+use core::mem::size_of;
+
+use aya_ebpf::{
+    bindings::{
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_REDIRECT,
+        bpf_fib_lookup, bpf_redir_neigh,
+    },
+    helpers::{bpf_redirect, generated::bpf_fib_lookup as fib_lookup, generated::bpf_redirect_neigh},
+    programs::TcContext,
+};
+use wsfwd_common::abi::Counter;
+
+use crate::parse::Packet;
+
+const AF_INET: u8 = 2;
+
+/// Where a packet to `dst` leaves, as the routing table says.
+pub struct Route {
+    ifindex: u32,
+    nexthop: [u8; 4],
+    /// Resolved neighbour: the Ethernet header to write.
+    macs: Option<([u8; 6], [u8; 6])>,
+}
+
+/// Looks up the route for `p` once its destination is `dst`.
+#[inline(always)]
+pub fn route(ctx: &TcContext, p: &Packet, dst: [u8; 4], dport: [u8; 2]) -> Result<Route, Counter> {
+    // SAFETY: bpf_fib_lookup is plain data; all-zero is a valid start.
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.family = AF_INET;
+    params.l4_protocol = p.proto;
+    params.sport = u16::from_ne_bytes(p.sport);
+    params.dport = u16::from_ne_bytes(dport);
+    // tot_len 0: the kernel checks the skb itself, GSO included.
+    params.__bindgen_anon_1.tot_len = 0;
+    // SAFETY: ctx.skb points at the live __sk_buff.
+    params.ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(p.saddr);
+    params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
+    // SAFETY: params is a valid, fully initialised lookup request.
+    let rc = unsafe {
+        fib_lookup(ctx.skb.skb as *mut _, &mut params, size_of::<bpf_fib_lookup>() as i32, 0)
+    };
+    // SAFETY: reading the union members the kernel filled in for AF_INET.
+    let nexthop = unsafe { params.__bindgen_anon_4.ipv4_dst }.to_ne_bytes();
+    match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => {
+            Ok(Route { ifindex: params.ifindex, nexthop, macs: Some((params.dmac, params.smac)) })
+        }
+        BPF_FIB_LKUP_RET_NO_NEIGH => Ok(Route { ifindex: params.ifindex, nexthop, macs: None }),
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => Err(Counter::DropFragNeeded),
+        _ => Err(Counter::DropNoRoute),
+    }
+}
+
+/// Redirects the (already rewritten) packet along `route`.
+#[inline(always)]
+pub fn redirect(ctx: &TcContext, route: &Route) -> Result<i32, Counter> {
+    match route.macs {
+        Some((dst, src)) => {
+            ctx.store(0, &dst, 0).map_err(|_| Counter::DropError)?;
+            ctx.store(6, &src, 0).map_err(|_| Counter::DropError)?;
+            // SAFETY: plain helper call.
+            let rc = unsafe { bpf_redirect(route.ifindex, 0) };
+            if rc == TC_ACT_REDIRECT as i64 { Ok(TC_ACT_REDIRECT as i32) } else { Err(Counter::DropError) }
+        }
+        None => {
+            // The neighbour is not resolved yet: let the kernel resolve it and send.
+            let mut nh = bpf_redir_neigh { nh_family: AF_INET as u32, __bindgen_anon_1: unsafe { core::mem::zeroed() } };
+            nh.__bindgen_anon_1.ipv4_nh = u32::from_ne_bytes(route.nexthop);
+            // SAFETY: nh is a valid bpf_redir_neigh of the size given.
+            let rc = unsafe {
+                bpf_redirect_neigh(route.ifindex, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0)
+            };
+            if rc == TC_ACT_REDIRECT as i64 { Ok(TC_ACT_REDIRECT as i32) } else { Err(Counter::DropError) }
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! The node's interfaces, in the agent's network namespace.
+use std::{ffi::CString, net::Ipv4Addr};
+
+/// An external interface, as named by `--iface`.
+#[derive(Clone, Debug)]
+pub struct Iface {
+    pub name: String,
+    pub index: u32,
+    /// Its IPv4 addresses: where NodePorts are served.
+    pub addrs: Vec<Ipv4Addr>,
+}
+
+/// Resolves interface names, failing on the first that does not exist.
+pub fn resolve(names: &[String]) -> Result<Vec<Iface>, String> {
+    let all = ipv4_addrs()?;
+    let mut out: Vec<Iface> = Vec::new();
+    for name in names {
+        if out.iter().any(|i| &i.name == name) {
+            return Err(format!("--iface {name} is given twice"));
+        }
+        let c = CString::new(name.as_str()).map_err(|_| format!("--iface {name:?}: not an interface name"))?;
+        // SAFETY: c is a valid NUL-terminated string.
+        let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        if index == 0 {
+            return Err(format!("--iface {name}: no such interface in this network namespace"));
+        }
+        let addrs = all.iter().filter(|(n, _)| n == name).map(|(_, a)| *a).collect();
+        out.push(Iface { name: name.clone(), index, addrs });
+    }
+    Ok(out)
+}
+
+/// Every (interface, IPv4 address) pair, from getifaddrs(3).
+fn ipv4_addrs() -> Result<Vec<(String, Ipv4Addr)>, String> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(format!("listing interface addresses: {}", std::io::Error::last_os_error()));
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: a node of the list getifaddrs returned, not yet freed.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || i32::from(unsafe { (*ifa.ifa_addr).sa_family }) != libc::AF_INET {
+            continue;
+        }
+        // SAFETY: an AF_INET address is a sockaddr_in; the name is NUL-terminated.
+        let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_string_lossy().into_owned();
+        out.push((name, Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))));
+    }
+    // SAFETY: frees the list getifaddrs allocated.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
+}
+
+/// Whether this network namespace forwards IPv4 (replies from endpoints need it).
+pub fn ip_forward_enabled() -> Option<bool> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").ok().map(|s| s.trim() == "1")
+}

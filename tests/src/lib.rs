@@ -1,1 +1,9 @@
-
+//! Harness for wsfwd's end-to-end tests: network namespaces joined by veths,
+//! real peers in them, the real agent, and clients that provably send only
+//! from inside a test namespace. Everything is removed on drop, panics included.
+pub mod agent;
+pub mod client;
+pub mod netns;
+pub mod peers;
+pub mod sys;
+pub mod t1;

@@ -20,8 +20,9 @@ pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
-/// Bytes of the transport header we read: ports (and TCP flags at byte 13).
-const L4_READ: usize = 14;
+/// Bytes of the transport header we read: ports, and for TCP the flags at byte 13.
+const TCP_READ: usize = 14;
+const UDP_READ: usize = 8;
 
 #[derive(Clone, Copy)]
 pub struct Packet {
@@ -58,10 +59,14 @@ fn bytes_at<const N: usize>(ctx: &TcContext, off: usize) -> Option<[u8; N]> {
     Some(unsafe { *((start + off) as *const [u8; N]) })
 }
 
-/// Reads the IPv4 and transport headers straight from the linear part of the packet.
+/// Reads `N` bytes at `off`, pulling paged data into the linear part once if needed.
 #[inline(always)]
-fn read(ctx: &TcContext) -> Option<([u8; IP_LEN], [u8; L4_READ])> {
-    Some((bytes_at(ctx, IP_OFF)?, bytes_at(ctx, L4_OFF)?))
+fn read<const N: usize>(ctx: &TcContext, off: usize) -> Option<[u8; N]> {
+    if let Some(b) = bytes_at(ctx, off) {
+        return Some(b);
+    }
+    ctx.pull_data((off + N) as u32).ok()?;
+    bytes_at(ctx, off)
 }
 
 /// Parses an Ethernet/IPv4/TCP-or-UDP packet. Anything else, and anything
@@ -73,16 +78,7 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, Counter> {
     if u16::from_ne_bytes([eth[12], eth[13]]) != EtherType::Ipv4 as u16 {
         return Err(Counter::PassNotIpv4L4);
     }
-    let (ip, l4) = match read(ctx) {
-        Some(h) => h,
-        None => {
-            // Headers may sit in paged data: pull them into the linear part once.
-            if ctx.pull_data((L4_OFF + L4_READ) as u32).is_err() {
-                return Err(Counter::PassUnparsed);
-            }
-            read(ctx).ok_or(Counter::PassUnparsed)?
-        }
-    };
+    let ip: [u8; IP_LEN] = read(ctx, IP_OFF).ok_or(Counter::PassUnparsed)?;
     let proto = ip[9];
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return Err(Counter::PassNotIpv4L4);
@@ -95,13 +91,20 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, Counter> {
     if (ip[6] & 0x3f) != 0 || ip[7] != 0 {
         return Err(Counter::PassUnparsed);
     }
+    let (ports, tcp_flags) = if proto == PROTO_TCP {
+        let l4: [u8; TCP_READ] = read(ctx, L4_OFF).ok_or(Counter::PassUnparsed)?;
+        ([l4[0], l4[1], l4[2], l4[3]], l4[13])
+    } else {
+        let l4: [u8; UDP_READ] = read(ctx, L4_OFF).ok_or(Counter::PassUnparsed)?;
+        ([l4[0], l4[1], l4[2], l4[3]], 0)
+    };
     Ok(Packet {
         saddr: [ip[12], ip[13], ip[14], ip[15]],
         daddr: [ip[16], ip[17], ip[18], ip[19]],
-        sport: [l4[0], l4[1]],
-        dport: [l4[2], l4[3]],
+        sport: [ports[0], ports[1]],
+        dport: [ports[2], ports[3]],
         proto,
         ttl: ip[8],
-        tcp_flags: if proto == PROTO_TCP { l4[13] } else { 0 },
+        tcp_flags,
     })
 }

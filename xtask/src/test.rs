@@ -64,6 +64,9 @@ fn end_to_end(extra: &ExtraArgs, totals: &mut Totals) -> Result<bool> {
         return Ok(false);
     }
 
+    // The tests drive the real agent binary.
+    let agent = cargo::build_agent(cargo::Profile::Debug)?;
+
     let mut harness = Vec::new();
     if !extra.harness.iter().any(|arg| arg.to_string_lossy().starts_with("--test-threads")) {
         harness.push(OsString::from("--test-threads=1"));
@@ -82,7 +85,8 @@ fn end_to_end(extra: &ExtraArgs, totals: &mut Totals) -> Result<bool> {
         eprintln!("xtask: the end-to-end tests need root; running them through sudo");
     }
     let mut e2e = cmd::as_root("cargo");
-    e2e.args(["test", "--locked", "--package", E2E_PACKAGE])
+    e2e.env("WSFWD_BIN", &agent)
+        .args(["test", "--locked", "--package", E2E_PACKAGE])
         .args(&extra.cargo)
         .arg("--")
         .args(&harness)

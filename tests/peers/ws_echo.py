@@ -1,0 +1,27 @@
+"""WebSocket echo server for the end-to-end tests (Python `websockets`, Debian's).
+
+Greets each connection with {"backend": NAME, "client": ADDRESS-IT-SEES}, then
+echoes every text and binary frame. Prints one line per connection so a test
+can tell which endpoint saw which client.
+"""
+import asyncio
+import json
+import sys
+
+import websockets
+
+
+async def main(name, port):
+    async def handler(ws, path=None):
+        client = ws.remote_address[0]
+        print(f"connection {client}", flush=True)
+        await ws.send(json.dumps({"backend": name, "client": client}))
+        async for message in ws:
+            await ws.send(message)
+
+    async with websockets.serve(handler, "0.0.0.0", port, max_size=None, ping_interval=None):
+        print("listening", flush=True)
+        await asyncio.Future()
+
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))

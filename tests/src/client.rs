@@ -1,0 +1,95 @@
+//! Clients that run inside the client namespace: raw TCP, WebSocket
+//! (tokio-tungstenite) and UDP.
+use std::{
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use futures_util::{SinkExt as _, StreamExt as _};
+use tokio::net::{TcpSocket, TcpStream, UdpSocket};
+use tokio_tungstenite::{WebSocketStream, client_async, tungstenite::Message};
+
+use crate::netns::Netns;
+
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// What an echo server says first: who it is and whom it sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    pub backend: String,
+    pub client: String,
+}
+
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+pub async fn tcp_connect(ns: &Netns, src: Ipv4Addr, dst: SocketAddrV4) -> anyhow::Result<TcpStream> {
+    let sock = ns.socket(socket2::Type::STREAM, socket2::Protocol::TCP)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&SocketAddr::from((src, 0)).into())?;
+    let sock = TcpSocket::from_std_stream(std::net::TcpStream::from(sock));
+    tokio::time::timeout(TIMEOUT, sock.connect(dst.into()))
+        .await
+        .with_context(|| format!("connecting {src} -> {dst}: timed out"))?
+        .with_context(|| format!("connecting {src} -> {dst}"))
+}
+
+/// Connects, completes the WebSocket handshake and reads the greeting.
+pub async fn ws_connect(ns: &Netns, src: Ipv4Addr, dst: SocketAddrV4) -> anyhow::Result<(Ws, Hello)> {
+    let tcp = tcp_connect(ns, src, dst).await?;
+    let (mut ws, _resp) = tokio::time::timeout(TIMEOUT, client_async(format!("ws://{dst}/"), tcp))
+        .await
+        .context("WebSocket handshake timed out")?
+        .context("WebSocket handshake")?;
+    let hello = match next(&mut ws).await? {
+        Message::Text(t) => {
+            let v: serde_json::Value = serde_json::from_str(t.as_str())?;
+            Hello {
+                backend: v["backend"].as_str().unwrap_or_default().to_owned(),
+                client: v["client"].as_str().unwrap_or_default().to_owned(),
+            }
+        }
+        other => bail!("expected a greeting, got {other:?}"),
+    };
+    Ok((ws, hello))
+}
+
+/// The next data frame (pongs are returned too; pings are answered by the library).
+pub async fn next(ws: &mut Ws) -> anyhow::Result<Message> {
+    loop {
+        let msg = tokio::time::timeout(TIMEOUT, ws.next()).await.context("no frame within 5 s")?;
+        match msg {
+            Some(Ok(Message::Ping(_))) => continue,
+            Some(Ok(m)) => return Ok(m),
+            Some(Err(e)) => return Err(e.into()),
+            None => bail!("connection closed"),
+        }
+    }
+}
+
+/// Sends one frame and returns what comes back.
+pub async fn echo(ws: &mut Ws, msg: Message) -> anyhow::Result<Message> {
+    ws.send(msg).await?;
+    next(ws).await
+}
+
+/// Sends a datagram from `src` and returns the reply as text.
+pub async fn udp_exchange(ns: &Netns, src: Ipv4Addr, dst: SocketAddrV4, payload: &[u8]) -> anyhow::Result<String> {
+    let sock = ns.socket(socket2::Type::DGRAM, socket2::Protocol::UDP)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&SocketAddr::from((src, 0)).into())?;
+    let sock = UdpSocket::from_std(std::net::UdpSocket::from(sock))?;
+    let mut buf = vec![0u8; 65536];
+    // Datagrams may be lost (e.g. to ARP resolution): retry a few times.
+    for _ in 0..5 {
+        sock.send_to(payload, dst).await?;
+        if let Ok(r) = tokio::time::timeout(Duration::from_secs(1), sock.recv_from(&mut buf)).await {
+            let (n, from) = r?;
+            if from != SocketAddr::V4(dst) {
+                bail!("reply came from {from}, not {dst}");
+            }
+            return Ok(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    bail!("no UDP reply from {dst} to {src}")
+}

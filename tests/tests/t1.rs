@@ -1,0 +1,364 @@
+//! End-to-end tests in topology T1: the seed's WebSocket service behind its
+//! VIP and NodePort, real WebSocket peers (Python `websockets`), the real
+//! agent. Each test builds and removes its own namespaces.
+use std::{
+    collections::BTreeSet,
+    net::Ipv4Addr,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+use wsfwd::{config, maglev};
+use wsfwd_common::{DEFAULT_HASH_SEED, hash_client};
+use wsfwd_tests::{
+    agent::{self, Agent},
+    client::{echo, tcp_connect, udp_exchange, ws_connect},
+    netns::Netns,
+    peers,
+    sys::{Proc, run},
+    t1::{NODE, SEED_CONFIG, T1, UDP_SERVICE, VIP},
+};
+
+const TESTIM_SERVICE: &str = include_str!("../../fixtures/seed/testim-service.yaml");
+const SEED_ENDPOINTS: &str = include_str!("../../fixtures/seed/endpoints.yaml");
+
+/// The endpoint address the datapath must pick for `client`, computed from
+/// the config with wsfwd's own Maglev table and the shared hash.
+fn predicted(config_yaml: &str, service: &str, client: Ipv4Addr) -> String {
+    let cfg = config::parse(config_yaml).expect("config");
+    let svc = cfg.services.iter().find(|s| s.name == service).expect("service in config");
+    let keys: Vec<maglev::Key> =
+        svc.endpoints.iter().filter(|e| e.takes_new_flows()).map(|e| (e.address, e.port)).collect();
+    let size = maglev::table_size(keys.len());
+    let table = maglev::build(&keys, size, DEFAULT_HASH_SEED).expect("table");
+    let slot = hash_client(u32::from(client), DEFAULT_HASH_SEED) % size;
+    keys[table[slot as usize] as usize].0.to_string()
+}
+
+/// tcpdump on one interface of a namespace, its lines read after it stops.
+struct Capture(Proc);
+
+impl Capture {
+    fn start(ns: &Netns, iface: &str, t: &T1, name: &str) -> Self {
+        let mut p = Proc::spawn(
+            ns.command("tcpdump").args(["-i", iface, "-n", "-l", "-U", "tcp or udp"]),
+            &t.dir.join(format!("{name}.pcap.txt")),
+        )
+        .unwrap();
+        p.wait_for_line("listening on", Duration::from_secs(10)).unwrap();
+        Self(p)
+    }
+
+    fn stop(mut self) -> Vec<String> {
+        std::thread::sleep(Duration::from_millis(300));
+        self.0.signal(libc::SIGINT);
+        self.0.wait_timeout(Duration::from_secs(5));
+        self.0.output().lines().filter(|l| l.contains(" IP ")).map(str::to_owned).collect()
+    }
+}
+
+/// Handshake through the VIP and the NodePort from several clients: the
+/// backend sees the real client address; echo works.
+async fn handshake_checks(t: &T1) {
+    for &src in &t.clients[..4] {
+        for dst in [t.vip(), t.node_port()] {
+            let (mut ws, hello) = ws_connect(&t.client, src, dst).await.unwrap_or_else(|e| panic!("{src} -> {dst}: {e:#}"));
+            assert_eq!(hello.client, src.to_string(), "the backend must see the real client address");
+            assert!(t.backends.iter().any(|b| b.name == hello.backend), "{hello:?}");
+            let back = echo(&mut ws, Message::text("hello through wsfwd")).await.unwrap();
+            assert_eq!(back, Message::text("hello through wsfwd"));
+            ws.close(None).await.unwrap();
+        }
+    }
+}
+
+/// Text and binary frames up to 1 MiB, and ping/pong.
+async fn frame_checks(t: &T1) {
+    let (mut ws, _) = ws_connect(&t.client, t.clients[0], t.vip()).await.unwrap();
+    for size in [0usize, 1, 125, 126, 65_535, 65_536, 300_000, 1 << 20] {
+        let text: String = (0..size).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+        assert_eq!(echo(&mut ws, Message::text(text.clone())).await.unwrap(), Message::text(text), "text {size}");
+        let bin: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+        let back = echo(&mut ws, Message::binary(bin.clone())).await.unwrap();
+        assert_eq!(back, Message::binary(bin), "binary {size}");
+    }
+    let payload = Bytes::from_static(b"are you there");
+    assert_eq!(echo(&mut ws, Message::Ping(payload.clone())).await.unwrap(), Message::Pong(payload));
+    ws.close(None).await.unwrap();
+}
+
+/// Every client address reaches the predicted backend on every reconnection.
+async fn affinity_checks(t: &T1, config_yaml: &str) {
+    let mut used = BTreeSet::new();
+    for &src in &t.clients {
+        let want = predicted(config_yaml, "testim-service", src);
+        let want = &t.backend_by_addr(&want).unwrap().name;
+        for round in 0..5 {
+            let (mut ws, hello) = ws_connect(&t.client, src, t.vip()).await.unwrap();
+            assert_eq!(&hello.backend, want, "{src}, connection {round}");
+            ws.close(None).await.unwrap();
+        }
+        used.insert(want.clone());
+    }
+    assert!(used.len() >= 2, "16 clients all landed on {used:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t1_01_handshake_via_vip_and_node_port_with_real_client_address() {
+    let mut t = T1::new("hs").unwrap();
+    t.start_ws_peers().unwrap();
+    let agent = Agent::start(&t.node, &t.dir, SEED_CONFIG, &[]).unwrap();
+    let cap = Capture::start(&t.client, "c0", &t, "client");
+    handshake_checks(&t).await;
+    let lines = cap.stop();
+    assert!(lines.iter().any(|l| l.contains(&format!("IP {VIP}.9080 > "))), "no reply from the VIP captured");
+    assert!(lines.iter().any(|l| l.contains(&format!("IP {NODE}.30100 > "))), "no reply from node:30100 captured");
+    let leaked: Vec<_> = lines.iter().filter(|l| l.contains(" IP 10.244.")).collect();
+    assert!(leaked.is_empty(), "backend addresses reached the client: {leaked:?}");
+    let stats = agent.stats().unwrap();
+    assert!(stats["redirected"] > 0 && stats["reply-translated"] > 0, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t1_02_text_and_binary_frames_up_to_1mib_and_ping_pong() {
+    let mut t = T1::new("fr").unwrap();
+    t.start_ws_peers().unwrap();
+    let _agent = Agent::start(&t.node, &t.dir, SEED_CONFIG, &[]).unwrap();
+    frame_checks(&t).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t1_03_each_client_reaches_the_predicted_backend() {
+    let mut t = T1::new("af").unwrap();
+    t.start_ws_peers().unwrap();
+    let _agent = Agent::start(&t.node, &t.dir, SEED_CONFIG, &[]).unwrap();
+    affinity_checks(&t, SEED_CONFIG).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t1_04_idle_connection_survives_conntrack_eviction() {
+    let mut t = T1::new("ev").unwrap();
+    t.start_ws_peers().unwrap();
+    // testim-service alone: its endpoints serve this one frontend.
+    let config_yaml = format!("{TESTIM_SERVICE}\n{SEED_ENDPOINTS}");
+    let agent = Agent::start(&t.node, &t.dir, &config_yaml, &["--ct-size", "1024"]).unwrap();
+
+    let src = t.clients[0];
+    let (mut idle, hello) = ws_connect(&t.client, src, t.vip()).await.unwrap();
+    assert_eq!(echo(&mut idle, Message::text("before")).await.unwrap(), Message::text("before"));
+    let backend_addr = t.backends.iter().find(|b| b.name == hello.backend).unwrap().addr.to_string();
+    let idle_port = match idle.get_ref().local_addr().unwrap() {
+        std::net::SocketAddr::V4(a) => a.port(),
+        other => panic!("{other}"),
+    };
+    let idle_src = format!("{src}:{idle_port}");
+    let is_idle_flow = |f: &serde_json::Value| f["source"] == idle_src.as_str() || f["destination"] == idle_src.as_str();
+    assert_eq!(agent.flows().unwrap().iter().filter(|f| is_idle_flow(f)).count(), 2, "both directions tracked");
+
+    // 5,000 other connections through the VIP churn the 1,024-entry table.
+    let mut done = 0;
+    for batch in 0..100 {
+        let conns = (0..50).map(|i| {
+            let src = t.clients[1 + (batch * 50 + i) % (t.clients.len() - 1)];
+            tcp_connect(&t.client, src, t.vip())
+        });
+        for r in futures_util::future::join_all(conns).await {
+            drop(r.unwrap());
+            done += 1;
+        }
+    }
+    assert_eq!(done, 5000);
+    let remaining: Vec<_> = agent.flows().unwrap().into_iter().filter(|f| is_idle_flow(f)).collect();
+    assert!(remaining.is_empty(), "the idle flow was not evicted, so this test proves nothing: {remaining:?}");
+
+    // Still echoes, on the same backend: Maglev picks it again.
+    assert_eq!(echo(&mut idle, Message::text("after")).await.unwrap(), Message::text("after"));
+    let back: Vec<_> = agent.flows().unwrap().into_iter().filter(|f| f["source"] == idle_src.as_str()).collect();
+    assert_eq!(back.len(), 1, "{back:?}");
+    assert_eq!(back[0]["translatedTo"], format!("{backend_addr}:9080").as_str());
+    idle.close(None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t1_05_checksums_hold_with_tx_offload_off_and_on() {
+    let mut t = T1::new("cs").unwrap();
+    t.start_ws_peers().unwrap();
+    let _agent = Agent::start(&t.node, &t.dir, SEED_CONFIG, &[]).unwrap();
+    let before = t.csum_errors().unwrap();
+    for on in [false, true] {
+        t.set_tx_offload(on).unwrap();
+        handshake_checks(&t).await;
+        frame_checks(&t).await;
+        affinity_checks(&t, SEED_CONFIG).await;
+        assert_eq!(t.csum_errors().unwrap(), before, "checksum errors with tx offload {}", if on { "on" } else { "off" });
+    }
+}
+
+fn backend_in_segs(t: &T1) -> Vec<u64> {
+    t.backends.iter().map(|b| b.ns.snmp().unwrap()["Tcp:InSegs"]).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t1_06_without_the_agent_nothing_forwards_and_with_it_ebpf_does() {
+    let mut t = T1::new("ct").unwrap();
+    t.start_ws_peers().unwrap();
+    // No NAT of any kind in the node: only wsfwd can make the VIP work.
+    let nat = t.node.exec(&["iptables-save", "-t", "nat"]).unwrap();
+    assert!(!nat.lines().any(|l| l.starts_with("-A")), "{nat}");
+    assert!(t.node.exec(&["nft", "list", "ruleset"]).unwrap().trim().is_empty());
+    assert_eq!(t.node.exec(&["sysctl", "-n", "net.ipv4.ip_forward"]).unwrap().trim(), "1");
+
+    let segs = backend_in_segs(&t);
+    let start = Instant::now();
+    let r = tcp_connect(&t.client, t.clients[0], t.vip()).await;
+    assert!(r.is_err(), "connected to the VIP without wsfwd");
+    assert!(start.elapsed() <= Duration::from_secs(5));
+    assert_eq!(backend_in_segs(&t), segs, "a SYN reached a backend without wsfwd");
+
+    let agent = Agent::start(&t.node, &t.dir, SEED_CONFIG, &[]).unwrap();
+    let redirected_before = agent.stats().unwrap()["redirected"];
+    let cap = Capture::start(&t.client, "c0", &t, "client");
+    for &src in &t.clients {
+        let (mut ws, _) = ws_connect(&t.client, src, t.vip()).await.unwrap();
+        let big = Message::binary(vec![7u8; 200_000]);
+        assert_eq!(echo(&mut ws, big.clone()).await.unwrap(), big);
+        ws.close(None).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let to_vip = cap.stop().iter().filter(|l| l.contains(&format!(" > {VIP}.9080:"))).count() as u64;
+    let redirected = agent.stats().unwrap()["redirected"] - redirected_before;
+    assert!(to_vip > 16 * 4, "captured only {to_vip} client-to-VIP packets");
+    assert!(redirected * 100 >= to_vip * 99, "redirected {redirected} of {to_vip} client-to-VIP packets");
+
+    let sockets = t.node.exec(&["ss", "-tuanp"]).unwrap();
+    let own: Vec<_> = sockets.lines().filter(|l| l.contains(&format!("pid={},", agent.pid()))).collect();
+    assert!(own.is_empty(), "the agent holds sockets: {own:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t1_07_udp_clients_keep_their_predicted_backend() {
+    let mut t = T1::new("ud").unwrap();
+    t.start_udp_peers().unwrap();
+    let config_yaml = format!("{SEED_CONFIG}\n---\n{UDP_SERVICE}");
+    let agent = Agent::start(&t.node, &t.dir, &config_yaml, &[]).unwrap();
+    let dst = std::net::SocketAddrV4::new(VIP, 9080);
+    let mut used = BTreeSet::new();
+    for &src in &t.clients {
+        let want = predicted(&config_yaml, "testim-udp", src);
+        let want = t.backend_by_addr(&want).unwrap().name.clone();
+        // Tiny datagrams too: shorter than any TCP header.
+        for round in 0..3 {
+            let payload = match round {
+                0 => String::new(),
+                1 => "x".into(),
+                _ => format!("datagram {round} from {src}"),
+            };
+            let reply = udp_exchange(&t.client, src, dst, payload.as_bytes()).await.unwrap();
+            assert_eq!(reply, format!("{want} {src} {payload}"), "round {round}");
+        }
+        used.insert(want);
+    }
+    assert!(used.len() >= 2, "{used:?}");
+    assert_eq!(agent.stats().unwrap()["pass-reply-unknown"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t1_08_a_not_ready_endpoint_gets_no_connection() {
+    let mut t = T1::new("nr").unwrap();
+    t.start_ws_peers().unwrap();
+    let testim_b2 = "- addresses: [\"10.244.2.10\"]\n  conditions: {ready: true";
+    assert!(SEED_CONFIG.contains(testim_b2));
+    let config_yaml = SEED_CONFIG.replacen(testim_b2, "- addresses: [\"10.244.2.10\"]\n  conditions: {ready: false", 1);
+    let agent = Agent::start(&t.node, &t.dir, &config_yaml, &[]).unwrap();
+    assert!(agent.log().contains("testim-service:9080 TCP: frontends [192.168.0.150:9080], 2 of 3 endpoints ready"));
+    let segs = t.backends[1].ns.snmp().unwrap()["Tcp:InSegs"];
+    let mut used = BTreeSet::new();
+    for &src in &t.clients {
+        for _ in 0..2 {
+            let (mut ws, hello) = ws_connect(&t.client, src, t.vip()).await.unwrap();
+            assert_ne!(hello.backend, "b2", "{src} reached the not-ready endpoint");
+            used.insert(hello.backend);
+            ws.close(None).await.unwrap();
+        }
+    }
+    assert_eq!(used.len(), 2, "{used:?}");
+    assert!(peers::connections_seen(t.ws_peer("b2")).is_empty());
+    assert_eq!(t.backends[1].ns.snmp().unwrap()["Tcp:InSegs"], segs, "TCP reached the not-ready endpoint");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t1_09_udp_flows_expire_from_conntrack() {
+    let mut t = T1::new("ex").unwrap();
+    t.start_udp_peers().unwrap();
+    let config_yaml = format!("{SEED_CONFIG}\n---\n{UDP_SERVICE}");
+    let agent = Agent::start(&t.node, &t.dir, &config_yaml, &["--udp-timeout", "3", "--gc-interval", "1"]).unwrap();
+    let src = t.clients[3];
+    let sent = Instant::now();
+    udp_exchange(&t.client, src, std::net::SocketAddrV4::new(VIP, 9080), b"one")
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\nstats: {:?}\n{}", agent.stats(), agent.log()));
+    let udp_flows = || -> Vec<serde_json::Value> {
+        agent.flows().unwrap().into_iter().filter(|f| f["protocol"] == "UDP").collect()
+    };
+    assert_eq!(udp_flows().len(), 2, "both directions tracked");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(udp_flows().len(), 2, "removed before its timeout");
+    while !udp_flows().is_empty() {
+        assert!(sent.elapsed() < Duration::from_secs(8), "still tracked {:?} after a 3 s timeout", sent.elapsed());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(sent.elapsed() >= Duration::from_secs(3));
+}
+
+fn wsfwd_programs_loaded() -> bool {
+    run(Command::new("bpftool").args(["prog", "show"])).unwrap().contains("wsfwd_tc_")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t1_10_sigterm_removes_everything_and_bad_config_attaches_nothing() {
+    let t = T1::new("cl").unwrap();
+    let agent = Agent::start(&t.node, &t.dir, SEED_CONFIG, &[]).unwrap();
+    let bpffs = agent.bpffs.clone();
+    assert!(wsfwd_programs_loaded(), "nothing to remove: the test would prove nothing");
+    assert!(bpffs.join("CONNTRACK").exists());
+    let status = agent.stop().unwrap();
+    assert!(status.success(), "{status}");
+
+    let node_has_nothing = |when: &str| {
+        for hook in ["ingress", "egress"] {
+            let f = t.node.exec(&["tc", "filter", "show", "dev", "n0", hook]).unwrap();
+            assert!(!f.contains("wsfwd"), "{when}: tc filter {hook}: {f}");
+        }
+        let net = t.node.exec(&["bpftool", "net", "show"]).unwrap();
+        assert!(!net.contains("wsfwd"), "{when}: {net}");
+        assert!(!wsfwd_programs_loaded(), "{when}: wsfwd programs still loaded");
+    };
+    node_has_nothing("after SIGTERM");
+    assert!(!bpffs.join("CONNTRACK").exists(), "pins left behind");
+
+    // A bad config exits 2, says why on stderr, and attaches nothing.
+    let bad = t.dir.join("bad.yaml");
+    std::fs::write(&bad, SEED_CONFIG.replace("192.168.0.150", "192.168.0.300")).unwrap();
+    let out = agent::command(&t.node, &bad, &t.dir.join("bpf2"), &[]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(r#"spec.externalIPs[0]: "192.168.0.300" is not an IPv4 address"#), "{stderr}");
+    assert!(!t.dir.join("bpf2").exists());
+    node_has_nothing("after a bad config");
+
+    // So does an attach mode that does not exist yet.
+    let good = t.dir.join("good.yaml");
+    std::fs::write(&good, SEED_CONFIG).unwrap();
+    let out = agent::command(&t.node, &good, &t.dir.join("bpf3"), &["--attach", "xdp"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--attach xdp: not available yet"));
+
+    // And a missing interface fails (exit 1) leaving nothing attached or pinned.
+    let mut cmd = agent::command(&t.node, &good, &t.dir.join("bpf4"), &["--iface", "nosuch0"]);
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nosuch0: no such interface"));
+    node_has_nothing("after a failed attach");
+    assert!(!t.dir.join("bpf4").join("CONNTRACK").exists());
+}

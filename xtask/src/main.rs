@@ -70,9 +70,11 @@ enum Cmd {
         args: Vec<OsString>,
     },
 
-    /// Show wsfwd at work: check prerequisites, build, check the demo configuration.
+    /// Show wsfwd at work on the seed's scenario, in network namespaces (needs root).
     ///
-    /// Runs `wsfwd check --config fixtures/seed-demo.yaml` and prints its report.
+    /// Checks prerequisites, builds, prints `wsfwd check` of fixtures/seed-demo.yaml, then runs
+    /// a client with 16 addresses against three WebSocket backends through the VIP and the
+    /// NodePort, printing where each client landed and whether affinity held. Cleans up after.
     Demo,
 }
 

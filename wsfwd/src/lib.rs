@@ -8,5 +8,6 @@ pub mod datapath;
 pub mod maglev;
 pub mod model;
 pub mod netif;
+pub mod route;
 pub mod run;
 pub mod stats;

@@ -60,6 +60,16 @@ pub enum HashInput {
     FiveTuple,
 }
 
+/// `spec.externalTrafficPolicy`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum TrafficPolicy {
+    /// Every endpoint; those not behind the node are reached with full NAT.
+    #[default]
+    Cluster,
+    /// Only endpoints behind the node, which see the client address.
+    Local,
+}
+
 /// One endpoint of one service port, with Kubernetes' conditions resolved
 /// (nil ready/serving mean true, nil terminating means false).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -101,6 +111,7 @@ pub struct Service {
     pub scheduler: Option<String>,
     /// `sessionAffinity: ClientIP` timeout in seconds; `None` without affinity.
     pub affinity_timeout_seconds: Option<u32>,
+    pub external_traffic_policy: TrafficPolicy,
     /// Why endpoints are missing, when they are.
     pub endpoint_notes: Vec<String>,
 }

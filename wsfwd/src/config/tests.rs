@@ -2,7 +2,7 @@
 use std::net::Ipv4Addr;
 
 use super::{Config, parse};
-use crate::model::{Frontend, HashInput, Protocol, Service};
+use crate::model::{Frontend, HashInput, Protocol, Service, TrafficPolicy};
 
 const IM_SERVICE: &str = include_str!("../../../fixtures/seed/im-service.yaml");
 const TESTIM_SERVICE: &str = include_str!("../../../fixtures/seed/testim-service.yaml");
@@ -222,6 +222,14 @@ fn scheduler_and_affinity() {
 }
 
 #[test]
+fn external_traffic_policy() {
+    let cluster = one(&service("s", "port: 80", ""));
+    assert_eq!(cluster.external_traffic_policy, TrafficPolicy::Cluster);
+    let local = one(&service("s", "port: 80", "  externalTrafficPolicy: Local"));
+    assert_eq!(local.external_traffic_policy, TrafficPolicy::Local);
+}
+
+#[test]
 fn unknown_fields_are_warned_with_their_path() {
     let text = docs(&[
         &service("s", "{port: 80, tagetPort: 9080}", "  sesionAffinity: ClientIP"),
@@ -290,6 +298,10 @@ fn errors_name_document_object_and_field() {
         (
             svc("port: 80", "  sessionAffinity: Sticky"),
             r#"document 1, Service default/s, spec.sessionAffinity: "Sticky" is not valid (None, ClientIP)"#,
+        ),
+        (
+            svc("port: 80", "  externalTrafficPolicy: Nearby"),
+            r#"document 1, Service default/s, spec.externalTrafficPolicy: "Nearby" is not valid (Cluster, Local)"#,
         ),
         (
             svc("port: 80", "  type: Public"),

@@ -13,7 +13,7 @@ use super::{
     ConfigError, Notes,
     documents::{Document, Object},
 };
-use crate::model::{Endpoint, Frontend, HashInput, Protocol, Service};
+use crate::model::{Endpoint, Frontend, HashInput, Protocol, Service, TrafficPolicy};
 
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 const SCHEDULER_ANNOTATION: &str = "kube-router.io/service.scheduler";
@@ -302,6 +302,15 @@ fn service_ports(
         }
     };
 
+    let policy = match spec.external_traffic_policy.as_deref().unwrap_or("Cluster") {
+        "Cluster" => TrafficPolicy::Cluster,
+        "Local" => TrafficPolicy::Local,
+        other => {
+            errors.push(at.err("spec.externalTrafficPolicy", format!("{other:?} is not valid (Cluster, Local)")));
+            TrafficPolicy::Cluster
+        }
+    };
+
     let scheduler = svc.metadata.annotations.as_ref().and_then(|a| a.get(SCHEDULER_ANNOTATION)).cloned();
     let hash = match scheduler.as_deref() {
         Some("sh") => HashInput::ClientIp,
@@ -392,6 +401,7 @@ fn service_ports(
             hash,
             scheduler: scheduler.clone(),
             affinity_timeout_seconds: affinity,
+            external_traffic_policy: policy,
             endpoint_notes,
         });
     }

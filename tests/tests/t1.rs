@@ -176,7 +176,7 @@ async fn t1_04_idle_connection_survives_conntrack_eviction() {
     assert_eq!(echo(&mut idle, Message::text("after")).await.unwrap(), Message::text("after"));
     let back: Vec<_> = agent.flows().unwrap().into_iter().filter(|f| f["source"] == idle_src.as_str()).collect();
     assert_eq!(back.len(), 1, "{back:?}");
-    assert_eq!(back[0]["translatedTo"], format!("{backend_addr}:9080").as_str());
+    assert_eq!(back[0]["newDestination"], format!("{backend_addr}:9080").as_str());
     idle.close(None).await.unwrap();
 }
 

@@ -13,12 +13,23 @@ pub mod map_names {
     pub const MAGLEV: &str = "MAGLEV";
     pub const CONNTRACK: &str = "CONNTRACK";
     pub const REVNAT: &str = "REVNAT";
+    pub const NAT: &str = "NAT";
+    pub const SNAT_IPS: &str = "SNAT_IPS";
     pub const COUNTERS: &str = "COUNTERS";
-    pub const ALL: [&str; 6] = [SERVICES, BACKENDS, MAGLEV, CONNTRACK, REVNAT, COUNTERS];
+    pub const ALL: [&str; 8] = [SERVICES, BACKENDS, MAGLEV, CONNTRACK, REVNAT, NAT, SNAT_IPS, COUNTERS];
 }
 
-/// Name of the global holding the flow-hash seed in the object.
-pub const HASH_SEED_GLOBAL: &str = "HASH_SEED";
+/// Globals the agent sets at load time.
+pub mod globals {
+    /// The flow-hash seed (u32).
+    pub const HASH_SEED: &str = "HASH_SEED";
+    /// First SNAT port and how many there are (u32 each).
+    pub const SNAT_PORT_MIN: &str = "SNAT_PORT_MIN";
+    pub const SNAT_PORT_COUNT: &str = "SNAT_PORT_COUNT";
+}
+
+/// Capacity of `SNAT_IPS`.
+pub const MAX_SNAT_IPS: u32 = 64;
 
 /// `SERVICES` key: a frontend.
 #[repr(C)]
@@ -44,21 +55,30 @@ pub struct ServiceEntry {
     pub table_size: u32,
 }
 
+/// The endpoint is not behind the node: its flows are full-NATed (DNAT and
+/// SNAT), so its replies come back through the node.
+pub const BACKEND_F_SNAT: u8 = 1;
+
 /// `BACKENDS` value (an array indexed by backend id): an endpoint.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Backend {
     pub addr: [u8; 4],
     pub port: [u8; 2],
-    pub _pad: [u8; 2],
+    pub flags: u8,
+    /// Its SNAT addresses: `SNAT_IPS[snat_first .. snat_first + snat_count]`.
+    pub snat_first: u8,
+    pub snat_count: u8,
+    pub _pad: [u8; 3],
 }
 
 /// A flow as seen in one direction.
 pub const DIR_ORIGINAL: u8 = 0;
 pub const DIR_REPLY: u8 = 1;
 
-/// `CONNTRACK` key: one direction of a flow. A flow has two entries, the
-/// original (client -> frontend) and the reply (endpoint -> client).
+/// `CONNTRACK` and `NAT` key: one direction of a flow as it arrives. A flow
+/// has two entries: the original direction (client -> frontend) and the
+/// reply (endpoint -> client, or endpoint -> SNAT address when full-NATed).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FlowKey {
@@ -72,30 +92,18 @@ pub struct FlowKey {
 }
 
 impl FlowKey {
-    /// The key of the flow's other direction, given this direction's entry:
-    /// original (client, frontend) with endpoint E <-> reply (E, client) with frontend.
+    /// The key of the flow's other direction: the reply to a packet
+    /// translated by `entry` travels from its new destination to its new source.
     #[inline(always)]
     pub const fn counterpart(&self, entry: &FlowEntry) -> FlowKey {
-        if self.dir == DIR_ORIGINAL {
-            FlowKey {
-                saddr: entry.nat_addr,
-                daddr: self.saddr,
-                sport: entry.nat_port,
-                dport: self.sport,
-                proto: self.proto,
-                dir: DIR_REPLY,
-                _pad: [0; 2],
-            }
-        } else {
-            FlowKey {
-                saddr: self.daddr,
-                daddr: entry.nat_addr,
-                sport: self.dport,
-                dport: entry.nat_port,
-                proto: self.proto,
-                dir: DIR_ORIGINAL,
-                _pad: [0; 2],
-            }
+        FlowKey {
+            saddr: entry.daddr,
+            daddr: entry.saddr,
+            sport: entry.dport,
+            dport: entry.sport,
+            proto: self.proto,
+            dir: self.dir ^ 1,
+            _pad: [0; 2],
         }
     }
 }
@@ -111,18 +119,20 @@ pub const CT_F_RST: u8 = 8;
 pub const CT_F_CLOSED_MASK: u8 = CT_F_RST;
 pub const CT_F_FIN_BOTH: u8 = CT_F_FIN_ORIGINAL | CT_F_FIN_REPLY;
 
-/// `CONNTRACK` value.
+/// `CONNTRACK` and `NAT` value: what a packet of this direction becomes.
+/// Gateway flows change one side (the destination of requests, the source of
+/// replies); full-NAT flows change both.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowEntry {
     /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the last packet in this direction.
     pub last_seen_ns: u64,
-    /// Original direction: the endpoint's address and port (the new
-    /// destination). Reply direction: the frontend's (the new source).
-    pub nat_addr: [u8; 4],
-    pub nat_port: [u8; 2],
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
     pub flags: u8,
-    pub _pad: u8,
+    pub _pad: [u8; 3],
 }
 
 impl FlowEntry {
@@ -178,6 +188,14 @@ pub enum Counter {
     PassTtlExpired,
     /// A reply from an endpoint with no conntrack entry and several frontends.
     PassReplyUnknown,
+    /// Full NAT: a flow given a SNAT address and port.
+    SnatAllocated,
+    /// Full NAT: a reply translated back to its client.
+    SnatReplyRedirected,
+    /// Full NAT: no SNAT port free (TCP: answered with RST; UDP: dropped).
+    DropSnatExhausted,
+    /// A new TCP connection refused (no endpoint, no SNAT port) with a RST.
+    RstSent,
     /// The service has no endpoint taking new flows.
     DropNoEndpoint,
     /// No route to the endpoint.
@@ -201,6 +219,10 @@ impl Counter {
         Counter::PassNotOurs,
         Counter::PassTtlExpired,
         Counter::PassReplyUnknown,
+        Counter::SnatAllocated,
+        Counter::SnatReplyRedirected,
+        Counter::DropSnatExhausted,
+        Counter::RstSent,
         Counter::DropNoEndpoint,
         Counter::DropNoRoute,
         Counter::DropFragNeeded,
@@ -219,6 +241,10 @@ impl Counter {
             Counter::PassNotOurs => "pass-not-ours",
             Counter::PassTtlExpired => "pass-ttl-expired",
             Counter::PassReplyUnknown => "pass-reply-unknown",
+            Counter::SnatAllocated => "snat-allocated",
+            Counter::SnatReplyRedirected => "snat-reply-redirected",
+            Counter::DropSnatExhausted => "drop-snat-exhausted",
+            Counter::RstSent => "rst-sent",
             Counter::DropNoEndpoint => "drop-no-endpoint",
             Counter::DropNoRoute => "drop-no-route",
             Counter::DropFragNeeded => "drop-frag-needed",
@@ -232,9 +258,9 @@ const _: () = {
     use core::mem::size_of;
     assert!(size_of::<ServiceKey>() == 8);
     assert!(size_of::<ServiceEntry>() == 16);
-    assert!(size_of::<Backend>() == 8);
+    assert!(size_of::<Backend>() == 12);
     assert!(size_of::<FlowKey>() == 16);
-    assert!(size_of::<FlowEntry>() == 16);
+    assert!(size_of::<FlowEntry>() == 24);
     assert!(size_of::<RevNatKey>() == 8);
     assert!(size_of::<RevNatEntry>() == 12);
     assert!(Counter::ALL.len() == COUNTER_COUNT as usize);

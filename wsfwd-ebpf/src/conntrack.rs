@@ -1,14 +1,34 @@
-//! Flow tracking. Each flow has two entries in an LRU map: the original
-//! direction (client -> frontend, holding the endpoint) and the reply
-//! direction (endpoint -> client, holding the frontend). Entries age out in
-//! the agent's collector; the datapath only records what it sees.
+//! Flow state. Each flow has two entries, one per direction, saying what a
+//! packet of that direction becomes. Gateway flows live in `CONNTRACK` (LRU),
+//! full-NAT flows in `NAT` (never evicted). Entries age out in the agent's
+//! collector; the datapath only records what it sees.
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use wsfwd_common::abi::{
     Backend, CT_F_FIN_ORIGINAL, CT_F_FIN_REPLY, CT_F_REPLIED, CT_F_RST, DIR_ORIGINAL, DIR_REPLY, FlowEntry,
     FlowKey,
 };
 
-use crate::{maps::CONNTRACK, parse::{Packet, TCP_FIN, TCP_RST}};
+use crate::{
+    maps::{CONNTRACK, NAT},
+    parse::{Packet, TCP_FIN, TCP_RST},
+};
+
+/// Which map a flow lives in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    Conntrack,
+    Nat,
+}
+
+impl Table {
+    #[inline(always)]
+    pub fn get(self, key: &FlowKey) -> Option<*mut FlowEntry> {
+        match self {
+            Table::Conntrack => CONNTRACK.get_ptr_mut(key),
+            Table::Nat => NAT.get_ptr_mut(key),
+        }
+    }
+}
 
 #[inline(always)]
 pub fn now() -> u64 {
@@ -23,32 +43,33 @@ pub fn key(p: &Packet, dir: u8) -> FlowKey {
 }
 
 #[inline(always)]
-pub fn lookup(key: &FlowKey) -> Option<*mut FlowEntry> {
-    CONNTRACK.get_ptr_mut(key)
+pub fn entry(saddr: [u8; 4], sport: [u8; 2], daddr: [u8; 4], dport: [u8; 2], now: u64) -> FlowEntry {
+    FlowEntry { last_seen_ns: now, saddr, daddr, sport, dport, flags: 0, _pad: [0; 3] }
 }
 
-/// Records a new flow in both directions.
+/// Records a new gateway flow (the client address is kept) in both directions.
 #[inline(always)]
-pub fn create(p: &Packet, backend: &Backend, now: u64) {
+pub fn create_gateway(p: &Packet, backend: &Backend, now: u64) -> FlowEntry {
     let original = key(p, DIR_ORIGINAL);
-    let to_endpoint = FlowEntry { last_seen_ns: now, nat_addr: backend.addr, nat_port: backend.port, flags: 0, _pad: 0 };
+    let to_endpoint = entry(p.saddr, p.sport, backend.addr, backend.port, now);
     let reply = original.counterpart(&to_endpoint);
-    let to_frontend = FlowEntry { last_seen_ns: now, nat_addr: p.daddr, nat_port: p.dport, flags: 0, _pad: 0 };
-    // On failure (a full map cannot fail for LRU) the next packet retries.
+    let to_client = entry(p.daddr, p.dport, p.saddr, p.sport, now);
+    // LRU inserts do not fail for want of room; any other failure means the
+    // next packet simply tries again.
     let _ = CONNTRACK.insert(&original, &to_endpoint, 0);
-    let _ = CONNTRACK.insert(&reply, &to_frontend, 0);
+    let _ = CONNTRACK.insert(&reply, &to_client, 0);
+    to_endpoint
 }
 
 /// Notes a packet of an existing flow (`key` is its own direction's): its
 /// time, and FIN/RST in both entries so the collector can end the flow after
 /// a short linger.
 #[inline(always)]
-pub fn seen(entry: *mut FlowEntry, key: &FlowKey, p: &Packet, now: u64) {
-    let dir = key.dir;
+pub fn seen(table: Table, e: *mut FlowEntry, key: &FlowKey, p: &Packet, now: u64) {
     // SAFETY: a pointer into a map value, valid for this program run.
-    let e = unsafe { &mut *entry };
+    let e = unsafe { &mut *e };
     e.last_seen_ns = now;
-    if dir == DIR_REPLY && e.flags & CT_F_REPLIED == 0 {
+    if key.dir == DIR_REPLY && e.flags & CT_F_REPLIED == 0 {
         e.flags |= CT_F_REPLIED;
     }
     if !p.ends_flow() {
@@ -59,10 +80,10 @@ pub fn seen(entry: *mut FlowEntry, key: &FlowKey, p: &Packet, now: u64) {
         flags |= CT_F_RST;
     }
     if p.tcp_flags & TCP_FIN != 0 {
-        flags |= if dir == DIR_ORIGINAL { CT_F_FIN_ORIGINAL } else { CT_F_FIN_REPLY };
+        flags |= if key.dir == DIR_ORIGINAL { CT_F_FIN_ORIGINAL } else { CT_F_FIN_REPLY };
     }
     e.flags |= flags;
-    if let Some(o) = CONNTRACK.get_ptr_mut(&key.counterpart(e)) {
+    if let Some(o) = table.get(&key.counterpart(e)) {
         // SAFETY: as above.
         unsafe { (*o).flags |= flags };
     }

@@ -1,12 +1,17 @@
-//! External egress: replies from endpoints, routed out by the kernel, get
-//! their frontend address back. Everything else passes untouched.
+//! External egress: replies from endpoints behind the node, routed out by the
+//! kernel, get their frontend address back. Everything else passes untouched.
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     programs::TcContext,
 };
 use wsfwd_common::abi::{Counter, DIR_REPLY, REVNAT_F_UNIQUE, RevNatKey};
 
-use crate::{conntrack, counters::count, maps::REVNAT, nat, parse};
+use crate::{
+    conntrack::{self, Table},
+    counters::count,
+    maps::REVNAT,
+    nat, parse,
+};
 
 #[inline(always)]
 pub fn handle(ctx: &TcContext) -> i32 {
@@ -25,23 +30,24 @@ pub fn handle(ctx: &TcContext) -> i32 {
         return TC_ACT_OK as i32;
     };
     let key = conntrack::key(&p, DIR_REPLY);
-    let (addr, port) = match conntrack::lookup(&key) {
+    let now = conntrack::now();
+    let e = match Table::Conntrack.get(&key) {
         Some(e) => {
-            conntrack::seen(e, &key, &p, conntrack::now());
+            conntrack::seen(Table::Conntrack, e, &key, &p, now);
             // SAFETY: a pointer into a map value, valid for this run.
-            unsafe { ((*e).nat_addr, (*e).nat_port) }
+            unsafe { *e }
         }
         // Evicted: an endpoint of exactly one frontend still says where it belongs.
         None if revnat.flags & REVNAT_F_UNIQUE != 0 => {
             count(Counter::ReplyFromRevNat);
-            (revnat.addr, revnat.port)
+            conntrack::entry(revnat.addr, revnat.port, p.daddr, p.dport, now)
         }
         None => {
             count(Counter::PassReplyUnknown);
             return TC_ACT_OK as i32;
         }
     };
-    if nat::rewrite_src(ctx, &p, addr, port).is_err() {
+    if nat::translate(ctx, &p, &e).is_err() {
         count(Counter::DropError);
         return TC_ACT_SHOT as i32;
     }

@@ -11,7 +11,7 @@ use aya_ebpf::{
     helpers::{bpf_redirect, generated::bpf_fib_lookup as fib_lookup, generated::bpf_redirect_neigh},
     programs::TcContext,
 };
-use wsfwd_common::abi::Counter;
+use wsfwd_common::abi::{Counter, FlowEntry};
 
 use crate::parse::Packet;
 
@@ -25,21 +25,21 @@ pub struct Route {
     macs: Option<([u8; 6], [u8; 6])>,
 }
 
-/// Looks up the route for `p` once its destination is `dst`.
+/// Looks up the route for `p` once translated by `e`.
 #[inline(always)]
-pub fn route(ctx: &TcContext, p: &Packet, dst: [u8; 4], dport: [u8; 2]) -> Result<Route, Counter> {
+pub fn route(ctx: &TcContext, p: &Packet, e: &FlowEntry) -> Result<Route, Counter> {
     // SAFETY: bpf_fib_lookup is plain data; all-zero is a valid start.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
     params.l4_protocol = p.proto;
-    params.sport = u16::from_ne_bytes(p.sport);
-    params.dport = u16::from_ne_bytes(dport);
+    params.sport = u16::from_ne_bytes(e.sport);
+    params.dport = u16::from_ne_bytes(e.dport);
     // tot_len 0: the kernel checks the skb itself, GSO included.
     params.__bindgen_anon_1.tot_len = 0;
     // SAFETY: ctx.skb points at the live __sk_buff.
     params.ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
-    params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(p.saddr);
-    params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
+    params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(e.saddr);
+    params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(e.daddr);
     // SAFETY: params is a valid, fully initialised lookup request.
     let rc = unsafe {
         fib_lookup(ctx.skb.skb as *mut _, &mut params, size_of::<bpf_fib_lookup>() as i32, 0)

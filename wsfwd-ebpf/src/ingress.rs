@@ -1,12 +1,33 @@
-//! External ingress: frontend packets are translated to their endpoint and
-//! redirected; everything else passes untouched.
-use aya_ebpf::bindings::{TC_ACT_OK, TC_ACT_SHOT};
-use wsfwd_common::abi::{Counter, DIR_ORIGINAL, ServiceKey};
+//! External ingress: frontend packets are translated to their endpoint, and
+//! full-NAT replies to their client, then redirected; everything else passes
+//! untouched.
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    programs::TcContext,
+};
+use wsfwd_common::abi::{BACKEND_F_SNAT, Counter, DIR_ORIGINAL, DIR_REPLY, FlowEntry, ServiceEntry, ServiceKey};
 
-use crate::{conntrack, counters::count, forward, maps::SERVICES, nat, parse};
+use crate::{
+    conntrack::{self, Table},
+    counters::count,
+    forward,
+    maps::{SERVICES, snat_ports},
+    nat,
+    parse::{self, Packet},
+    reply, select, snat,
+};
+
+pub enum Verdict {
+    /// Not touched: the kernel may have it.
+    Pass(Counter),
+    /// Owned by wsfwd but cannot be delivered.
+    Drop(Counter),
+    /// A new flow that cannot be served: TCP gets a RST, the rest is dropped.
+    Refuse(Counter),
+}
 
 #[inline(always)]
-pub fn handle(ctx: &aya_ebpf::programs::TcContext) -> i32 {
+pub fn handle(ctx: &TcContext) -> i32 {
     match run(ctx) {
         Ok(verdict) => verdict,
         Err(Verdict::Pass(c)) => {
@@ -17,49 +38,93 @@ pub fn handle(ctx: &aya_ebpf::programs::TcContext) -> i32 {
             count(c);
             TC_ACT_SHOT as i32
         }
+        Err(Verdict::Refuse(c)) => {
+            count(c);
+            reply::refuse(ctx)
+        }
     }
-}
-
-enum Verdict {
-    /// Not touched: the kernel may have it.
-    Pass(Counter),
-    /// Owned by wsfwd but cannot be delivered.
-    Drop(Counter),
 }
 
 #[inline(always)]
-fn run(ctx: &aya_ebpf::programs::TcContext) -> Result<i32, Verdict> {
+fn run(ctx: &TcContext) -> Result<i32, Verdict> {
     let p = parse::parse(ctx).map_err(Verdict::Pass)?;
     let frontend = ServiceKey { addr: p.daddr, port: p.dport, proto: p.proto, _pad: 0 };
     // SAFETY: the value is copied out before any other map call.
-    let svc = unsafe { SERVICES.get(&frontend) }.copied().ok_or(Verdict::Pass(Counter::PassNotOurs))?;
+    match unsafe { SERVICES.get(&frontend) }.copied() {
+        Some(svc) => to_endpoint(ctx, &p, &svc),
+        None => to_client(ctx, &p),
+    }
+}
+
+/// A packet for a frontend.
+#[inline(always)]
+fn to_endpoint(ctx: &TcContext, p: &Packet, svc: &ServiceEntry) -> Result<i32, Verdict> {
     if p.ttl <= 1 {
         return Err(Verdict::Pass(Counter::PassTtlExpired));
     }
-
     let now = conntrack::now();
-    let key = conntrack::key(&p, DIR_ORIGINAL);
-    let (addr, port) = match conntrack::lookup(&key) {
+    let key = conntrack::key(p, DIR_ORIGINAL);
+    let mut found = None;
+    for table in [Table::Conntrack, Table::Nat] {
+        if let Some(e) = table.get(&key) {
+            found = Some((table, e));
+            break;
+        }
+    }
+    let e = match found {
         // A new SYN on a closed flow's tuple is a new connection: choose again.
         // SAFETY: a pointer into a map value, valid for this run.
-        Some(e) if !(p.is_syn() && unsafe { (*e).is_closing() }) => {
-            conntrack::seen(e, &key, &p, now);
-            unsafe { ((*e).nat_addr, (*e).nat_port) }
+        Some((table, e)) if !(p.is_syn() && unsafe { (*e).is_closing() }) => {
+            conntrack::seen(table, e, &key, p, now);
+            unsafe { *e }
         }
         // New, or evicted from the LRU map: Maglev gives the same endpoint
         // again as long as the service's endpoints have not changed.
-        _ => {
-            let backend = crate::select::pick(&svc, &p).ok_or(Verdict::Drop(Counter::DropNoEndpoint))?;
-            conntrack::create(&p, &backend, now);
-            count(Counter::FlowCreated);
-            (backend.addr, backend.port)
-        }
+        _ => new_flow(p, svc, now)?,
     };
+    forward(ctx, p, &e, Counter::Redirected)
+}
 
-    let route = forward::route(ctx, &p, addr, port).map_err(Verdict::Drop)?;
-    nat::rewrite_dst(ctx, &p, addr, port).map_err(|_| Verdict::Drop(Counter::DropError))?;
-    nat::decrement_ttl(ctx, &p).map_err(|_| Verdict::Drop(Counter::DropError))?;
+#[inline(always)]
+fn new_flow(p: &Packet, svc: &ServiceEntry, now: u64) -> Result<FlowEntry, Verdict> {
+    let backend = select::pick(svc, p).ok_or(Verdict::Refuse(Counter::DropNoEndpoint))?;
+    let e = if backend.flags & BACKEND_F_SNAT != 0 {
+        let e = snat::allocate(p, &backend, now).map_err(Verdict::Refuse)?;
+        count(Counter::SnatAllocated);
+        e
+    } else {
+        conntrack::create_gateway(p, &backend, now)
+    };
+    count(Counter::FlowCreated);
+    Ok(e)
+}
+
+/// Not for a frontend: a full-NAT reply (to a SNAT address and port), or not ours.
+#[inline(always)]
+fn to_client(ctx: &TcContext, p: &Packet) -> Result<i32, Verdict> {
+    let (port_min, port_count) = snat_ports();
+    let dport = u16::from_be_bytes(p.dport) as u32;
+    if dport < port_min || dport - port_min >= port_count {
+        return Err(Verdict::Pass(Counter::PassNotOurs));
+    }
+    let key = conntrack::key(p, DIR_REPLY);
+    let e = Table::Nat.get(&key).ok_or(Verdict::Pass(Counter::PassNotOurs))?;
+    if p.ttl <= 1 {
+        return Err(Verdict::Pass(Counter::PassTtlExpired));
+    }
+    conntrack::seen(Table::Nat, e, &key, p, conntrack::now());
+    // SAFETY: a pointer into a map value, valid for this run.
+    let e = unsafe { *e };
+    forward(ctx, p, &e, Counter::SnatReplyRedirected)
+}
+
+/// Translates and redirects; the packet never goes back to the kernel.
+#[inline(always)]
+fn forward(ctx: &TcContext, p: &Packet, e: &FlowEntry, done: Counter) -> Result<i32, Verdict> {
+    let route = forward::route(ctx, p, e).map_err(Verdict::Drop)?;
+    nat::translate(ctx, p, e).map_err(|_| Verdict::Drop(Counter::DropError))?;
+    nat::decrement_ttl(ctx, p).map_err(|_| Verdict::Drop(Counter::DropError))?;
     let verdict = forward::redirect(ctx, &route).map_err(Verdict::Drop)?;
-    count(Counter::Redirected);
+    count(done);
     Ok(verdict)
 }

@@ -11,7 +11,9 @@ mod ingress;
 mod maps;
 mod nat;
 mod parse;
+mod reply;
 mod select;
+mod snat;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 

@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use wsfwd_common::abi::{
-    Backend, COUNTER_COUNT, FlowEntry, FlowKey, RevNatEntry, RevNatKey, ServiceEntry, ServiceKey,
+    Backend, COUNTER_COUNT, FlowEntry, FlowKey, MAX_SNAT_IPS, RevNatEntry, RevNatKey, ServiceEntry, ServiceKey,
 };
 
 #[map]
@@ -18,22 +18,46 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(1, 0);
 #[map]
 pub static MAGLEV: Array<u32> = Array::with_max_entries(1, 0);
 
+/// Gateway flows. LRU: an evicted flow is rebuilt from Maglev and `REVNAT`.
 #[map]
 pub static CONNTRACK: LruHashMap<FlowKey, FlowEntry> = LruHashMap::with_max_entries(1, 0);
 
 #[map]
 pub static REVNAT: HashMap<RevNatKey, RevNatEntry> = HashMap::with_max_entries(1, 0);
 
+/// Full-NAT flows. Never evicted: a SNAT port mapping lost mid-flow would
+/// break the connection. The agent removes them after their quarantine.
+#[map]
+pub static NAT: HashMap<FlowKey, FlowEntry> = HashMap::with_max_entries(1, 0);
+
+#[map]
+pub static SNAT_IPS: Array<[u8; 4]> = Array::with_max_entries(MAX_SNAT_IPS, 0);
+
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
 
-/// Seed of the flow hash, set by the agent at load time (`--hash-seed`).
+// Set by the agent at load time; volatile reads keep the compiler from
+// folding in these placeholders.
 #[unsafe(no_mangle)]
 static HASH_SEED: u32 = 0;
+#[unsafe(no_mangle)]
+static SNAT_PORT_MIN: u32 = 0;
+#[unsafe(no_mangle)]
+static SNAT_PORT_COUNT: u32 = 0;
+
+#[inline(always)]
+fn global(g: &u32) -> u32 {
+    // SAFETY: a read-only global the loader fills in.
+    unsafe { core::ptr::read_volatile(g) }
+}
 
 #[inline(always)]
 pub fn hash_seed() -> u32 {
-    // SAFETY: a read-only global the loader fills in; volatile so the
-    // compiler does not fold in the placeholder.
-    unsafe { core::ptr::read_volatile(&HASH_SEED) }
+    global(&HASH_SEED)
+}
+
+/// The SNAT port range: (first port, count).
+#[inline(always)]
+pub fn snat_ports() -> (u32, u32) {
+    (global(&SNAT_PORT_MIN), global(&SNAT_PORT_COUNT))
 }

@@ -5,7 +5,7 @@ use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::TcContext,
 };
-use wsfwd_common::abi::PROTO_UDP;
+use wsfwd_common::abi::{FlowEntry, PROTO_UDP};
 
 use crate::parse::{IP_OFF, L4_OFF, Packet};
 
@@ -60,16 +60,17 @@ fn rewrite(
     Ok(())
 }
 
-/// DNAT: frontend -> endpoint.
+/// Rewrites the packet into what its flow entry says it becomes: the
+/// destination (DNAT), the source (SNAT, or un-DNAT of a reply), or both.
 #[inline(always)]
-pub fn rewrite_dst(ctx: &TcContext, p: &Packet, addr: [u8; 4], port: [u8; 2]) -> Result<(), Error> {
-    rewrite(ctx, p, IP_DST_OFF, (p.daddr, addr), L4_DPORT_OFF, (p.dport, port))
-}
-
-/// Reverse DNAT of a reply: endpoint -> frontend.
-#[inline(always)]
-pub fn rewrite_src(ctx: &TcContext, p: &Packet, addr: [u8; 4], port: [u8; 2]) -> Result<(), Error> {
-    rewrite(ctx, p, IP_SRC_OFF, (p.saddr, addr), L4_SPORT_OFF, (p.sport, port))
+pub fn translate(ctx: &TcContext, p: &Packet, e: &FlowEntry) -> Result<(), Error> {
+    if e.daddr != p.daddr || e.dport != p.dport {
+        rewrite(ctx, p, IP_DST_OFF, (p.daddr, e.daddr), L4_DPORT_OFF, (p.dport, e.dport))?;
+    }
+    if e.saddr != p.saddr || e.sport != p.sport {
+        rewrite(ctx, p, IP_SRC_OFF, (p.saddr, e.saddr), L4_SPORT_OFF, (p.sport, e.sport))?;
+    }
+    Ok(())
 }
 
 /// A redirect skips the kernel's forwarding, so the TTL is ours to decrement.

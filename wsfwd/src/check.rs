@@ -4,8 +4,9 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::{
+    datapath::contents::{self, Node},
     maglev,
-    model::{Endpoint, Frontend, HashInput, Protocol, Service},
+    model::{Endpoint, Frontend, HashInput, Protocol, Service, TrafficPolicy},
 };
 
 #[derive(Serialize)]
@@ -37,19 +38,37 @@ pub struct ServicePlan<'a> {
     pub endpoints: Vec<EndpointPlan<'a>>,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     pub endpoint_notes: &'a [String],
+    pub external_traffic_policy: TrafficPolicy,
+    #[serde(skip)]
+    modes_known: bool,
 }
 
 #[derive(Serialize)]
 pub struct EndpointPlan<'a> {
     #[serde(flatten)]
     pub endpoint: &'a Endpoint,
-    /// Maglev slots held: the endpoint's share of new flows (0 unless ready).
+    /// Maglev slots held: the endpoint's share of new flows (0 unless serving).
     pub slots: u32,
+    /// How it is reached, when the routes were evaluated (`--iface`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<EndpointMode>,
+}
+
+#[derive(Clone, Copy, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum EndpointMode {
+    /// Routed through a non-external interface: DNAT only, sees the client.
+    BehindNode,
+    /// Reached out of an external interface: DNAT and SNAT.
+    FullNat,
 }
 
 impl<'a> ServicePlan<'a> {
-    pub fn new(s: &'a Service, seed: u32) -> Self {
-        let live: Vec<usize> = (0..s.endpoints.len()).filter(|&i| s.endpoints[i].takes_new_flows()).collect();
+    pub fn new(s: &'a Service, node: Option<&Node>, seed: u32) -> Self {
+        let unknown = Node::default();
+        let serving = contents::serving(s, node.unwrap_or(&unknown));
+        let live: Vec<usize> =
+            (0..s.endpoints.len()).filter(|&i| serving.iter().any(|e| std::ptr::eq(*e, &s.endpoints[i]))).collect();
         let keys: Vec<maglev::Key> = live.iter().map(|&i| (s.endpoints[i].address, s.endpoints[i].port)).collect();
         let size = maglev::table_size(keys.len());
         let table = maglev::build(&keys, size, seed);
@@ -71,14 +90,29 @@ impl<'a> ServicePlan<'a> {
             scheduler: s.scheduler.as_deref(),
             affinity_timeout_seconds: s.affinity_timeout_seconds,
             table_size: table.map(|_| size),
-            endpoints: s.endpoints.iter().zip(slots).map(|(endpoint, slots)| EndpointPlan { endpoint, slots }).collect(),
+            endpoints: s
+                .endpoints
+                .iter()
+                .zip(slots)
+                .map(|(endpoint, slots)| EndpointPlan {
+                    endpoint,
+                    slots,
+                    mode: node.map(|n| match n.external.get(&endpoint.address) {
+                        None => EndpointMode::BehindNode,
+                        Some(_) => EndpointMode::FullNat,
+                    }),
+                })
+                .collect(),
+            external_traffic_policy: s.external_traffic_policy,
+            modes_known: node.is_some(),
             endpoint_notes: &s.endpoint_notes,
         }
     }
 }
 
-pub fn plan(services: &[Service], seed: u32) -> Plan<'_> {
-    Plan { hash_seed: seed, services: services.iter().map(|s| ServicePlan::new(s, seed)).collect() }
+/// The plan; `node` when routes were evaluated (`wsfwd check --iface`).
+pub fn plan<'a>(services: &'a [Service], node: Option<&Node>, seed: u32) -> Plan<'a> {
+    Plan { hash_seed: seed, services: services.iter().map(|s| ServicePlan::new(s, node, seed)).collect() }
 }
 
 fn state(e: &Endpoint) -> &'static str {
@@ -112,10 +146,20 @@ pub fn render(plan: &Plan<'_>) -> String {
             None => "none".into(),
         };
         let _ = writeln!(out, "  affinity:   {affinity}");
+        let policy = match (s.external_traffic_policy, s.modes_known) {
+            (TrafficPolicy::Cluster, _) => "Cluster (endpoints not behind the node are full-NATed)",
+            (TrafficPolicy::Local, true) => "Local (only endpoints behind this node)",
+            (TrafficPolicy::Local, false) => "Local (only endpoints behind the node; --iface shows which)",
+        };
+        let _ = writeln!(out, "  traffic:    {policy}");
         let ready = s.endpoints.iter().filter(|e| e.endpoint.takes_new_flows()).count();
+        let serving = s.endpoints.iter().filter(|e| e.slots > 0).count();
         match s.table_size {
             Some(size) => {
-                let _ = writeln!(out, "  maglev:     {size} slots over {ready} ready endpoint(s)");
+                let _ = writeln!(out, "  maglev:     {size} slots over {serving} ready endpoint(s)");
+            }
+            None if s.external_traffic_policy == TrafficPolicy::Local && s.modes_known && ready > 0 => {
+                let _ = writeln!(out, "  NOT SERVED on this node: externalTrafficPolicy Local and no ready endpoint behind it");
             }
             None => {
                 let _ = writeln!(out, "  NO ENDPOINTS: new connections to this service will be refused");
@@ -124,8 +168,13 @@ pub fn render(plan: &Plan<'_>) -> String {
         for note in s.endpoint_notes {
             let _ = writeln!(out, "    ({note})");
         }
-        for &EndpointPlan { endpoint: e, slots } in &s.endpoints {
+        for &EndpointPlan { endpoint: e, slots, mode } in &s.endpoints {
             let target = e.target.as_deref().map(|t| format!(" {t}")).unwrap_or_default();
+            let target = match mode {
+                Some(EndpointMode::BehindNode) => format!("{target} [behind the node]"),
+                Some(EndpointMode::FullNat) => format!("{target} [full NAT]"),
+                None => target,
+            };
             let share = match s.table_size {
                 Some(size) if slots > 0 => format!("{slots} slots ({:.1}%)", 100.0 * f64::from(slots) / f64::from(size)),
                 _ => "no new flows".into(),

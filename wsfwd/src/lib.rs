@@ -8,6 +8,7 @@ pub mod datapath;
 pub mod maglev;
 pub mod model;
 pub mod netif;
+pub mod placement;
 pub mod route;
 pub mod run;
 pub mod stats;

@@ -2,7 +2,7 @@
 use std::{io::Write as _, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use wsfwd::{check, config, datapath::gc::Timeouts, run, stats};
+use wsfwd::{check, config, datapath::gc::Timeouts, netif, placement, run, stats};
 
 /// Exit code for a configuration that was rejected (clap also uses 2 for bad usage).
 const EXIT_BAD_CONFIG: u8 = 2;
@@ -43,6 +43,11 @@ enum Command {
         /// Seed of the flow hash; every node of a deployment must use the same one.
         #[arg(long, value_name = "N", default_value_t = wsfwd_common::DEFAULT_HASH_SEED)]
         hash_seed: u32,
+        /// Also evaluate this node's routes (read-only), as `run --iface` would:
+        /// which endpoints are behind the node and which get full NAT, and what
+        /// externalTrafficPolicy: Local leaves. Repeat for several interfaces.
+        #[arg(long = "iface", value_name = "IFACE")]
+        ifaces: Vec<String>,
     },
     /// Forward: attach to the external interfaces and run in the foreground.
     ///
@@ -109,9 +114,37 @@ struct RunCli {
     /// Idle timeout of a UDP flow, in seconds (Cilium: 60; the kernel's: 30, 120 once replied).
     #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     udp_timeout: u64,
+    /// A node address to SNAT from for endpoints that are not behind the node
+    /// (full NAT). Repeat to raise the limit of concurrent flows per endpoint:
+    /// each address adds one flow per SNAT port. Default: the source address
+    /// of the route to each such endpoint.
+    #[arg(long = "snat-ip", value_name = "ADDR")]
+    snat_ips: Vec<std::net::Ipv4Addr>,
+    /// SNAT source ports, MIN-MAX. Default: the largest range outside the
+    /// node's ip_local_port_range and the NodePort range (30000-32767).
+    #[arg(long, value_name = "MIN-MAX", value_parser = parse_port_range)]
+    snat_ports: Option<(u16, u16)>,
+    /// How long a SNAT port stays reserved after its flow ended, in seconds
+    /// (longer than TIME_WAIT, so a late packet never reaches a new flow).
+    #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(61..))]
+    snat_quarantine: u64,
+    /// Capacity of the full-NAT flow table in entries (two per flow). Never
+    /// evicted: when full, new full-NAT flows are refused.
+    #[arg(long, value_name = "N", default_value_t = 1 << 17, value_parser = clap::value_parser!(u32).range(16..))]
+    nat_size: u32,
     /// How often expired flows are removed, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     gc_interval: u64,
+}
+
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (lo, hi) = s.split_once('-').ok_or_else(|| format!("{s:?}: expected MIN-MAX, e.g. 61000-65535"))?;
+    let port = |p: &str| p.trim().parse::<u16>().ok().filter(|&p| p > 0).ok_or_else(|| format!("{p:?} is not a port (1-65535)"));
+    let (lo, hi) = (port(lo)?, port(hi)?);
+    if lo > hi {
+        return Err(format!("{s}: MIN is above MAX"));
+    }
+    Ok((lo, hi))
 }
 
 fn init_logging(level: &str) {
@@ -130,7 +163,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_level);
     let result = match cli.command {
-        Command::Check { config, json, hash_seed } => return check_cmd(&config, json, hash_seed),
+        Command::Check { config, json, hash_seed, ifaces } => return check_cmd(&config, json, hash_seed, &ifaces),
         Command::Run(args) => return run_cmd(args),
         Command::Stats { bpffs, json } => stats_cmd(&bpffs, json),
         Command::Conntrack { bpffs, json } => conntrack_cmd(&bpffs, json),
@@ -155,7 +188,7 @@ fn print_config_errors(path: &std::path::Path, errors: &config::ConfigErrors) {
     eprintln!("{}: rejected ({} error(s)); nothing applied", path.display(), errors.0.len());
 }
 
-fn check_cmd(path: &std::path::Path, json: bool, seed: u32) -> ExitCode {
+fn check_cmd(path: &std::path::Path, json: bool, seed: u32, ifaces: &[String]) -> ExitCode {
     let config = match config::load(path) {
         Ok(c) => c,
         Err(errors) => {
@@ -164,7 +197,19 @@ fn check_cmd(path: &std::path::Path, json: bool, seed: u32) -> ExitCode {
         }
     };
     config.notes.log();
-    let plan = check::plan(&config.services, seed);
+    let node = if ifaces.is_empty() {
+        None
+    } else {
+        let resolved = netif::resolve(ifaces).and_then(|i| placement::resolve(&config.services, &i, &[]));
+        match resolved {
+            Ok(node) => Some(node),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    let plan = check::plan(&config.services, node.as_ref(), seed);
     if json {
         match serde_json::to_string_pretty(&plan) {
             Ok(s) => println!("{s}"),
@@ -197,6 +242,10 @@ fn run_cmd(a: RunCli) -> ExitCode {
             udp: Duration::from_secs(a.udp_timeout),
         },
         gc_interval: Duration::from_secs(a.gc_interval),
+        snat_ips: a.snat_ips,
+        snat_ports: a.snat_ports,
+        snat_quarantine: Duration::from_secs(a.snat_quarantine),
+        nat_size: a.nat_size,
     };
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -243,8 +292,16 @@ fn conntrack_cmd(bpffs: &std::path::Path, json: bool) -> anyhow::Result<()> {
         for f in flows {
             writeln!(
                 out,
-                "{:<8} {} {} -> {} => {} flags={:#x} idle={}ms",
-                f.direction, f.protocol, f.source, f.destination, f.translated_to, f.flags, f.idle_ms
+                "{:<9} {:<8} {} {} -> {} => {} -> {} flags={:#x} idle={}ms",
+                f.table,
+                f.direction,
+                f.protocol,
+                f.source,
+                f.destination,
+                f.new_source,
+                f.new_destination,
+                f.flags,
+                f.idle_ms
             )?;
         }
     }

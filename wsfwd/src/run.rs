@@ -7,7 +7,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     config,
     datapath::{self, Datapath, gc},
-    netif,
+    netif, placement,
 };
 
 pub struct RunArgs {
@@ -18,6 +18,73 @@ pub struct RunArgs {
     pub hash_seed: u32,
     pub timeouts: gc::Timeouts,
     pub gc_interval: Duration,
+    pub snat_ips: Vec<std::net::Ipv4Addr>,
+    pub snat_ports: Option<(u16, u16)>,
+    pub snat_quarantine: Duration,
+    pub nat_size: u32,
+}
+
+/// The NodePort range Kubernetes allocates from by default.
+const NODE_PORTS: (u16, u16) = (30000, 32767);
+
+/// The default SNAT ports: the largest range that overlaps neither the
+/// node's ephemeral ports (`ip_local_port_range`) nor the NodePort range,
+/// preferring ports above both.
+pub fn default_snat_ports(local: (u16, u16)) -> Option<(u16, u16)> {
+    let busy = [local, NODE_PORTS];
+    let mut free: Vec<(u16, u16)> = Vec::new();
+    let mut start = 1024u32;
+    let mut edges: Vec<(u16, u16)> = busy.to_vec();
+    edges.sort();
+    for (lo, hi) in edges {
+        if u32::from(lo) > start {
+            free.push((start as u16, lo - 1));
+        }
+        start = start.max(u32::from(hi) + 1);
+    }
+    if start <= 65535 {
+        free.push((start as u16, 65535));
+    }
+    let size = |r: &(u16, u16)| u32::from(r.1) - u32::from(r.0) + 1;
+    // Above everything when that leaves a useful range: clear of low, well-known ports.
+    match free.last() {
+        Some(top) if top.0 > local.1 && size(top) >= 1024 => Some(*top),
+        _ => free.into_iter().max_by_key(size),
+    }
+}
+
+fn local_port_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().filter_map(|p| p.parse().ok());
+            Some((it.next()?, it.next()?))
+        })
+        .unwrap_or((32768, 60999))
+}
+
+/// The SNAT port range to use, checked against the configured NodePorts.
+fn snat_ports(args: &RunArgs, services: &[crate::model::Service]) -> anyhow::Result<(u16, u16)> {
+    let range = match args.snat_ports {
+        Some(r) => r,
+        None => default_snat_ports(local_port_range())
+            .ok_or_else(|| anyhow::anyhow!("no free port range for SNAT: give --snat-ports"))?,
+    };
+    for svc in services {
+        for f in &svc.frontends {
+            if let crate::model::Frontend::NodePort { port, .. } = f {
+                if (range.0..=range.1).contains(port) {
+                    anyhow::bail!(
+                        "--snat-ports {}-{} contains nodePort {port} of {}: replies to SNAT ports would hit the NodePort",
+                        range.0,
+                        range.1,
+                        svc.id()
+                    );
+                }
+            }
+        }
+    }
+    Ok(range)
 }
 
 /// How `run` failed: the exit code tells a bad config from a failure to attach.
@@ -36,16 +103,26 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let cfg = config::load(&args.config).map_err(RunError::Config)?;
     cfg.notes.log();
     let ifaces = netif::resolve(&args.ifaces).map_err(anyhow::Error::msg)?;
-    let node_addrs: Vec<_> = ifaces.iter().flat_map(|i| i.addrs.iter().copied()).collect();
-    let contents = datapath::contents::compile(&cfg.services, &node_addrs, args.hash_seed).map_err(anyhow::Error::msg)?;
+    let node = placement::resolve(&cfg.services, &ifaces, &args.snat_ips).map_err(anyhow::Error::msg)?;
+    let contents = datapath::contents::compile(&cfg.services, &node, args.hash_seed).map_err(anyhow::Error::msg)?;
+    let (port_min, port_max) = snat_ports(&args, &cfg.services)?;
     if netif::ip_forward_enabled() == Some(false) {
         log::warn!("net.ipv4.ip_forward is 0 here: new flows are dropped (no route) and replies are not forwarded");
     }
 
-    let opts = datapath::Options { ct_size: args.ct_size, hash_seed: args.hash_seed, bpffs: &args.bpffs };
+    let opts = datapath::Options {
+        ct_size: args.ct_size,
+        nat_size: args.nat_size,
+        hash_seed: args.hash_seed,
+        snat_ports: (u32::from(port_min), u32::from(port_max) - u32::from(port_min) + 1),
+        bpffs: &args.bpffs,
+    };
     let mut dp = Datapath::start(&contents, &ifaces, &opts)?;
     for line in &contents.summary {
-        log::info!("service {line}");
+        log::info!("{line}");
+    }
+    if !contents.snat_ips.is_empty() {
+        log::info!("full NAT: SNAT ports {port_min}-{port_max}, quarantine {:?}", args.snat_quarantine);
     }
     let names: Vec<&str> = ifaces.iter().map(|i| i.name.as_str()).collect();
     log::info!(
@@ -64,7 +141,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         tokio::select! {
             _ = term.recv() => { log::info!("SIGTERM: detaching and unpinning"); break; }
             _ = int.recv() => { log::info!("SIGINT: detaching and unpinning"); break; }
-            _ = tick.tick() => collect(&mut dp, &args.timeouts),
+            _ = tick.tick() => collect(&mut dp, &args.timeouts, args.snat_quarantine),
         }
     }
     drop(dp);
@@ -72,15 +149,39 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     Ok(())
 }
 
-fn collect(dp: &mut Datapath, timeouts: &gc::Timeouts) {
-    let ct = dp.conntrack();
-    let entries: Vec<_> = ct.iter().filter_map(Result::ok).collect();
-    let gone = gc::expired(&entries, gc::monotonic_ns(), timeouts);
+fn collect(dp: &mut Datapath, timeouts: &gc::Timeouts, quarantine: Duration) {
+    let now = gc::monotonic_ns();
+    for (name, map, hold) in [("conntrack", dp.conntrack(), Duration::ZERO)] {
+        sweep(name, map, now, timeouts, hold);
+    }
+    // SNAT ports stay reserved for the quarantine after their flow ended.
+    sweep("nat", dp.nat(), now, timeouts, quarantine);
+}
+
+fn sweep(name: &str, map: &mut datapath::FlowMap, now: u64, timeouts: &gc::Timeouts, hold: Duration) {
+    let entries: Vec<_> = map.iter().filter_map(Result::ok).collect();
+    let gone = gc::expired(&entries, now, timeouts, hold);
     for key in &gone {
         // Already gone (evicted, or removed with its pair) is fine.
-        let _ = ct.remove(key);
+        let _ = map.remove(key);
     }
     if !gone.is_empty() {
-        log::debug!("conntrack: removed {} expired entries of {}", gone.len(), entries.len());
+        log::debug!("{name}: removed {} expired entries of {}", gone.len(), entries.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_snat_ports;
+
+    #[test]
+    fn default_snat_ports_avoid_ephemeral_and_node_ports() {
+        // Linux's default ephemeral range leaves 61000-65535 above it.
+        assert_eq!(default_snat_ports((32768, 60999)), Some((61000, 65535)));
+        // Ephemeral ports up to 65535: the largest free range below.
+        assert_eq!(default_snat_ports((32768, 65535)), Some((1024, 29999)));
+        assert_eq!(default_snat_ports((1024, 65535)), None);
+        // A small gap above is not worth it.
+        assert_eq!(default_snat_ports((10000, 65000)), Some((1024, 9999)));
     }
 }

@@ -26,36 +26,47 @@ pub fn counters(dir: &Path) -> anyhow::Result<Vec<(&'static str, u64)>> {
         .collect()
 }
 
-/// One conntrack entry, as a person reads it.
+/// One direction of a tracked flow, as a person reads it.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Flow {
+    /// "conntrack" (gateway flows) or "nat" (full-NAT flows).
+    pub table: &'static str,
     pub direction: &'static str,
     pub protocol: &'static str,
+    /// As the packet arrives...
     pub source: String,
     pub destination: String,
-    /// Original direction: the endpoint; reply direction: the frontend.
-    pub translated_to: String,
+    /// ...and as it leaves.
+    pub new_source: String,
+    pub new_destination: String,
     pub flags: u8,
     pub idle_ms: u64,
 }
 
+/// Both directions of every gateway flow (`CONNTRACK`) and full-NAT flow (`NAT`).
 pub fn flows(dir: &Path) -> anyhow::Result<Vec<Flow>> {
-    let map: HashMap<_, FlowKey, FlowEntry> = HashMap::try_from(Map::LruHashMap(open(dir, names::CONNTRACK)?))?;
     let now = monotonic_ns();
     let addr = |a: [u8; 4], p: [u8; 2]| format!("{}:{}", Ipv4Addr::from(a), u16::from_be_bytes(p));
     let mut out = Vec::new();
-    for item in map.iter() {
-        let (k, v) = item.context("reading CONNTRACK")?;
-        out.push(Flow {
-            direction: if k.dir == DIR_ORIGINAL { "original" } else { "reply" },
-            protocol: if k.proto == PROTO_TCP { "TCP" } else { "UDP" },
-            source: addr(k.saddr, k.sport),
-            destination: addr(k.daddr, k.dport),
-            translated_to: addr(v.nat_addr, v.nat_port),
-            flags: v.flags,
-            idle_ms: now.saturating_sub(v.last_seen_ns) / 1_000_000,
-        });
+    for (table, name, lru) in [("conntrack", names::CONNTRACK, true), ("nat", names::NAT, false)] {
+        let data = open(dir, name)?;
+        let map: HashMap<_, FlowKey, FlowEntry> =
+            HashMap::try_from(if lru { Map::LruHashMap(data) } else { Map::HashMap(data) })?;
+        for item in map.iter() {
+            let (k, v) = item.with_context(|| format!("reading {name}"))?;
+            out.push(Flow {
+                table,
+                direction: if k.dir == DIR_ORIGINAL { "original" } else { "reply" },
+                protocol: if k.proto == PROTO_TCP { "TCP" } else { "UDP" },
+                source: addr(k.saddr, k.sport),
+                destination: addr(k.daddr, k.dport),
+                new_source: addr(v.saddr, v.sport),
+                new_destination: addr(v.daddr, v.dport),
+                flags: v.flags,
+                idle_ms: now.saturating_sub(v.last_seen_ns) / 1_000_000,
+            });
+        }
     }
     Ok(out)
 }

@@ -1,19 +1,49 @@
 //! The desired state compiled into map entries: what `SERVICES`, `BACKENDS`,
-//! `MAGLEV` and `REVNAT` must hold. Pure, so it is tested without a kernel.
+//! `MAGLEV`, `REVNAT` and `SNAT_IPS` must hold. Pure, so it is tested
+//! without a kernel: where endpoints sit comes in as a [`Node`].
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
 };
 
 use wsfwd_common::abi::{
-    Backend, PROTO_TCP, PROTO_UDP, REVNAT_F_UNIQUE, RevNatEntry, RevNatKey, SVC_F_HASH_CLIENT, ServiceEntry,
-    ServiceKey,
+    BACKEND_F_SNAT, Backend, MAX_SNAT_IPS, PROTO_TCP, PROTO_UDP, REVNAT_F_UNIQUE, RevNatEntry, RevNatKey,
+    SVC_F_HASH_CLIENT, ServiceEntry, ServiceKey,
 };
 
 use crate::{
     maglev,
-    model::{Frontend, HashInput, Protocol, Service},
+    model::{Endpoint, Frontend, HashInput, Protocol, Service, TrafficPolicy},
 };
+
+/// The node as the datapath needs to know it.
+#[derive(Clone, Debug, Default)]
+pub struct Node {
+    /// Addresses NodePorts are served on (those of the external interfaces).
+    pub addrs: Vec<Ipv4Addr>,
+    /// Endpoints that are *not* behind the node (their route leaves through
+    /// an external interface), with the source address of that route.
+    /// Endpoints not listed are behind the node.
+    pub external: BTreeMap<Ipv4Addr, Ipv4Addr>,
+    /// `--snat-ip`: when given, the SNAT addresses of every full-NAT endpoint.
+    pub snat_ips: Vec<Ipv4Addr>,
+}
+
+impl Node {
+    pub fn is_behind(&self, e: &Endpoint) -> bool {
+        !self.external.contains_key(&e.address)
+    }
+}
+
+/// The endpoints that take new flows of `svc` on `node`: ready ones, and with
+/// `externalTrafficPolicy: Local` only those behind the node.
+pub fn serving<'a>(svc: &'a Service, node: &Node) -> Vec<&'a Endpoint> {
+    svc.endpoints
+        .iter()
+        .filter(|e| e.takes_new_flows())
+        .filter(|e| svc.external_traffic_policy == TrafficPolicy::Cluster || node.is_behind(e))
+        .collect()
+}
 
 #[derive(Debug, Default, PartialEq)]
 pub struct Contents {
@@ -22,7 +52,8 @@ pub struct Contents {
     pub backends: Vec<Backend>,
     pub maglev: Vec<u32>,
     pub revnat: Vec<(RevNatKey, RevNatEntry)>,
-    /// One line per service port, for the log.
+    pub snat_ips: Vec<Ipv4Addr>,
+    /// Lines for the log: one per service port, one per endpoint.
     pub summary: Vec<String>,
 }
 
@@ -33,10 +64,11 @@ fn proto(p: Protocol) -> u8 {
     }
 }
 
-/// Compiles services into map entries. NodePort frontends are served on
-/// `node_addrs`. Fails when two frontends resolve to the same address, port
-/// and protocol (an externalIP equal to a node address, say).
-pub fn compile(services: &[Service], node_addrs: &[Ipv4Addr], seed: u32) -> Result<Contents, String> {
+/// Compiles services into map entries. Fails when two frontends resolve to
+/// the same address, port and protocol (an externalIP equal to a node
+/// address, say).
+pub fn compile(services: &[Service], node: &Node, seed: u32) -> Result<Contents, String> {
+    let node_addrs = &node.addrs;
     let mut c = Contents::default();
     let mut backend_ids: BTreeMap<(Ipv4Addr, u16), u32> = BTreeMap::new();
     // Endpoint (address, port, protocol) -> the frontends that reach it.
@@ -45,8 +77,7 @@ pub fn compile(services: &[Service], node_addrs: &[Ipv4Addr], seed: u32) -> Resu
 
     for (id, svc) in services.iter().enumerate() {
         let proto = proto(svc.protocol);
-        let ready: Vec<maglev::Key> =
-            svc.endpoints.iter().filter(|e| e.takes_new_flows()).map(|e| (e.address, e.port)).collect();
+        let ready: Vec<maglev::Key> = serving(svc, node).iter().map(|e| (e.address, e.port)).collect();
         let size = maglev::table_size(ready.len());
         let table = maglev::build(&ready, size, seed);
         let offset = c.maglev.len() as u32;
@@ -82,9 +113,10 @@ pub fn compile(services: &[Service], node_addrs: &[Ipv4Addr], seed: u32) -> Resu
             }
             c.services.push((key, entry));
         }
-        // Every endpoint, ready or not: replies of flows already pinned to a
-        // no-longer-ready endpoint must still be translated.
-        for e in &svc.endpoints {
+        // Every endpoint behind the node, ready or not: replies of flows
+        // already pinned to a no-longer-ready endpoint must still be
+        // translated. Full-NAT replies come back to a SNAT address instead.
+        for e in svc.endpoints.iter().filter(|e| node.is_behind(e)) {
             reached_from.entry((e.address, e.port, proto)).or_default().extend(addrs.iter().copied());
         }
         let frontends: Vec<String> = addrs.iter().map(|(a, p)| format!("{a}:{p}")).collect();
@@ -95,13 +127,44 @@ pub fn compile(services: &[Service], node_addrs: &[Ipv4Addr], seed: u32) -> Resu
             frontends.join(", "),
             ready.len(),
             svc.endpoints.len(),
-            if table_size > 0 { format!("{table_size} slots") } else { "empty: new flows are dropped".into() },
+            if table_size > 0 {
+                format!("{table_size} slots")
+            } else if svc.external_traffic_policy == TrafficPolicy::Local && !svc.endpoints.is_empty() {
+                "empty (externalTrafficPolicy Local, no ready endpoint behind this node): new flows are refused".into()
+            } else {
+                "empty: new flows are refused".into()
+            },
         ));
     }
 
     c.backends = vec![Backend::default(); backend_ids.len()];
     for ((addr, port), id) in backend_ids {
-        c.backends[id as usize] = Backend { addr: addr.octets(), port: port.to_be_bytes(), _pad: [0; 2] };
+        let mut b = Backend { addr: addr.octets(), port: port.to_be_bytes(), ..Backend::default() };
+        match node.external.get(&addr) {
+            None => c.summary.push(format!("endpoint {addr}:{port}: behind the node, sees the client address")),
+            Some(route_src) => {
+                let ips: &[Ipv4Addr] = if node.snat_ips.is_empty() { std::slice::from_ref(route_src) } else { &node.snat_ips };
+                let first = match c.snat_ips.iter().position(|a| a == &ips[0]) {
+                    Some(i) if c.snat_ips[i..].starts_with(ips) => i,
+                    _ => {
+                        c.snat_ips.extend_from_slice(ips);
+                        c.snat_ips.len() - ips.len()
+                    }
+                };
+                if c.snat_ips.len() > MAX_SNAT_IPS as usize {
+                    return Err(format!("more than {MAX_SNAT_IPS} SNAT addresses"));
+                }
+                b.flags |= BACKEND_F_SNAT;
+                b.snat_first = first as u8;
+                b.snat_count = ips.len() as u8;
+                let from: Vec<String> = ips.iter().map(ToString::to_string).collect();
+                c.summary.push(format!(
+                    "endpoint {addr}:{port}: not behind the node, full NAT from {}",
+                    from.join(", ")
+                ));
+            }
+        }
+        c.backends[id as usize] = b;
     }
     for ((addr, port, proto), frontends) in reached_from {
         let Some(&(f_addr, f_port)) = frontends.iter().next() else { continue };
@@ -122,13 +185,17 @@ mod tests {
     const SEED_DEMO: &str = include_str!("../../../fixtures/seed-demo.yaml");
     const NODE: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
 
+    fn node(addrs: &[Ipv4Addr]) -> Node {
+        Node { addrs: addrs.to_vec(), ..Node::default() }
+    }
+
     fn seed_services() -> Vec<Service> {
         config::parse(SEED_DEMO).expect("seed demo config").services
     }
 
     #[test]
     fn seed_frontends_become_service_keys() {
-        let c = compile(&seed_services(), &[NODE], 7).unwrap();
+        let c = compile(&seed_services(), &node(&[NODE]), 7).unwrap();
         let keys: Vec<_> = c.services.iter().map(|(k, _)| (Ipv4Addr::from(k.addr), u16::from_be_bytes(k.port), k.proto)).collect();
         assert_eq!(keys, vec![(NODE, 30100, PROTO_TCP), (Ipv4Addr::new(192, 168, 0, 150), 9080, PROTO_TCP)]);
         let (im, testim) = (c.services[0].1, c.services[1].1);
@@ -148,7 +215,7 @@ mod tests {
     #[test]
     fn tables_match_the_userspace_maglev_table() {
         let services = seed_services();
-        let c = compile(&services, &[NODE], 7).unwrap();
+        let c = compile(&services, &node(&[NODE]), 7).unwrap();
         let svc = &services[1];
         let keys: Vec<_> = svc.endpoints.iter().map(|e| (e.address, e.port)).collect();
         let table = maglev::build(&keys, 509, 7).unwrap();
@@ -161,12 +228,12 @@ mod tests {
     #[test]
     fn revnat_is_unique_only_for_single_frontend_endpoints() {
         // In the seed both services reach the same pods: not unique.
-        let c = compile(&seed_services(), &[NODE], 7).unwrap();
+        let c = compile(&seed_services(), &node(&[NODE]), 7).unwrap();
         assert_eq!(c.revnat.len(), 3);
         assert!(c.revnat.iter().all(|(_, v)| v.flags == 0));
         // testim-service alone: each pod serves one frontend.
         let only: Vec<_> = seed_services().into_iter().filter(|s| s.name == "testim-service").collect();
-        let c = compile(&only, &[NODE], 7).unwrap();
+        let c = compile(&only, &node(&[NODE]), 7).unwrap();
         for (_, v) in &c.revnat {
             assert_eq!(v.flags, REVNAT_F_UNIQUE);
             assert_eq!((Ipv4Addr::from(v.addr), u16::from_be_bytes(v.port)), (Ipv4Addr::new(192, 168, 0, 150), 9080));
@@ -181,7 +248,7 @@ mod tests {
             1,
         );
         let services = config::parse(&text).unwrap().services;
-        let c = compile(&services, &[NODE], 7).unwrap();
+        let c = compile(&services, &node(&[NODE]), 7).unwrap();
         let testim = c.services[1].1;
         let used: BTreeSet<_> = c.maglev[testim.table_offset as usize..][..testim.table_size as usize]
             .iter()
@@ -195,11 +262,66 @@ mod tests {
     #[test]
     fn an_external_ip_on_the_node_clashes_with_a_node_port() {
         let services = seed_services();
-        let err = compile(&services, &[NODE, Ipv4Addr::new(192, 168, 0, 150)], 7);
+        let err = compile(&services, &node(&[NODE, Ipv4Addr::new(192, 168, 0, 150)]), 7);
         assert!(err.is_ok(), "different ports do not clash");
         let mut clash = services.clone();
         clash[0].frontends = vec![Frontend::NodePort { port: 9080, protocol: Protocol::Tcp }];
-        let err = compile(&clash, &[Ipv4Addr::new(192, 168, 0, 150)], 7).unwrap_err();
+        let err = compile(&clash, &node(&[Ipv4Addr::new(192, 168, 0, 150)]), 7).unwrap_err();
         assert!(err.contains("192.168.0.150:9080/TCP is a frontend of both"), "{err}");
+    }
+
+    const B1: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
+    const B2: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 10);
+
+    fn testim(policy: &str) -> Vec<Service> {
+        let text = SEED_DEMO.replace("  sessionAffinity: ClientIP", &format!("  sessionAffinity: ClientIP\n  externalTrafficPolicy: {policy}"));
+        config::parse(&text).unwrap().services.into_iter().filter(|s| s.name == "testim-service").collect()
+    }
+
+    /// b2 is reached out of an external interface, from 10.0.1.1.
+    fn node_with_external_b2(snat_ips: &[Ipv4Addr]) -> Node {
+        Node { addrs: vec![NODE], external: [(B2, NODE)].into(), snat_ips: snat_ips.to_vec() }
+    }
+
+    fn backend(c: &Contents, addr: Ipv4Addr) -> Backend {
+        *c.backends.iter().find(|b| Ipv4Addr::from(b.addr) == addr).expect("backend")
+    }
+
+    #[test]
+    fn endpoints_not_behind_the_node_are_full_natted() {
+        let c = compile(&testim("Cluster"), &node_with_external_b2(&[]), 7).unwrap();
+        assert_eq!(c.backends.len(), 3, "Cluster uses every endpoint");
+        assert_eq!(backend(&c, B1).flags & BACKEND_F_SNAT, 0);
+        let b2 = backend(&c, B2);
+        assert_eq!(b2.flags & BACKEND_F_SNAT, BACKEND_F_SNAT);
+        assert_eq!(c.snat_ips, vec![NODE]);
+        assert_eq!((b2.snat_first, b2.snat_count), (0, 1));
+        // Its replies come back to a SNAT address, never through REVNAT.
+        assert!(!c.revnat.iter().any(|(k, _)| Ipv4Addr::from(k.addr) == B2));
+        assert!(c.summary.iter().any(|l| l == "endpoint 10.244.2.10:9080: not behind the node, full NAT from 10.0.1.1"), "{:?}", c.summary);
+        assert!(c.summary.iter().any(|l| l == "endpoint 10.244.1.10:9080: behind the node, sees the client address"));
+    }
+
+    #[test]
+    fn snat_ips_override_the_route_source() {
+        let ips = [Ipv4Addr::new(10, 0, 1, 100), Ipv4Addr::new(10, 0, 1, 101)];
+        let c = compile(&testim("Cluster"), &node_with_external_b2(&ips), 7).unwrap();
+        assert_eq!(c.snat_ips, ips.to_vec());
+        let b2 = backend(&c, B2);
+        assert_eq!((b2.snat_first, b2.snat_count), (0, 2));
+    }
+
+    #[test]
+    fn local_policy_uses_only_endpoints_behind_the_node() {
+        let c = compile(&testim("Local"), &node_with_external_b2(&[]), 7).unwrap();
+        let entry = c.services[0].1;
+        let used: BTreeSet<_> = c.maglev[..entry.table_size as usize].iter().map(|&id| Ipv4Addr::from(c.backends[id as usize].addr)).collect();
+        assert!(!used.contains(&B2), "{used:?}");
+        assert_eq!(used.len(), 2);
+        // Nothing behind the node: the frontend is kept, with an empty table (refused).
+        let all_external = Node { addrs: vec![NODE], external: [(B1, NODE), (B2, NODE), (Ipv4Addr::new(10, 244, 3, 10), NODE)].into(), snat_ips: vec![] };
+        let c = compile(&testim("Local"), &all_external, 7).unwrap();
+        assert_eq!(c.services[0].1.table_size, 0);
+        assert!(c.summary[0].contains("externalTrafficPolicy Local, no ready endpoint behind this node"), "{:?}", c.summary);
     }
 }

@@ -19,7 +19,7 @@ pub struct Timeouts {
 
 impl Timeouts {
     fn for_flow(&self, proto: u8, flags: u8) -> Duration {
-        let e = FlowEntry { last_seen_ns: 0, nat_addr: [0; 4], nat_port: [0; 2], flags, _pad: 0 };
+        let e = FlowEntry { last_seen_ns: 0, saddr: [0; 4], daddr: [0; 4], sport: [0; 2], dport: [0; 2], flags, _pad: [0; 3] };
         if proto == PROTO_UDP {
             self.udp
         } else if e.is_closing() {
@@ -33,8 +33,9 @@ impl Timeouts {
 }
 
 /// The keys to delete: both directions of every flow idle for longer than its
-/// timeout. A flow's idle time runs from the last packet in either direction.
-pub fn expired(entries: &[(FlowKey, FlowEntry)], now_ns: u64, t: &Timeouts) -> Vec<FlowKey> {
+/// timeout plus `hold` (the SNAT quarantine for full-NAT flows). A flow's idle
+/// time runs from the last packet in either direction.
+pub fn expired(entries: &[(FlowKey, FlowEntry)], now_ns: u64, t: &Timeouts, hold: Duration) -> Vec<FlowKey> {
     let index: std::collections::HashMap<FlowKey, FlowEntry> = entries.iter().copied().collect();
     let mut done: HashSet<FlowKey> = HashSet::new();
     let mut out = Vec::new();
@@ -43,15 +44,19 @@ pub fn expired(entries: &[(FlowKey, FlowEntry)], now_ns: u64, t: &Timeouts) -> V
             continue;
         }
         let other_key = key.counterpart(entry);
-        let other = index.get(&other_key);
+        // Paired only when each names the other: a reused client tuple can
+        // leave an old reply entry pointing at a newer flow.
+        let other = index.get(&other_key).filter(|o| other_key.counterpart(o) == *key);
         let (last, flags) = match other {
             Some(o) => (entry.last_seen_ns.max(o.last_seen_ns), entry.flags | o.flags),
             None => (entry.last_seen_ns, entry.flags),
         };
         let idle = Duration::from_nanos(now_ns.saturating_sub(last));
         done.insert(*key);
-        done.insert(other_key);
-        if idle > t.for_flow(key.proto, flags) {
+        if other.is_some() {
+            done.insert(other_key);
+        }
+        if idle > t.for_flow(key.proto, flags) + hold {
             out.push(*key);
             if other.is_some() {
                 out.push(other_key);
@@ -87,11 +92,28 @@ mod tests {
     fn flow(proto: u8, orig: u64, reply: Option<u64>, flags: u8) -> Vec<(FlowKey, FlowEntry)> {
         let (client, vip, ep) = ([10, 0, 1, 2], [192, 168, 0, 150], [10, 244, 1, 10]);
         let o = FlowKey { saddr: client, daddr: vip, sport: 1000u16.to_be_bytes(), dport: 80u16.to_be_bytes(), proto, dir: DIR_ORIGINAL, _pad: [0; 2] };
-        let oe = FlowEntry { last_seen_ns: orig * S, nat_addr: ep, nat_port: 8080u16.to_be_bytes(), flags, _pad: 0 };
+        let oe = FlowEntry {
+            last_seen_ns: orig * S,
+            saddr: client,
+            daddr: ep,
+            sport: 1000u16.to_be_bytes(),
+            dport: 8080u16.to_be_bytes(),
+            flags,
+            _pad: [0; 3],
+        };
         let mut v = vec![(o, oe)];
         if let Some(r) = reply {
             let rk = o.counterpart(&oe);
-            v.push((rk, FlowEntry { last_seen_ns: r * S, nat_addr: vip, nat_port: 80u16.to_be_bytes(), flags, _pad: 0 }));
+            let re = FlowEntry {
+                last_seen_ns: r * S,
+                saddr: vip,
+                daddr: client,
+                sport: 80u16.to_be_bytes(),
+                dport: 1000u16.to_be_bytes(),
+                flags,
+                _pad: [0; 3],
+            };
+            v.push((rk, re));
         }
         v
     }
@@ -101,6 +123,13 @@ mod tests {
         let f = flow(PROTO_TCP, 0, Some(0), 0);
         assert_eq!(f[0].0.counterpart(&f[0].1), f[1].0);
         assert_eq!(f[1].0.counterpart(&f[1].1), f[0].0);
+    }
+
+    #[test]
+    fn quarantine_holds_a_flow_past_its_timeout() {
+        let entries = flow(PROTO_TCP, 1000 - 6, Some(1000 - 6), CT_F_REPLIED | CT_F_RST);
+        assert!(expired(&entries, 1000 * S, &T, Duration::from_secs(120)).is_empty());
+        assert_eq!(expired(&entries, (1000 + 120) * S, &T, Duration::from_secs(120)).len(), 2);
     }
 
     #[test]
@@ -120,7 +149,7 @@ mod tests {
         ];
         for (i, (proto, o, r, flags, want)) in cases.into_iter().enumerate() {
             let entries = flow(proto, o, r, flags);
-            let gone = expired(&entries, now * S, &T);
+            let gone = expired(&entries, now * S, &T, Duration::ZERO);
             let expect = if want { entries.len() } else { 0 };
             assert_eq!(gone.len(), expect, "case {i}");
         }

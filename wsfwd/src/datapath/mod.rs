@@ -13,7 +13,9 @@ use aya::{
     maps::{Array, HashMap, MapData},
     programs::{SchedClassifier, TcAttachType, tc},
 };
-use wsfwd_common::abi::{Backend, FlowEntry, FlowKey, HASH_SEED_GLOBAL, RevNatEntry, RevNatKey, ServiceEntry, ServiceKey, map_names as names};
+use wsfwd_common::abi::{
+    Backend, FlowEntry, FlowKey, RevNatEntry, RevNatKey, ServiceEntry, ServiceKey, globals, map_names as names,
+};
 
 pub use contents::Contents;
 
@@ -27,14 +29,20 @@ const EGRESS: &str = "wsfwd_tc_egress";
 
 pub struct Options<'a> {
     pub ct_size: u32,
+    pub nat_size: u32,
     pub hash_seed: u32,
+    /// First SNAT port and how many.
+    pub snat_ports: (u32, u32),
     pub bpffs: &'a Path,
 }
+
+pub type FlowMap = HashMap<MapData, FlowKey, FlowEntry>;
 
 pub struct Datapath {
     // Field order is drop order: detach the programs, then unpin the maps.
     ebpf: Ebpf,
-    conntrack: HashMap<MapData, FlowKey, FlowEntry>,
+    conntrack: FlowMap,
+    nat: FlowMap,
     _pins: PinDir,
 }
 
@@ -47,12 +55,15 @@ impl Datapath {
     pub fn start(contents: &Contents, ifaces: &[Iface], opts: &Options<'_>) -> anyhow::Result<Self> {
         let mut pins = PinDir::prepare(opts.bpffs)?;
         let mut ebpf = EbpfLoader::new()
-            .override_global(HASH_SEED_GLOBAL, &opts.hash_seed, true)
+            .override_global(globals::HASH_SEED, &opts.hash_seed, true)
+            .override_global(globals::SNAT_PORT_MIN, &opts.snat_ports.0, true)
+            .override_global(globals::SNAT_PORT_COUNT, &opts.snat_ports.1, true)
             .map_max_entries(names::SERVICES, capacity(contents.services.len()))
             .map_max_entries(names::BACKENDS, capacity(contents.backends.len()))
             .map_max_entries(names::MAGLEV, capacity(contents.maglev.len()))
             .map_max_entries(names::REVNAT, capacity(contents.revnat.len()))
             .map_max_entries(names::CONNTRACK, opts.ct_size)
+            .map_max_entries(names::NAT, opts.nat_size)
             .load(OBJECT)
             .map_err(|e| anyhow!("loading the eBPF programs: {e} (this needs root: CAP_BPF and CAP_NET_ADMIN)"))?;
         fill(&mut ebpf, contents)?;
@@ -61,8 +72,9 @@ impl Datapath {
             pins.pin(map, name)?;
         }
         let conntrack = HashMap::try_from(ebpf.take_map(names::CONNTRACK).ok_or_else(|| anyhow!("no CONNTRACK map"))?)?;
+        let nat = HashMap::try_from(ebpf.take_map(names::NAT).ok_or_else(|| anyhow!("no NAT map"))?)?;
         // From here on, dropping `this` detaches whatever got attached.
-        let mut this = Self { ebpf, conntrack, _pins: pins };
+        let mut this = Self { ebpf, conntrack, nat, _pins: pins };
         for (prog, hook) in [(INGRESS, TcAttachType::Ingress), (EGRESS, TcAttachType::Egress)] {
             let p: &mut SchedClassifier = this
                 .ebpf
@@ -77,8 +89,14 @@ impl Datapath {
         Ok(this)
     }
 
-    pub fn conntrack(&mut self) -> &mut HashMap<MapData, FlowKey, FlowEntry> {
+    /// Gateway flows (LRU).
+    pub fn conntrack(&mut self) -> &mut FlowMap {
         &mut self.conntrack
+    }
+
+    /// Full-NAT flows (never evicted; collected by the agent).
+    pub fn nat(&mut self) -> &mut FlowMap {
+        &mut self.nat
     }
 }
 
@@ -114,6 +132,10 @@ fn fill(ebpf: &mut Ebpf, c: &Contents) -> anyhow::Result<()> {
     let mut revnat: HashMap<_, RevNatKey, RevNatEntry> = HashMap::try_from(map(ebpf, names::REVNAT)?)?;
     for (k, v) in &c.revnat {
         revnat.insert(k, v, 0).context("writing REVNAT")?;
+    }
+    let mut snat_ips: Array<_, [u8; 4]> = Array::try_from(map(ebpf, names::SNAT_IPS)?)?;
+    for (i, ip) in c.snat_ips.iter().enumerate() {
+        snat_ips.set(i as u32, ip.octets(), 0).context("writing SNAT_IPS")?;
     }
     Ok(())
 }

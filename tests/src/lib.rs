@@ -6,4 +6,4 @@ pub mod client;
 pub mod netns;
 pub mod peers;
 pub mod sys;
-pub mod t1;
+pub mod topo;

@@ -10,14 +10,21 @@ use crate::sys::{parse_snmp, run};
 
 pub struct Netns {
     pub name: String,
+    /// Deleted on drop (false for a second handle on someone else's namespace).
+    owned: bool,
 }
 
 impl Netns {
     pub fn create(name: &str) -> anyhow::Result<Self> {
         run(Command::new("ip").args(["netns", "add", name]))?;
-        let ns = Self { name: name.to_owned() };
+        let ns = Self { name: name.to_owned(), owned: true };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
+    }
+
+    /// Another handle on this namespace, which does not delete it.
+    pub fn handle(&self) -> Self {
+        Self { name: self.name.clone(), owned: false }
     }
 
     /// `ip -n <ns> ARGS`.
@@ -73,7 +80,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        if self.owned {
+            let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use wsfwd_tests::{
     netns::Netns,
     peers,
     sys::{Proc, run},
-    t1::{NODE, SEED_CONFIG, T1, UDP_SERVICE, VIP},
+    topo::{SEED_CONFIG, Spec, Topo, UDP_SERVICE, VIP},
 };
 
 const TESTIM_SERVICE: &str = include_str!("../../fixtures/seed/testim-service.yaml");
@@ -40,7 +40,7 @@ fn predicted(config_yaml: &str, service: &str, client: Ipv4Addr) -> String {
 struct Capture(Proc);
 
 impl Capture {
-    fn start(ns: &Netns, iface: &str, t: &T1, name: &str) -> Self {
+    fn start(ns: &Netns, iface: &str, t: &Topo, name: &str) -> Self {
         let mut p = Proc::spawn(
             ns.command("tcpdump").args(["-i", iface, "-n", "-l", "-U", "tcp or udp"]),
             &t.dir.join(format!("{name}.pcap.txt")),
@@ -60,7 +60,7 @@ impl Capture {
 
 /// Handshake through the VIP and the NodePort from several clients: the
 /// backend sees the real client address; echo works.
-async fn handshake_checks(t: &T1) {
+async fn handshake_checks(t: &Topo) {
     for &src in &t.clients[..4] {
         for dst in [t.vip(), t.node_port()] {
             let (mut ws, hello) = ws_connect(&t.client, src, dst).await.unwrap_or_else(|e| panic!("{src} -> {dst}: {e:#}"));
@@ -74,7 +74,7 @@ async fn handshake_checks(t: &T1) {
 }
 
 /// Text and binary frames up to 1 MiB, and ping/pong.
-async fn frame_checks(t: &T1) {
+async fn frame_checks(t: &Topo) {
     let (mut ws, _) = ws_connect(&t.client, t.clients[0], t.vip()).await.unwrap();
     for size in [0usize, 1, 125, 126, 65_535, 65_536, 300_000, 1 << 20] {
         let text: String = (0..size).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
@@ -89,7 +89,7 @@ async fn frame_checks(t: &T1) {
 }
 
 /// Every client address reaches the predicted backend on every reconnection.
-async fn affinity_checks(t: &T1, config_yaml: &str) {
+async fn affinity_checks(t: &Topo, config_yaml: &str) {
     let mut used = BTreeSet::new();
     for &src in &t.clients {
         let want = predicted(config_yaml, "testim-service", src);
@@ -106,14 +106,14 @@ async fn affinity_checks(t: &T1, config_yaml: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t1_01_handshake_via_vip_and_node_port_with_real_client_address() {
-    let mut t = T1::new("hs").unwrap();
+    let mut t = Topo::new("hs", Spec::T1).unwrap();
     t.start_ws_peers().unwrap();
     let agent = Agent::start(&t.node, &t.dir, SEED_CONFIG, &[]).unwrap();
     let cap = Capture::start(&t.client, "c0", &t, "client");
     handshake_checks(&t).await;
     let lines = cap.stop();
     assert!(lines.iter().any(|l| l.contains(&format!("IP {VIP}.9080 > "))), "no reply from the VIP captured");
-    assert!(lines.iter().any(|l| l.contains(&format!("IP {NODE}.30100 > "))), "no reply from node:30100 captured");
+    assert!(lines.iter().any(|l| l.contains(&format!("IP {}.30100 > ", t.node_addr))), "no reply from node:30100 captured");
     let leaked: Vec<_> = lines.iter().filter(|l| l.contains(" IP 10.244.")).collect();
     assert!(leaked.is_empty(), "backend addresses reached the client: {leaked:?}");
     let stats = agent.stats().unwrap();
@@ -122,7 +122,7 @@ async fn t1_01_handshake_via_vip_and_node_port_with_real_client_address() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t1_02_text_and_binary_frames_up_to_1mib_and_ping_pong() {
-    let mut t = T1::new("fr").unwrap();
+    let mut t = Topo::new("fr", Spec::T1).unwrap();
     t.start_ws_peers().unwrap();
     let _agent = Agent::start(&t.node, &t.dir, SEED_CONFIG, &[]).unwrap();
     frame_checks(&t).await;
@@ -130,7 +130,7 @@ async fn t1_02_text_and_binary_frames_up_to_1mib_and_ping_pong() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t1_03_each_client_reaches_the_predicted_backend() {
-    let mut t = T1::new("af").unwrap();
+    let mut t = Topo::new("af", Spec::T1).unwrap();
     t.start_ws_peers().unwrap();
     let _agent = Agent::start(&t.node, &t.dir, SEED_CONFIG, &[]).unwrap();
     affinity_checks(&t, SEED_CONFIG).await;
@@ -138,7 +138,7 @@ async fn t1_03_each_client_reaches_the_predicted_backend() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t1_04_idle_connection_survives_conntrack_eviction() {
-    let mut t = T1::new("ev").unwrap();
+    let mut t = Topo::new("ev", Spec::T1).unwrap();
     t.start_ws_peers().unwrap();
     // testim-service alone: its endpoints serve this one frontend.
     let config_yaml = format!("{TESTIM_SERVICE}\n{SEED_ENDPOINTS}");
@@ -182,7 +182,7 @@ async fn t1_04_idle_connection_survives_conntrack_eviction() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t1_05_checksums_hold_with_tx_offload_off_and_on() {
-    let mut t = T1::new("cs").unwrap();
+    let mut t = Topo::new("cs", Spec::T1).unwrap();
     t.start_ws_peers().unwrap();
     let _agent = Agent::start(&t.node, &t.dir, SEED_CONFIG, &[]).unwrap();
     let before = t.csum_errors().unwrap();
@@ -195,13 +195,13 @@ async fn t1_05_checksums_hold_with_tx_offload_off_and_on() {
     }
 }
 
-fn backend_in_segs(t: &T1) -> Vec<u64> {
+fn backend_in_segs(t: &Topo) -> Vec<u64> {
     t.backends.iter().map(|b| b.ns.snmp().unwrap()["Tcp:InSegs"]).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t1_06_without_the_agent_nothing_forwards_and_with_it_ebpf_does() {
-    let mut t = T1::new("ct").unwrap();
+    let mut t = Topo::new("ct", Spec::T1).unwrap();
     t.start_ws_peers().unwrap();
     // No NAT of any kind in the node: only wsfwd can make the VIP work.
     let nat = t.node.exec(&["iptables-save", "-t", "nat"]).unwrap();
@@ -238,7 +238,7 @@ async fn t1_06_without_the_agent_nothing_forwards_and_with_it_ebpf_does() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t1_07_udp_clients_keep_their_predicted_backend() {
-    let mut t = T1::new("ud").unwrap();
+    let mut t = Topo::new("ud", Spec::T1).unwrap();
     t.start_udp_peers().unwrap();
     let config_yaml = format!("{SEED_CONFIG}\n---\n{UDP_SERVICE}");
     let agent = Agent::start(&t.node, &t.dir, &config_yaml, &[]).unwrap();
@@ -265,7 +265,7 @@ async fn t1_07_udp_clients_keep_their_predicted_backend() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t1_08_a_not_ready_endpoint_gets_no_connection() {
-    let mut t = T1::new("nr").unwrap();
+    let mut t = Topo::new("nr", Spec::T1).unwrap();
     t.start_ws_peers().unwrap();
     let testim_b2 = "- addresses: [\"10.244.2.10\"]\n  conditions: {ready: true";
     assert!(SEED_CONFIG.contains(testim_b2));
@@ -289,7 +289,7 @@ async fn t1_08_a_not_ready_endpoint_gets_no_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t1_09_udp_flows_expire_from_conntrack() {
-    let mut t = T1::new("ex").unwrap();
+    let mut t = Topo::new("ex", Spec::T1).unwrap();
     t.start_udp_peers().unwrap();
     let config_yaml = format!("{SEED_CONFIG}\n---\n{UDP_SERVICE}");
     let agent = Agent::start(&t.node, &t.dir, &config_yaml, &["--udp-timeout", "3", "--gc-interval", "1"]).unwrap();
@@ -317,7 +317,7 @@ fn wsfwd_programs_loaded() -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t1_10_sigterm_removes_everything_and_bad_config_attaches_nothing() {
-    let t = T1::new("cl").unwrap();
+    let t = Topo::new("cl", Spec::T1).unwrap();
     let agent = Agent::start(&t.node, &t.dir, SEED_CONFIG, &[]).unwrap();
     let bpffs = agent.bpffs.clone();
     assert!(wsfwd_programs_loaded(), "nothing to remove: the test would prove nothing");

@@ -9,7 +9,7 @@ use tokio_tungstenite::tungstenite::Message;
 use wsfwd_tests::{
     agent::Agent,
     client::{echo, ws_connect},
-    t1::{SEED_CONFIG, T1},
+    topo::{SEED_CONFIG, Spec, Topo},
 };
 
 const RECONNECTS: usize = 3;
@@ -32,7 +32,7 @@ fn step(s: &str) {
 
 async fn demo() -> anyhow::Result<bool> {
     step("building the seed's network: a client namespace with 16 addresses, the node, three backends");
-    let mut t = T1::new("demo")?;
+    let mut t = Topo::new("demo", Spec::T1)?;
     println!("    client {} .. {}  ->  node 10.0.1.1 (wsfwd on n0)  ->  backends b1 10.244.1.10, b2 10.244.2.10, b3 10.244.3.10", t.clients[0], t.clients[t.clients.len() - 1]);
     t.start_ws_peers()?;
     println!("    each backend runs a WebSocket echo server (Python websockets) on :9080");

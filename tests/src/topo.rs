@@ -299,6 +299,12 @@ impl Topo {
         SocketAddrV4::new(self.node_addr, NODE_PORT)
     }
 
+    /// The client address an endpoint sees for a connection from `src`:
+    /// the client's own behind the node, the node's (SNAT) otherwise.
+    pub fn seen_as(&self, backend: &Backend, src: Ipv4Addr) -> Ipv4Addr {
+        if backend.behind { src } else { self.node_addr }
+    }
+
     pub fn backend_by_addr(&self, addr: &str) -> Option<&Backend> {
         self.backends.iter().find(|b| b.addr.to_string() == addr)
     }

@@ -1,8 +1,10 @@
 """WebSocket echo server for the end-to-end tests (Python `websockets`, Debian's).
 
 Greets each connection with {"backend": NAME, "client": ADDRESS-IT-SEES}, then
-echoes every text and binary frame. Prints one line per connection so a test
-can tell which endpoint saw which client.
+echoes every text and binary frame, except the text "push N", which it answers
+with a binary frame of N bytes (so a test can make the server send big frames
+without the client sending any). Prints one line per connection so a test can
+tell which endpoint saw which client.
 """
 import asyncio
 import json
@@ -17,7 +19,11 @@ async def main(name, port):
         print(f"connection {client}", flush=True)
         await ws.send(json.dumps({"backend": name, "client": client}))
         async for message in ws:
-            await ws.send(message)
+            if isinstance(message, str) and message.startswith("push "):
+                n = int(message[5:])
+                await ws.send(bytes(i % 251 for i in range(n)))
+            else:
+                await ws.send(message)
 
     async with websockets.serve(handler, "0.0.0.0", port, max_size=None, ping_interval=None):
         print("listening", flush=True)

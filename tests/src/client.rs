@@ -93,3 +93,24 @@ pub async fn udp_exchange(ns: &Netns, src: Ipv4Addr, dst: SocketAddrV4, payload:
     }
     bail!("no UDP reply from {dst} to {src}")
 }
+
+/// Sends a datagram from a socket connected to `dst` and expects the kernel
+/// to report an ICMP port unreachable for it (ECONNREFUSED on receive).
+pub async fn udp_expect_refused(ns: &Netns, src: Ipv4Addr, dst: SocketAddrV4) -> anyhow::Result<()> {
+    let sock = ns.socket(socket2::Type::DGRAM, socket2::Protocol::UDP)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&SocketAddr::from((src, 0)).into())?;
+    let sock = UdpSocket::from_std(std::net::UdpSocket::from(sock))?;
+    sock.connect(dst).await?;
+    let mut buf = [0u8; 1500];
+    for _ in 0..5 {
+        let _ = sock.send(b"anyone there?").await;
+        match tokio::time::timeout(Duration::from_secs(1), sock.recv(&mut buf)).await {
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(()),
+            Ok(Err(e)) => bail!("expected ECONNREFUSED, got {e}"),
+            Ok(Ok(n)) => bail!("expected ECONNREFUSED, got a {n}-byte reply"),
+            Err(_) => continue,
+        }
+    }
+    bail!("no ICMP port unreachable reached {src} for {dst}")
+}

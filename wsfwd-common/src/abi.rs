@@ -3,6 +3,7 @@
 //! in network byte order, exactly as they sit in the packet, so the datapath
 //! never converts them.
 
+pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
@@ -178,8 +179,12 @@ pub enum Counter {
     ReplyFromRevNat,
     /// Flows created (a conntrack miss on a frontend packet).
     FlowCreated,
-    /// Not IPv4, or not TCP/UDP: passed untouched.
+    /// Not IPv4, or not TCP/UDP/ICMP: passed untouched.
     PassNotIpv4L4,
+    /// An ICMP error about a translated flow, translated and sent on.
+    IcmpTranslated,
+    /// ICMP that is not an error about a flow of ours: passed untouched.
+    PassIcmpNotOurs,
     /// IPv4 with options, a fragment, or truncated: passed untouched.
     PassUnparsed,
     /// Not addressed to a frontend (ingress) or not from an endpoint (egress).
@@ -215,6 +220,8 @@ impl Counter {
         Counter::ReplyFromRevNat,
         Counter::FlowCreated,
         Counter::PassNotIpv4L4,
+        Counter::IcmpTranslated,
+        Counter::PassIcmpNotOurs,
         Counter::PassUnparsed,
         Counter::PassNotOurs,
         Counter::PassTtlExpired,
@@ -236,7 +243,9 @@ impl Counter {
             Counter::ReplyTranslated => "reply-translated",
             Counter::ReplyFromRevNat => "reply-from-revnat",
             Counter::FlowCreated => "flow-created",
-            Counter::PassNotIpv4L4 => "pass-not-ipv4-tcp-udp",
+            Counter::PassNotIpv4L4 => "pass-not-ipv4-tcp-udp-icmp",
+            Counter::IcmpTranslated => "icmp-translated",
+            Counter::PassIcmpNotOurs => "pass-icmp-not-ours",
             Counter::PassUnparsed => "pass-unparsed",
             Counter::PassNotOurs => "pass-not-ours",
             Counter::PassTtlExpired => "pass-ttl-expired",

@@ -9,6 +9,7 @@ use wsfwd_common::abi::{Counter, DIR_REPLY, REVNAT_F_UNIQUE, RevNatKey};
 use crate::{
     conntrack::{self, Table},
     counters::count,
+    icmp,
     maps::REVNAT,
     nat, parse,
 };
@@ -17,6 +18,7 @@ use crate::{
 pub fn handle(ctx: &TcContext) -> i32 {
     let p = match parse::parse(ctx) {
         Ok(p) => p,
+        Err(Counter::PassIcmpNotOurs) => return icmp::at_egress(ctx),
         Err(c) => {
             count(c);
             return TC_ACT_OK as i32;

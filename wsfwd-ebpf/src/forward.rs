@@ -13,7 +13,6 @@ use aya_ebpf::{
 };
 use wsfwd_common::abi::{Counter, FlowEntry};
 
-use crate::parse::Packet;
 
 const AF_INET: u8 = 2;
 
@@ -25,13 +24,13 @@ pub struct Route {
     macs: Option<([u8; 6], [u8; 6])>,
 }
 
-/// Looks up the route for `p` once translated by `e`.
+/// Looks up the route for a packet of protocol `proto` once translated to `e`'s addresses.
 #[inline(always)]
-pub fn route(ctx: &TcContext, p: &Packet, e: &FlowEntry) -> Result<Route, Counter> {
+pub fn route(ctx: &TcContext, proto: u8, e: &FlowEntry) -> Result<Route, Counter> {
     // SAFETY: bpf_fib_lookup is plain data; all-zero is a valid start.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
-    params.l4_protocol = p.proto;
+    params.l4_protocol = proto;
     params.sport = u16::from_ne_bytes(e.sport);
     params.dport = u16::from_ne_bytes(e.dport);
     // tot_len 0: the kernel checks the skb itself, GSO included.

@@ -10,7 +10,7 @@ use wsfwd_common::abi::{BACKEND_F_SNAT, Counter, DIR_ORIGINAL, DIR_REPLY, FlowEn
 use crate::{
     conntrack::{self, Table},
     counters::count,
-    forward,
+    forward, icmp,
     maps::{SERVICES, snat_ports},
     nat,
     parse::{self, Packet},
@@ -47,7 +47,11 @@ pub fn handle(ctx: &TcContext) -> i32 {
 
 #[inline(always)]
 fn run(ctx: &TcContext) -> Result<i32, Verdict> {
-    let p = parse::parse(ctx).map_err(Verdict::Pass)?;
+    let p = match parse::parse(ctx) {
+        Ok(p) => p,
+        Err(Counter::PassIcmpNotOurs) => return icmp::at_ingress(ctx).map_err(Verdict::Drop),
+        Err(c) => return Err(Verdict::Pass(c)),
+    };
     let frontend = ServiceKey { addr: p.daddr, port: p.dport, proto: p.proto, _pad: 0 };
     // SAFETY: the value is copied out before any other map call.
     match unsafe { SERVICES.get(&frontend) }.copied() {
@@ -121,9 +125,9 @@ fn to_client(ctx: &TcContext, p: &Packet) -> Result<i32, Verdict> {
 /// Translates and redirects; the packet never goes back to the kernel.
 #[inline(always)]
 fn forward(ctx: &TcContext, p: &Packet, e: &FlowEntry, done: Counter) -> Result<i32, Verdict> {
-    let route = forward::route(ctx, p, e).map_err(Verdict::Drop)?;
+    let route = forward::route(ctx, p.proto, e).map_err(Verdict::Drop)?;
     nat::translate(ctx, p, e).map_err(|_| Verdict::Drop(Counter::DropError))?;
-    nat::decrement_ttl(ctx, p).map_err(|_| Verdict::Drop(Counter::DropError))?;
+    nat::decrement_ttl(ctx, p.ttl, p.proto).map_err(|_| Verdict::Drop(Counter::DropError))?;
     let verdict = forward::redirect(ctx, &route).map_err(Verdict::Drop)?;
     count(done);
     Ok(verdict)

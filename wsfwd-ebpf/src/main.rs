@@ -7,6 +7,7 @@ mod conntrack;
 mod counters;
 mod egress;
 mod forward;
+mod icmp;
 mod ingress;
 mod maps;
 mod nat;

@@ -73,12 +73,13 @@ pub fn translate(ctx: &TcContext, p: &Packet, e: &FlowEntry) -> Result<(), Error
     Ok(())
 }
 
-/// A redirect skips the kernel's forwarding, so the TTL is ours to decrement.
+/// A redirect skips the kernel's forwarding, so the TTL is ours to
+/// decrement. The caller has checked it is above 1.
 #[inline(always)]
-pub fn decrement_ttl(ctx: &TcContext, p: &Packet) -> Result<(), Error> {
-    let old = u16::from_ne_bytes([p.ttl, p.proto]) as u64;
-    let new = u16::from_ne_bytes([p.ttl - 1, p.proto]) as u64;
+pub fn decrement_ttl(ctx: &TcContext, ttl: u8, proto: u8) -> Result<(), Error> {
+    let old = u16::from_ne_bytes([ttl, proto]) as u64;
+    let new = u16::from_ne_bytes([ttl - 1, proto]) as u64;
     ctx.l3_csum_replace(IP_CSUM_OFF, old, new, 2)?;
-    ctx.store(IP_TTL_OFF, &(p.ttl - 1), 0)?;
+    ctx.store(IP_TTL_OFF, &(ttl - 1), 0)?;
     Ok(())
 }

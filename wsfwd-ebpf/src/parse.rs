@@ -7,7 +7,7 @@ use network_types::{
     eth::{EthHdr, EtherType},
     ip::Ipv4Hdr,
 };
-use wsfwd_common::abi::{Counter, PROTO_TCP, PROTO_UDP};
+use wsfwd_common::abi::{Counter, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 
 pub const ETH_LEN: usize = size_of::<EthHdr>();
 pub const IP_OFF: usize = ETH_LEN;
@@ -61,7 +61,7 @@ fn bytes_at<const N: usize>(ctx: &TcContext, off: usize) -> Option<[u8; N]> {
 
 /// Reads `N` bytes at `off`, pulling paged data into the linear part once if needed.
 #[inline(always)]
-fn read<const N: usize>(ctx: &TcContext, off: usize) -> Option<[u8; N]> {
+pub fn read<const N: usize>(ctx: &TcContext, off: usize) -> Option<[u8; N]> {
     if let Some(b) = bytes_at(ctx, off) {
         return Some(b);
     }
@@ -80,7 +80,7 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, Counter> {
     }
     let ip: [u8; IP_LEN] = read(ctx, IP_OFF).ok_or(Counter::PassUnparsed)?;
     let proto = ip[9];
-    if proto != PROTO_TCP && proto != PROTO_UDP {
+    if proto != PROTO_TCP && proto != PROTO_UDP && proto != PROTO_ICMP {
         return Err(Counter::PassNotIpv4L4);
     }
     // Version 4, IHL 5: no options.
@@ -90,6 +90,10 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, Counter> {
     // More-fragments flag or a fragment offset: ports are not in every piece.
     if (ip[6] & 0x3f) != 0 || ip[7] != 0 {
         return Err(Counter::PassUnparsed);
+    }
+    // ICMP has its own path (icmp.rs); this error says "look there".
+    if proto == PROTO_ICMP {
+        return Err(Counter::PassIcmpNotOurs);
     }
     let (ports, tcp_flags) = if proto == PROTO_TCP {
         let l4: [u8; TCP_READ] = read(ctx, L4_OFF).ok_or(Counter::PassUnparsed)?;

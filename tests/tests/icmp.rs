@@ -1,0 +1,86 @@
+//! ICMP through the forwarder: errors about translated flows reach the peer
+//! that can act on them, in gateway (T1) and full-NAT (T2) topologies.
+use std::net::SocketAddrV4;
+
+use tokio_tungstenite::tungstenite::Message;
+use wsfwd_tests::{
+    agent::Agent,
+    client::{next, udp_expect_refused, ws_connect},
+    topo::{SEED_CONFIG, Spec, Topo, UDP_SERVICE, VIP, upstream_config},
+};
+
+const MIB: usize = 1 << 20;
+
+/// The server pushes 1 MiB frames to a client behind a 1280-byte link. The
+/// client said MSS 1460, so this works only if the router's "fragmentation
+/// needed" (sent to the frontend address) is translated and reaches the
+/// endpoint.
+async fn push_through_small_link(t: &Topo, agent: &Agent) {
+    for &src in &t.clients[..2] {
+        let (mut ws, _) = ws_connect(&t.client, src, t.vip()).await.unwrap();
+        for _ in 0..2 {
+            ws.send_text(format!("push {MIB}")).await;
+            match next(&mut ws).await.unwrap_or_else(|e| panic!("{e:#}\n{:?}", agent.stats())) {
+                Message::Binary(b) => {
+                    assert_eq!(b.len(), MIB);
+                    assert!(b.iter().enumerate().all(|(i, &x)| x as usize == i % 251), "corrupted frame");
+                }
+                other => panic!("expected 1 MiB, got {other:?}"),
+            }
+        }
+    }
+    let stats = agent.stats().unwrap();
+    assert!(stats["icmp-translated"] > 0, "{stats:?}");
+}
+
+trait SendText {
+    async fn send_text(&mut self, s: String);
+}
+
+impl SendText for wsfwd_tests::client::Ws {
+    async fn send_text(&mut self, s: String) {
+        use futures_util::SinkExt as _;
+        self.send(Message::text(s)).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pmtu_gateway_t1() {
+    let mut t = Topo::new("p1", Spec::T1.with_router()).unwrap();
+    t.start_ws_peers().unwrap();
+    let agent = Agent::start(&t.node, &t.dir, SEED_CONFIG, &[]).unwrap();
+    push_through_small_link(&t, &agent).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pmtu_full_nat_t2() {
+    let mut t = Topo::new("p2", Spec::T2.with_router()).unwrap();
+    t.start_ws_peers().unwrap();
+    let addrs: Vec<_> = t.backends.iter().map(|b| b.addr).collect();
+    let agent = Agent::start(&t.node, &t.dir, &upstream_config(&addrs, "Cluster"), &[]).unwrap();
+    push_through_small_link(&t, &agent).await;
+}
+
+/// No UDP server on the endpoints: their "port unreachable", about a packet
+/// the client sent to the VIP, must come back quoting the VIP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_unreachable_reaches_the_client_gateway_t1() {
+    let t = Topo::new("u1", Spec::T1).unwrap();
+    let agent = Agent::start(&t.node, &t.dir, &format!("{SEED_CONFIG}\n---\n{UDP_SERVICE}"), &[]).unwrap();
+    for &src in &t.clients[..4] {
+        udp_expect_refused(&t.client, src, SocketAddrV4::new(VIP, 9080)).await.unwrap();
+    }
+    assert!(agent.stats().unwrap()["icmp-translated"] >= 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_unreachable_reaches_the_client_full_nat_t2() {
+    let t = Topo::new("u2", Spec::T2).unwrap();
+    let addrs: Vec<_> = t.backends.iter().map(|b| b.addr).collect();
+    let config = upstream_config(&addrs, "Cluster").replace("{port: 9080, targetPort: 30100}", "{port: 9080, targetPort: 30100, protocol: UDP}").replace("ports: [{port: 30100}]", "ports: [{port: 30100, protocol: UDP}]");
+    let agent = Agent::start(&t.node, &t.dir, &config, &[]).unwrap();
+    for &src in &t.clients[..4] {
+        udp_expect_refused(&t.client, src, SocketAddrV4::new(VIP, 9080)).await.unwrap();
+    }
+    assert!(agent.stats().unwrap()["icmp-translated"] >= 4);
+}

@@ -3,7 +3,8 @@
 Greets each connection with {"backend": NAME, "client": ADDRESS-IT-SEES}, then
 echoes every text and binary frame, except the text "push N", which it answers
 with a binary frame of N bytes (so a test can make the server send big frames
-without the client sending any). Prints one line per connection so a test can
+without the client sending any), and text starting "len ", which it answers
+with its length (so the client can send big frames and get small answers). Prints one line per connection so a test can
 tell which endpoint saw which client.
 """
 import asyncio
@@ -22,6 +23,8 @@ async def main(name, port):
             if isinstance(message, str) and message.startswith("push "):
                 n = int(message[5:])
                 await ws.send(bytes(i % 251 for i in range(n)))
+            elif isinstance(message, str) and message.startswith("len "):
+                await ws.send(str(len(message)))
             else:
                 await ws.send(message)
 

@@ -67,9 +67,15 @@ pub async fn next(ws: &mut Ws) -> anyhow::Result<Message> {
     }
 }
 
+/// Sends one frame; a peer that stops reading cannot hang the test.
+pub async fn send(ws: &mut Ws, msg: Message) -> anyhow::Result<()> {
+    tokio::time::timeout(Duration::from_secs(10), ws.send(msg)).await.context("frame not sent within 10 s")??;
+    Ok(())
+}
+
 /// Sends one frame and returns what comes back.
 pub async fn echo(ws: &mut Ws, msg: Message) -> anyhow::Result<Message> {
-    ws.send(msg).await?;
+    send(ws, msg).await?;
     next(ws).await
 }
 

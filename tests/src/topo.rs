@@ -92,11 +92,14 @@ pub struct Spec {
     pub router: bool,
     /// The port the WebSocket peers listen on.
     pub ws_port: u16,
+    /// The node's side of each link to a backend behind it has MTU 1280
+    /// (the backend's side keeps 1500 and says MSS 1460).
+    pub narrow_backend_links: bool,
 }
 
 impl Spec {
-    pub const T1: Spec = Spec { behind: 3, external: 0, router: false, ws_port: VIP_PORT };
-    pub const T2: Spec = Spec { behind: 0, external: 2, router: false, ws_port: NODE_PORT };
+    pub const T1: Spec = Spec { behind: 3, external: 0, router: false, ws_port: VIP_PORT, narrow_backend_links: false };
+    pub const T2: Spec = Spec { behind: 0, external: 2, router: false, ws_port: NODE_PORT, narrow_backend_links: false };
 
     pub fn with_router(self) -> Self {
         Self { router: true, ..self }
@@ -260,6 +263,9 @@ impl Topo {
                 Self::addr(&node, &format!("10.244.{k}.1/24"), &nb)?;
                 Self::addr(&ns, &format!("{addr}/24"), "e0")?;
                 ns.ip(&["route", "add", "default", "via", &format!("10.244.{k}.1")])?;
+                if self.spec.narrow_backend_links {
+                    node.ip(&["link", "set", &nb, "mtu", "1280"])?;
+                }
             } else {
                 self.plug(&ns, "e0", &format!("p{name}"))?;
                 Self::addr(&ns, &format!("{addr}/24"), "e0")?;

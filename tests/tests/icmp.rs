@@ -5,7 +5,7 @@ use std::net::SocketAddrV4;
 use tokio_tungstenite::tungstenite::Message;
 use wsfwd_tests::{
     agent::Agent,
-    client::{next, udp_expect_refused, ws_connect},
+    client::{echo, next, send, udp_expect_refused, ws_connect},
     topo::{SEED_CONFIG, Spec, Topo, UDP_SERVICE, VIP, upstream_config},
 };
 
@@ -19,7 +19,7 @@ async fn push_through_small_link(t: &Topo, agent: &Agent) {
     for &src in &t.clients[..2] {
         let (mut ws, _) = ws_connect(&t.client, src, t.vip()).await.unwrap();
         for _ in 0..2 {
-            ws.send_text(format!("push {MIB}")).await;
+            send(&mut ws, Message::text(format!("push {MIB}"))).await.unwrap();
             match next(&mut ws).await.unwrap_or_else(|e| panic!("{e:#}\n{:?}", agent.stats())) {
                 Message::Binary(b) => {
                     assert_eq!(b.len(), MIB);
@@ -33,16 +33,6 @@ async fn push_through_small_link(t: &Topo, agent: &Agent) {
     assert!(stats["icmp-translated"] > 0, "{stats:?}");
 }
 
-trait SendText {
-    async fn send_text(&mut self, s: String);
-}
-
-impl SendText for wsfwd_tests::client::Ws {
-    async fn send_text(&mut self, s: String) {
-        use futures_util::SinkExt as _;
-        self.send(Message::text(s)).await.unwrap();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pmtu_gateway_t1() {
@@ -83,4 +73,29 @@ async fn port_unreachable_reaches_the_client_full_nat_t2() {
         udp_expect_refused(&t.client, src, SocketAddrV4::new(VIP, 9080)).await.unwrap();
     }
     assert!(agent.stats().unwrap()["icmp-translated"] >= 4);
+}
+
+/// The node's links to the backends are narrower (1280) than the client's and
+/// the backends' own (1500): the client's big segments must be answered with
+/// "fragmentation needed" from the VIP, with tx offload off and on (GSO).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frag_needed_from_the_vip_when_the_endpoint_link_is_narrower() {
+    let mut t = Topo::new("mt", Spec { narrow_backend_links: true, ..Spec::T1 }).unwrap();
+    t.start_ws_peers().unwrap();
+    let agent = Agent::start(&t.node, &t.dir, SEED_CONFIG, &[]).unwrap();
+    let before = t.csum_errors().unwrap();
+    for (round, on) in [false, true].into_iter().enumerate() {
+        t.set_tx_offload(on).unwrap();
+        let src = t.clients[round];
+        let (mut ws, _) = ws_connect(&t.client, src, t.vip()).await.unwrap();
+        let big = format!("len {}", "x".repeat(MIB));
+        let answer = echo(&mut ws, Message::text(big.clone()))
+            .await
+            .unwrap_or_else(|e| panic!("offload {on}: {e:#}\n{:?}", agent.stats()));
+        assert_eq!(answer, Message::text(big.len().to_string()), "offload {on}");
+    }
+    let stats = agent.stats().unwrap();
+    assert!(stats["icmp-frag-needed-sent"] >= 2, "{stats:?}");
+    assert_eq!(stats["drop-frag-needed"], 0);
+    assert_eq!(t.csum_errors().unwrap(), before);
 }

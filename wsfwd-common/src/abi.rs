@@ -185,6 +185,8 @@ pub enum Counter {
     IcmpTranslated,
     /// ICMP that is not an error about a flow of ours: passed untouched.
     PassIcmpNotOurs,
+    /// A packet too large for its next link, answered with "fragmentation needed".
+    IcmpFragNeededSent,
     /// IPv4 with options, a fragment, or truncated: passed untouched.
     PassUnparsed,
     /// Not addressed to a frontend (ingress) or not from an endpoint (egress).
@@ -205,7 +207,7 @@ pub enum Counter {
     DropNoEndpoint,
     /// No route to the endpoint.
     DropNoRoute,
-    /// Too large for the link towards the endpoint.
+    /// Too large for its next link, and the ICMP answer could not be built.
     DropFragNeeded,
     /// A packet rewrite or redirect failed.
     DropError,
@@ -222,6 +224,7 @@ impl Counter {
         Counter::PassNotIpv4L4,
         Counter::IcmpTranslated,
         Counter::PassIcmpNotOurs,
+        Counter::IcmpFragNeededSent,
         Counter::PassUnparsed,
         Counter::PassNotOurs,
         Counter::PassTtlExpired,
@@ -246,6 +249,7 @@ impl Counter {
             Counter::PassNotIpv4L4 => "pass-not-ipv4-tcp-udp-icmp",
             Counter::IcmpTranslated => "icmp-translated",
             Counter::PassIcmpNotOurs => "pass-icmp-not-ours",
+            Counter::IcmpFragNeededSent => "icmp-frag-needed-sent",
             Counter::PassUnparsed => "pass-unparsed",
             Counter::PassNotOurs => "pass-not-ours",
             Counter::PassTtlExpired => "pass-ttl-expired",

@@ -24,9 +24,18 @@ pub struct Route {
     macs: Option<([u8; 6], [u8; 6])>,
 }
 
-/// Looks up the route for a packet of protocol `proto` once translated to `e`'s addresses.
+/// Why a packet cannot be sent on.
+pub enum NoRoute {
+    /// Larger than the MTU (given) of the link it would leave through.
+    FragNeeded(u16),
+    Drop(Counter),
+}
+
+/// Looks up the route for a packet of protocol `proto` once translated to
+/// `e`'s addresses. `headers` is its IP + L4 header length, to check the
+/// segments of a GSO packet against the MTU.
 #[inline(always)]
-pub fn route(ctx: &TcContext, proto: u8, e: &FlowEntry) -> Result<Route, Counter> {
+pub fn route(ctx: &TcContext, proto: u8, e: &FlowEntry, headers: u32) -> Result<Route, NoRoute> {
     // SAFETY: bpf_fib_lookup is plain data; all-zero is a valid start.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
@@ -45,13 +54,22 @@ pub fn route(ctx: &TcContext, proto: u8, e: &FlowEntry) -> Result<Route, Counter
     };
     // SAFETY: reading the union members the kernel filled in for AF_INET.
     let nexthop = unsafe { params.__bindgen_anon_4.ipv4_dst }.to_ne_bytes();
+    // SAFETY: the kernel fills mtu_result in for these results.
+    let mtu = unsafe { params.__bindgen_anon_1.mtu_result };
     match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => {
+            // The kernel passes GSO packets whatever their segment size;
+            // the segments must fit as they would when forwarded.
+            // SAFETY: ctx.skb points at the live __sk_buff.
+            let gso = unsafe { (*ctx.skb.skb).gso_size };
+            if gso != 0 && gso + headers > mtu as u32 {
+                return Err(NoRoute::FragNeeded(mtu));
+            }
             Ok(Route { ifindex: params.ifindex, nexthop, macs: Some((params.dmac, params.smac)) })
         }
         BPF_FIB_LKUP_RET_NO_NEIGH => Ok(Route { ifindex: params.ifindex, nexthop, macs: None }),
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => Err(Counter::DropFragNeeded),
-        _ => Err(Counter::DropNoRoute),
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => Err(NoRoute::FragNeeded(mtu)),
+        _ => Err(NoRoute::Drop(Counter::DropNoRoute)),
     }
 }
 

@@ -15,8 +15,9 @@ use wsfwd_common::abi::{Counter, DIR_ORIGINAL, DIR_REPLY, FlowEntry, FlowKey, PR
 use crate::{
     conntrack::{Table, entry},
     counters::count,
-    forward, nat,
-    parse::{IP_OFF, L4_OFF, read},
+    forward::{self, NoRoute},
+    nat,
+    parse::{IP_OFF, L4_OFF, Packet, read},
 };
 
 const ICMP_OFF: usize = L4_OFF;
@@ -210,7 +211,11 @@ pub fn at_ingress(ctx: &TcContext) -> Result<i32, Counter> {
         return Ok(TC_ACT_OK as i32);
     }
     let (from, to) = translate(ctx, &err, &e).map_err(|_| Counter::DropError)?;
-    let route = forward::route(ctx, PROTO_ICMP, &entry(from, [0; 2], to, [0; 2], 0))?;
+    let route = match forward::route(ctx, PROTO_ICMP, &entry(from, [0; 2], to, [0; 2], 0), 0) {
+        Ok(r) => r,
+        Err(NoRoute::Drop(c)) => return Err(c),
+        Err(NoRoute::FragNeeded(_)) => return Err(Counter::DropFragNeeded),
+    };
     nat::decrement_ttl(ctx, ttl, PROTO_ICMP).map_err(|_| Counter::DropError)?;
     let verdict = forward::redirect(ctx, &route)?;
     count(Counter::IcmpTranslated);
@@ -235,4 +240,93 @@ pub fn at_egress(ctx: &TcContext) -> i32 {
     }
     count(Counter::IcmpTranslated);
     TC_ACT_OK as i32
+}
+
+/// The TTL of packets wsfwd originates.
+const TTL: u8 = 64;
+const FRAG_NEEDED: u8 = 4;
+
+/// Ones'-complement sum of big-endian 16-bit words.
+#[inline(always)]
+fn sum<const N: usize>(mut acc: u32, b: &[u8; N]) -> u32 {
+    let mut i = 0;
+    while i + 1 < N {
+        acc += u16::from_be_bytes([b[i], b[i + 1]]) as u32;
+        i += 2;
+    }
+    acc
+}
+
+#[inline(always)]
+fn fold(mut s: u32) -> u16 {
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    s as u16
+}
+
+/// Answers `p`, too large for the link its route leaves through, with ICMP
+/// "fragmentation needed" (`mtu`) from the address it was sent to, back out
+/// of the interface it came in on. The packet is turned into the answer in
+/// place: cut after its L4 header, then an IP and an ICMP header inserted
+/// in front.
+#[inline(always)]
+pub fn frag_needed(ctx: &TcContext, p: &Packet, mtu: u16) -> Result<i32, ()> {
+    let eth: [u8; 12] = read(ctx, 0).ok_or(())?;
+    let ip: [u8; 20] = read(ctx, IP_OFF).ok_or(())?;
+    // Keep whole L4 headers: a checksum left to offload must stay inside.
+    let l4_len: u32 = if p.proto == PROTO_TCP { 20 } else { 8 };
+    let quote_end = (L4_OFF as u32) + l4_len;
+    // SAFETY: helper calls on the live skb; they validate their arguments.
+    if unsafe { aya_ebpf::helpers::generated::bpf_skb_change_tail(ctx.skb.skb as *mut _, quote_end, 0) } != 0 {
+        return Err(());
+    }
+    ctx.adjust_room(28, aya_ebpf::bindings::bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, 0).map_err(|_| ())?;
+    let l4_at = INNER_L4;
+    let csum_at = if p.proto == PROTO_TCP { 16 } else { 6 };
+
+    // The quoted L4 checksum: if the packet's checksum was left to offload,
+    // the device fills that field in over the quoted header. A value it maps
+    // to itself (2V + S = 0 in ones' complement, S the rest of the header)
+    // keeps our ICMP checksum right either way. The quote's own checksum is
+    // not used by anyone receiving the error.
+    let l4_sum = if p.proto == PROTO_TCP {
+        let mut l4: [u8; 20] = read(ctx, l4_at).ok_or(())?;
+        l4[csum_at] = 0;
+        l4[csum_at + 1] = 0;
+        fold(sum(0, &l4))
+    } else {
+        let mut l4: [u8; 8] = read(ctx, l4_at).ok_or(())?;
+        l4[csum_at] = 0;
+        l4[csum_at + 1] = 0;
+        fold(sum(0, &l4))
+    };
+    let neg = (!l4_sum) as u32 % 0xffff;
+    let fixed = ((neg * 0x8000) % 0xffff) as u16;
+
+    let total = (20 + 8 + 20 + l4_len) as u16;
+    let [tl0, tl1] = total.to_be_bytes();
+    let mut outer = [0x45, 0, tl0, tl1, 0, 0, 0x40, 0, TTL, PROTO_ICMP, 0, 0, ip[16], ip[17], ip[18], ip[19], ip[12], ip[13], ip[14], ip[15]];
+    let ocsum = !fold(sum(0, &outer));
+    outer[10] = (ocsum >> 8) as u8;
+    outer[11] = ocsum as u8;
+    let [m0, m1] = mtu.to_be_bytes();
+    let mut icmp = [DEST_UNREACH, FRAG_NEEDED, 0, 0, 0, 0, m0, m1];
+    // ICMP checksum: its header, the quoted IP header, the quoted L4 header.
+    let icsum = !fold(sum(sum(sum(l4_sum as u32, &icmp), &ip), &fixed.to_be_bytes()));
+    icmp[2] = (icsum >> 8) as u8;
+    icmp[3] = icsum as u8;
+
+    ctx.store(IP_OFF, &outer, 0).map_err(|_| ())?;
+    ctx.store(ICMP_OFF, &icmp, 0).map_err(|_| ())?;
+    ctx.store(l4_at + csum_at, &fixed.to_be_bytes(), 0).map_err(|_| ())?;
+    let swapped = [eth[6], eth[7], eth[8], eth[9], eth[10], eth[11], eth[0], eth[1], eth[2], eth[3], eth[4], eth[5]];
+    ctx.store(0, &swapped, 0).map_err(|_| ())?;
+    // SAFETY: ctx.skb points at the live __sk_buff; plain helper call.
+    let ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    let rc = unsafe { aya_ebpf::helpers::bpf_redirect(ifindex, 0) };
+    if rc != aya_ebpf::bindings::TC_ACT_REDIRECT as i64 {
+        return Err(());
+    }
+    count(Counter::IcmpFragNeededSent);
+    Ok(aya_ebpf::bindings::TC_ACT_REDIRECT as i32)
 }

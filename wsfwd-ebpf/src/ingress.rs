@@ -10,7 +10,8 @@ use wsfwd_common::abi::{BACKEND_F_SNAT, Counter, DIR_ORIGINAL, DIR_REPLY, FlowEn
 use crate::{
     conntrack::{self, Table},
     counters::count,
-    forward, icmp,
+    forward::{self, NoRoute},
+    icmp,
     maps::{SERVICES, snat_ports},
     nat,
     parse::{self, Packet},
@@ -125,7 +126,14 @@ fn to_client(ctx: &TcContext, p: &Packet) -> Result<i32, Verdict> {
 /// Translates and redirects; the packet never goes back to the kernel.
 #[inline(always)]
 fn forward(ctx: &TcContext, p: &Packet, e: &FlowEntry, done: Counter) -> Result<i32, Verdict> {
-    let route = forward::route(ctx, p.proto, e).map_err(Verdict::Drop)?;
+    let route = match forward::route(ctx, p.proto, e, p.headers) {
+        Ok(r) => r,
+        Err(NoRoute::Drop(c)) => return Err(Verdict::Drop(c)),
+        // Never dropped silently: the sender learns the path MTU.
+        Err(NoRoute::FragNeeded(mtu)) => {
+            return icmp::frag_needed(ctx, p, mtu).map_err(|_| Verdict::Drop(Counter::DropFragNeeded));
+        }
+    };
     nat::translate(ctx, p, e).map_err(|_| Verdict::Drop(Counter::DropError))?;
     nat::decrement_ttl(ctx, p.ttl, p.proto).map_err(|_| Verdict::Drop(Counter::DropError))?;
     let verdict = forward::redirect(ctx, &route).map_err(Verdict::Drop)?;

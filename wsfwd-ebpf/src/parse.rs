@@ -34,6 +34,8 @@ pub struct Packet {
     pub ttl: u8,
     /// TCP flags byte; 0 for UDP.
     pub tcp_flags: u8,
+    /// IP + L4 header length.
+    pub headers: u32,
 }
 
 impl Packet {
@@ -95,12 +97,12 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, Counter> {
     if proto == PROTO_ICMP {
         return Err(Counter::PassIcmpNotOurs);
     }
-    let (ports, tcp_flags) = if proto == PROTO_TCP {
+    let (ports, tcp_flags, l4_len) = if proto == PROTO_TCP {
         let l4: [u8; TCP_READ] = read(ctx, L4_OFF).ok_or(Counter::PassUnparsed)?;
-        ([l4[0], l4[1], l4[2], l4[3]], l4[13])
+        ([l4[0], l4[1], l4[2], l4[3]], l4[13], (l4[12] >> 4) as u32 * 4)
     } else {
         let l4: [u8; UDP_READ] = read(ctx, L4_OFF).ok_or(Counter::PassUnparsed)?;
-        ([l4[0], l4[1], l4[2], l4[3]], 0)
+        ([l4[0], l4[1], l4[2], l4[3]], 0, UDP_READ as u32)
     };
     Ok(Packet {
         saddr: [ip[12], ip[13], ip[14], ip[15]],
@@ -110,5 +112,6 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, Counter> {
         proto,
         ttl: ip[8],
         tcp_flags,
+        headers: IP_LEN as u32 + l4_len,
     })
 }

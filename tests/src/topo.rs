@@ -81,6 +81,14 @@ endpoints:
     )
 }
 
+/// The same upstream for UDP: the VIP's port 9080/UDP to port 9090/UDP of
+/// each endpoint address given.
+pub fn upstream_udp_config(endpoints: &[Ipv4Addr]) -> String {
+    upstream_config(endpoints, "Cluster")
+        .replace("{port: 9080, targetPort: 30100}", "{port: 9080, targetPort: 9090, protocol: UDP}")
+        .replace("ports: [{port: 30100}]", "ports: [{port: 9090, protocol: UDP}]")
+}
+
 /// What to build.
 #[derive(Clone, Copy, Debug)]
 pub struct Spec {

@@ -6,7 +6,7 @@ use tokio_tungstenite::tungstenite::Message;
 use wsfwd_tests::{
     agent::Agent,
     client::{echo, next, send, udp_expect_refused, ws_connect},
-    topo::{SEED_CONFIG, Spec, Topo, UDP_SERVICE, VIP, upstream_config},
+    topo::{SEED_CONFIG, Spec, Topo, UDP_SERVICE, VIP, upstream_config, upstream_udp_config},
 };
 
 const MIB: usize = 1 << 20;
@@ -67,8 +67,7 @@ async fn port_unreachable_reaches_the_client_gateway_t1() {
 async fn port_unreachable_reaches_the_client_full_nat_t2() {
     let t = Topo::new("u2", Spec::T2).unwrap();
     let addrs: Vec<_> = t.backends.iter().map(|b| b.addr).collect();
-    let config = upstream_config(&addrs, "Cluster").replace("{port: 9080, targetPort: 30100}", "{port: 9080, targetPort: 30100, protocol: UDP}").replace("ports: [{port: 30100}]", "ports: [{port: 30100, protocol: UDP}]");
-    let agent = Agent::start(&t.node, &t.dir, &config, &[]).unwrap();
+    let agent = Agent::start(&t.node, &t.dir, &upstream_udp_config(&addrs), &[]).unwrap();
     for &src in &t.clients[..4] {
         udp_expect_refused(&t.client, src, SocketAddrV4::new(VIP, 9080)).await.unwrap();
     }

@@ -6,9 +6,9 @@ use std::collections::BTreeSet;
 use tokio_tungstenite::tungstenite::Message;
 use wsfwd_tests::{
     agent::Agent,
-    checks::{Capture, affinity_checks, frame_checks, handshake_checks},
-    client::{echo, tcp_connect, ws_connect},
-    topo::{Spec, Topo, upstream_config},
+    checks::{Capture, affinity_checks, frame_checks, handshake_checks, predicted},
+    client::{echo, tcp_connect, udp_exchange, ws_connect},
+    topo::{Spec, Topo, VIP, upstream_config, upstream_udp_config},
 };
 
 fn endpoints(t: &Topo) -> Vec<std::net::Ipv4Addr> {
@@ -152,4 +152,25 @@ async fn t2_04_behind_and_external_endpoints_cluster_and_local() {
         ws.close(None).await.unwrap();
     }
     assert_eq!(agent.stats().unwrap()["snat-allocated"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t2_05_udp_through_full_nat_keeps_its_predicted_endpoint() {
+    let mut t = Topo::new("fu", Spec::T2).unwrap();
+    t.start_udp_peers().unwrap();
+    let config = upstream_udp_config(&endpoints(&t));
+    let agent = Agent::start(&t.node, &t.dir, &config, &[]).unwrap();
+    let mut used = BTreeSet::new();
+    for &src in &t.clients {
+        let want = predicted(&config, "testim-service", src);
+        let want = t.backend_by_addr(&want).unwrap().name.clone();
+        for round in 0..3 {
+            let payload = format!("datagram {round} from {src}");
+            let reply = udp_exchange(&t.client, src, std::net::SocketAddrV4::new(VIP, 9080), payload.as_bytes()).await.unwrap();
+            assert_eq!(reply, format!("{want} {} {payload}", t.node_addr), "round {round}");
+        }
+        used.insert(want);
+    }
+    assert_eq!(used.len(), 2, "{used:?}");
+    assert!(agent.stats().unwrap()["snat-allocated"] >= 48);
 }

@@ -184,3 +184,47 @@ pub fn render(plan: &Plan<'_>) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::config;
+
+    const SEED_DEMO: &str = include_str!("../../fixtures/seed-demo.yaml");
+
+    fn local_testim() -> Vec<Service> {
+        let text = SEED_DEMO.replace("  sessionAffinity: ClientIP", "  sessionAffinity: ClientIP\n  externalTrafficPolicy: Local");
+        config::parse(&text).unwrap().services.into_iter().filter(|s| s.name == "testim-service").collect()
+    }
+
+    fn node_with_external(addrs: &[[u8; 4]]) -> Node {
+        let gw = Ipv4Addr::new(10, 0, 1, 1);
+        Node { addrs: vec![gw], external: addrs.iter().map(|&a| (Ipv4Addr::from(a), gw)).collect(), snat_ips: vec![] }
+    }
+
+    #[test]
+    fn local_without_endpoints_behind_the_node_is_not_served() {
+        let services = local_testim();
+        let node = node_with_external(&[[10, 244, 1, 10], [10, 244, 2, 10], [10, 244, 3, 10]]);
+        let text = render(&plan(&services, Some(&node), 7));
+        assert!(text.contains("NOT SERVED on this node: externalTrafficPolicy Local and no ready endpoint behind it"), "{text}");
+        assert!(text.contains("[full NAT]"), "{text}");
+    }
+
+    #[test]
+    fn modes_and_local_filtering_show_with_routes() {
+        let services = local_testim();
+        let node = node_with_external(&[[10, 244, 2, 10]]);
+        let p = plan(&services, Some(&node), 7);
+        let text = render(&p);
+        assert!(text.contains("maglev:     251 slots over 2 ready endpoint(s)"), "{text}");
+        assert!(text.contains("[behind the node]"), "{text}");
+        let b2 = p.services[0].endpoints.iter().find(|e| e.endpoint.address == Ipv4Addr::new(10, 244, 2, 10)).unwrap();
+        assert_eq!(b2.slots, 0, "Local gives the full-NAT endpoint no slots");
+        // Without routes, check cannot tell and says how to find out.
+        let text = render(&plan(&services, None, 7));
+        assert!(text.contains("--iface shows which"), "{text}");
+    }
+}

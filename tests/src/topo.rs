@@ -103,11 +103,15 @@ pub struct Spec {
     /// The node's side of each link to a backend behind it has MTU 1280
     /// (the backend's side keeps 1500 and says MSS 1460).
     pub narrow_backend_links: bool,
+    /// How many addresses the client has.
+    pub clients: u8,
 }
 
 impl Spec {
-    pub const T1: Spec = Spec { behind: 3, external: 0, router: false, ws_port: VIP_PORT, narrow_backend_links: false };
-    pub const T2: Spec = Spec { behind: 0, external: 2, router: false, ws_port: NODE_PORT, narrow_backend_links: false };
+    pub const T1: Spec =
+        Spec { behind: 3, external: 0, router: false, ws_port: VIP_PORT, narrow_backend_links: false, clients: CLIENTS };
+    pub const T2: Spec =
+        Spec { behind: 0, external: 2, router: false, ws_port: NODE_PORT, narrow_backend_links: false, clients: CLIENTS };
 
     pub fn with_router(self) -> Self {
         Self { router: true, ..self }
@@ -169,7 +173,7 @@ impl Topo {
             (false, true) => (Ipv4Addr::new(10, 0, 2, 1), Ipv4Addr::new(10, 0, 2, 100)),
             (false, false) => (Ipv4Addr::new(10, 0, 1, 1), Ipv4Addr::new(10, 0, 1, 2)),
         };
-        let clients = (0..CLIENTS).map(|i| Ipv4Addr::from(u32::from(first_client) + u32::from(i))).collect();
+        let clients = (0..spec.clients).map(|i| Ipv4Addr::from(u32::from(first_client) + u32::from(i))).collect();
         let mut t = Self {
             peers: HashMap::new(),
             client,

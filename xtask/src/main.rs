@@ -76,6 +76,19 @@ enum Cmd {
     /// a client with 16 addresses against three WebSocket backends through the VIP and the
     /// NodePort, printing where each client landed and whether affinity held. Cleans up after.
     Demo,
+
+    /// Benchmark wsfwd against the direct path, iptables, nftables, nginx and HAProxy.
+    ///
+    /// Installs the contenders from Debian packages, builds in release mode and runs every
+    /// workload in network namespaces (as root): WebSocket echo at a fixed rate, the highest
+    /// rate with p99 under 10 ms, connection rate, bulk TCP, memory with idle connections, and
+    /// scale with 1, 1,000 and 10,000 services. Writes BENCHMARKS.md, bench-results.json and
+    /// bench-chart.png. `--short` finishes in under five minutes.
+    Bench {
+        /// Arguments for the bench, e.g. `--short`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "BENCH_ARGS")]
+        args: Vec<OsString>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -105,5 +118,6 @@ fn dispatch(command: Cmd) -> Result<ExitCode> {
         Cmd::CheckPrereqs => prereqs::check().map(|()| ExitCode::SUCCESS),
         Cmd::Test { args } => test::test(&args),
         Cmd::Demo => demo::demo().map(|()| ExitCode::SUCCESS),
+        Cmd::Bench { args } => bench::bench(&args),
     }
 }

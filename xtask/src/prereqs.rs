@@ -24,6 +24,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iptables",
     "nftables",
     "procps",
+    // The benchmark chart's font; its unit test draws one.
+    "fonts-dejavu-core",
 ];
 
 /// The LLVM major version bpf-linker is built against; nightly's must match it.
@@ -45,7 +47,12 @@ pub fn check() -> Result<()> {
 
 /// Step 1: Debian packages, installed with apt-get when missing.
 fn debian_packages() -> Result<()> {
-    let missing = missing_debian_packages()?;
+    ensure_debian_packages(DEBIAN_PACKAGES)
+}
+
+/// Installs those of `packages` that are missing (quietly does nothing when none is).
+pub fn ensure_debian_packages(packages: &[&'static str]) -> Result<()> {
+    let missing = missing_debian_packages(packages)?;
     if missing.is_empty() {
         return Ok(());
     }
@@ -73,19 +80,19 @@ fn debian_packages() -> Result<()> {
     )
     .with_context(|| format!("installing {} failed; {hint}", missing.join(" ")))?;
 
-    let still_missing = missing_debian_packages()?;
+    let still_missing = missing_debian_packages(packages)?;
     if !still_missing.is_empty() {
         bail!("apt-get succeeded but these are still not installed: {}", still_missing.join(" "));
     }
     Ok(())
 }
 
-/// The packages of [`DEBIAN_PACKAGES`] that dpkg does not report as "install ok installed".
-fn missing_debian_packages() -> Result<Vec<&'static str>> {
+/// The packages of `packages` that dpkg does not report as "install ok installed".
+fn missing_debian_packages(packages: &[&'static str]) -> Result<Vec<&'static str>> {
     // One dpkg-query for all packages. It exits non-zero when some package is unknown to dpkg
     // but still lists the others, so read stdout whatever the status.
     let mut cmd = Command::new("dpkg-query");
-    cmd.args(["-W", "-f=${Package} ${Status}\\n"]).args(DEBIAN_PACKAGES);
+    cmd.args(["-W", "-f=${Package} ${Status}\\n"]).args(packages);
     let out = cmd
         .output()
         .with_context(|| format!("could not start `{}`; is this Debian?", cmd::display(&cmd)))?;
@@ -96,7 +103,7 @@ fn missing_debian_packages() -> Result<Vec<&'static str>> {
         .filter(|(_, status)| status.trim() == "install ok installed")
         .map(|(package, _)| package.split(':').next().unwrap_or(package))
         .collect();
-    Ok(DEBIAN_PACKAGES
+    Ok(packages
         .iter()
         .copied()
         .filter(|package| !installed.contains(package))

@@ -1,4 +1,7 @@
 //! `cargo xtask bench`: wsfwd side by side with the direct path, iptables,
 //! nftables, nginx and HAProxy, on WebSocket workloads, in one run.
+pub mod contenders;
+pub mod load;
 pub mod report;
 pub mod results;
+pub mod run;

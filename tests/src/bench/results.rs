@@ -22,6 +22,9 @@ pub struct Echo {
     /// wsfwd only: its programs' own run time (kernel.bpf_stats_enabled), nanoseconds per message.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bpf_ns_per_msg: Option<f64>,
+    /// wsfwd only: the same per program run (one packet at one hook).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bpf_ns_per_packet: Option<f64>,
 }
 
 /// Connect + upgrade + one echo + close, as fast as a fixed number of workers can.
@@ -51,6 +54,8 @@ pub struct Memory {
     /// wsfwd only: map memory per conntrack entry.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_per_ct_entry: Option<f64>,
+    /// RSS plus maps before the connections were opened: what they cost is the difference.
+    pub baseline_bytes: u64,
 }
 
 /// Everything measured for one contender. A figure is `None` when the

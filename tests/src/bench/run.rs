@@ -1,0 +1,393 @@
+//! The benchmark run: one T1 topology, every contender in turn on the same
+//! client and backends, every workload, then the scale runs.
+use std::{process::Command, time::Duration};
+
+use anyhow::Context as _;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::{
+    contenders::{self, ALL, Kind, Running},
+    load,
+    results::{Bulk, ConnRate, Contender, Echo, Machine, Memory, Results, Scale},
+};
+use crate::{
+    client,
+    sys::{Proc, run},
+    topo::{Spec, Topo},
+};
+
+/// Sizes of the workloads: the full run, or `--short` (under five minutes).
+#[derive(Clone, Copy, Debug)]
+pub struct Sizes {
+    pub connections: usize,
+    pub rate: u32,
+    pub warmup: Duration,
+    pub echo_time: Duration,
+    pub max_rates: &'static [u32],
+    pub max_rate_time: Duration,
+    pub churn_workers: usize,
+    pub churn_time: Duration,
+    pub bulk_seconds: u32,
+    pub idle_connections: usize,
+    pub scale_services: &'static [usize],
+    pub scale_time: Duration,
+}
+
+impl Sizes {
+    pub const FULL: Sizes = Sizes {
+        connections: 1000,
+        rate: 10_000,
+        warmup: Duration::from_secs(3),
+        echo_time: Duration::from_secs(15),
+        max_rates: &[10_000, 20_000, 40_000, 80_000, 160_000],
+        max_rate_time: Duration::from_secs(6),
+        churn_workers: 32,
+        churn_time: Duration::from_secs(10),
+        bulk_seconds: 10,
+        idle_connections: 10_000,
+        scale_services: &[1, 1000, 10_000],
+        scale_time: Duration::from_secs(8),
+    };
+    pub const SHORT: Sizes = Sizes {
+        connections: 200,
+        rate: 2000,
+        warmup: Duration::from_secs(1),
+        echo_time: Duration::from_secs(3),
+        max_rates: &[5_000, 10_000, 20_000],
+        max_rate_time: Duration::from_secs(2),
+        churn_workers: 16,
+        churn_time: Duration::from_secs(2),
+        bulk_seconds: 2,
+        idle_connections: 2000,
+        scale_services: &[1, 1000, 10_000],
+        scale_time: Duration::from_secs(2),
+    };
+}
+
+const MESSAGE_SIZES: [usize; 2] = [64, 16 * 1024];
+const MAX_P99_US: u64 = 10_000;
+
+pub struct Bench {
+    pub t: Topo,
+    pub sizes: Sizes,
+    pub progress: ProgressBar,
+    _peers: Vec<Proc>,
+}
+
+fn echo_server() -> std::path::PathBuf {
+    let bench = std::env::current_exe().unwrap_or_default();
+    bench.with_file_name("wsfwd-echo")
+}
+
+impl Bench {
+    pub fn new(sizes: Sizes, steps: u64) -> anyhow::Result<Self> {
+        raise_fd_limit();
+        let t = Topo::new("bench", Spec { clients: 64, ..Spec::T1 })?;
+        // The direct path: the client routes to the backends through the node.
+        t.client.ip(&["route", "add", "10.244.0.0/16", "via", &t.node_addr.to_string()])?;
+        let mut peers = Vec::new();
+        for b in &t.backends {
+            let mut p = Proc::spawn(b.ns.command(&echo_server().display().to_string()).args([&b.name, "9080"]), &t.dir.join(format!("{}-echo.log", b.name)))?;
+            p.wait_for_line("listening", Duration::from_secs(10))?;
+            peers.push(p);
+        }
+        let mut iperf = Proc::spawn(t.backends[0].ns.command("iperf3").args(["-s", "-p", "5201", "--forceflush"]), &t.dir.join("iperf3.log"))?;
+        iperf.wait_for_line("Server listening", Duration::from_secs(10))?;
+        peers.push(iperf);
+        let progress = ProgressBar::new(steps);
+        progress.set_style(
+            ProgressStyle::with_template("[{elapsed_precise}] {bar:30} {pos}/{len} {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        Ok(Self { t, sizes, progress, _peers: peers })
+    }
+
+    fn step(&self, what: &str) {
+        self.progress.set_message(what.to_owned());
+    }
+
+    fn done(&self) {
+        self.progress.inc(1);
+    }
+
+    pub async fn contender(&self, kind: Kind) -> Contender {
+        let mut c = Contender { name: kind.name().into(), ..Contender::default() };
+        self.step(&format!("{}: setting up", kind.name()));
+        let running = match contenders::start(kind, &self.t, 0) {
+            Ok(r) => r,
+            Err(e) => {
+                c.errors.push(format!("setup: {e:#}"));
+                self.progress.inc(5);
+                return c;
+            }
+        };
+        for size in MESSAGE_SIZES {
+            self.step(&format!("{}: echo {size} B at {}/s", kind.name(), self.sizes.rate));
+            match self.echo(kind, size, self.sizes.rate, self.sizes.echo_time).await {
+                Ok(e) => c.echo.push(e),
+                Err(e) => c.errors.push(format!("echo {size} B: {e:#}")),
+            }
+        }
+        self.done();
+        self.step(&format!("{}: highest rate with p99 < 10 ms", kind.name()));
+        c.max_rate = self.max_rate(kind).await;
+        self.done();
+        self.step(&format!("{}: connection rate", kind.name()));
+        c.conn_rate = Some(self.churn(kind).await);
+        self.done();
+        if kind == Kind::NginxHttp {
+            c.not_applicable.push("bulk TCP: an HTTP proxy does not carry raw TCP streams".into());
+        } else {
+            self.step(&format!("{}: bulk TCP", kind.name()));
+            match self.bulk(kind) {
+                Ok(b) => c.bulk = Some(b),
+                Err(e) => c.errors.push(format!("bulk: {e:#}")),
+            }
+        }
+        self.done();
+        self.step(&format!("{}: {} idle connections", kind.name(), self.sizes.idle_connections));
+        match self.memory(kind, &running).await {
+            Ok(m) => c.memory = Some(m),
+            Err(e) => c.errors.push(format!("memory: {e:#}")),
+        }
+        self.done();
+        if let Err(e) = contenders::stop(&self.t, running) {
+            c.errors.push(format!("teardown: {e:#}"));
+        }
+        c
+    }
+
+    async fn echo(&self, kind: Kind, size: usize, rate: u32, time: Duration) -> anyhow::Result<Echo> {
+        let t = &self.t;
+        let conns = load::open(&t.client, &t.clients, &|i| kind.target(t, i), self.sizes.connections).await?;
+        // Only the paced run is measured, not the handshakes before it.
+        let bpf_before = (kind == Kind::Wsfwd).then(bpf_run_time);
+        let cpu_before = cpu_ns();
+        let r = load::echo_run(conns, rate, size, self.sizes.warmup, time).await?;
+        let cpu = cpu_ns().saturating_sub(cpu_before);
+        let received = r.received.max(1) as f64;
+        let bpf = bpf_before.map(|(t0, n0)| {
+            let (t1, n1) = bpf_run_time();
+            (t1.saturating_sub(t0) as f64, n1.saturating_sub(n0).max(1) as f64)
+        });
+        Ok(Echo {
+            message_bytes: size,
+            connections: self.sizes.connections,
+            rate,
+            seconds: (self.sizes.warmup + time).as_secs_f64(),
+            sent: r.sent,
+            received: r.received,
+            errors: r.errors,
+            p50_us: r.hist.value_at_quantile(0.5) as f64,
+            p99_us: r.hist.value_at_quantile(0.99) as f64,
+            p999_us: r.hist.value_at_quantile(0.999) as f64,
+            cpu_ns_per_msg: cpu as f64 / received,
+            bpf_ns_per_msg: bpf.map(|(ns, _)| ns / received),
+            bpf_ns_per_packet: bpf.map(|(ns, runs)| ns / runs),
+        })
+    }
+
+    async fn max_rate(&self, kind: Kind) -> Option<u32> {
+        let mut best = None;
+        for &rate in self.sizes.max_rates {
+            match self.echo(kind, 64, rate, self.sizes.max_rate_time).await {
+                Ok(e) if (e.p99_us as u64) < MAX_P99_US && e.received * 100 >= e.sent * 99 => best = Some(rate),
+                _ => break,
+            }
+        }
+        best
+    }
+
+    async fn churn(&self, kind: Kind) -> ConnRate {
+        let t = &self.t;
+        let (ok, hist, errors) = load::conn_churn(&t.client, &t.clients, &|i| kind.target(t, i), self.sizes.churn_workers, self.sizes.churn_time).await;
+        ConnRate { per_second: ok as f64 / self.sizes.churn_time.as_secs_f64(), p99_us: hist.value_at_quantile(0.99) as f64, errors }
+    }
+
+    fn bulk(&self, kind: Kind) -> anyhow::Result<Bulk> {
+        let dst = kind.bulk_target(&self.t);
+        let gbps = |streams: u32| -> anyhow::Result<f64> {
+            let out = run(self.t.client.command("iperf3").args([
+                "-c",
+                &dst.ip().to_string(),
+                "-p",
+                &dst.port().to_string(),
+                "-B",
+                &self.t.clients[0].to_string(),
+                "-t",
+                &self.sizes.bulk_seconds.to_string(),
+                "-P",
+                &streams.to_string(),
+                "-J",
+            ]))?;
+            let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 -J output")?;
+            v["end"]["sum_received"]["bits_per_second"].as_f64().map(|b| b / 1e9).context("no bits_per_second in iperf3's output")
+        };
+        Ok(Bulk { one_stream_gbps: gbps(1)?, four_streams_gbps: gbps(4)? })
+    }
+
+    /// RSS of the contender's processes plus its maps (wsfwd), bytes.
+    fn footprint(running: &Running) -> (u64, Option<(u64, Option<f64>)>) {
+        let rss = running.pids().into_iter().map(contenders::rss_tree).sum();
+        (rss, running.agent.as_ref().map(|a| contenders::map_memory(a.pid())))
+    }
+
+    async fn memory(&self, kind: Kind, running: &Running) -> anyhow::Result<Memory> {
+        let t = &self.t;
+        let n = self.sizes.idle_connections.min(contenders::max_connections());
+        let (rss0, maps0) = Self::footprint(running);
+        let baseline_bytes = rss0 + maps0.map_or(0, |(m, _)| m);
+        let mut conns = Vec::with_capacity(n);
+        for i in 0..n {
+            let (ws, _) = client::ws_connect(&t.client, t.clients[i % t.clients.len()], kind.target(t, i)).await.with_context(|| format!("idle connection {i}"))?;
+            conns.push(ws);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (rss_bytes, maps) = Self::footprint(running);
+        drop(conns);
+        Ok(Memory {
+            connections: n,
+            rss_bytes,
+            map_bytes: maps.map(|(m, _)| m),
+            bytes_per_ct_entry: maps.and_then(|(_, per)| per),
+            baseline_bytes,
+        })
+    }
+
+    /// Connection rate with `services` configured, for the forwarders that scale with them.
+    pub async fn scale(&self, kind: Kind, services: usize) -> anyhow::Result<Scale> {
+        let running = contenders::start(kind, &self.t, services.saturating_sub(1))?;
+        let map_bytes = running.agent.as_ref().map(|a| contenders::map_memory(a.pid()).0);
+        let t = &self.t;
+        let (ok, hist, errors) = load::conn_churn(&t.client, &t.clients, &|i| kind.target(t, i), self.sizes.churn_workers, self.sizes.scale_time).await;
+        contenders::stop(&self.t, running)?;
+        Ok(Scale {
+            contender: kind.name().into(),
+            services,
+            conn_rate: ConnRate { per_second: ok as f64 / self.sizes.scale_time.as_secs_f64(), p99_us: hist.value_at_quantile(0.99) as f64, errors },
+            map_bytes,
+        })
+    }
+}
+
+/// Runs everything and returns the results.
+pub async fn run_all(sizes: Sizes, short: bool, command: String) -> anyhow::Result<Results> {
+    let scale_runs = 3 * sizes.scale_services.len() as u64;
+    let bench = Bench::new(sizes, ALL.len() as u64 * 5 + scale_runs)?;
+    let mut results = Results {
+        command,
+        short,
+        started: run(Command::new("date").arg("-u").arg("+%Y-%m-%dT%H:%M:%SZ")).unwrap_or_default().trim().to_owned(),
+        machine: machine(),
+        versions: versions(),
+        ipvs: ipvs(&bench.t),
+        ..Results::default()
+    };
+    let bpf_stats = BpfStats::enable();
+    for kind in ALL {
+        results.contenders.push(bench.contender(kind).await);
+    }
+    drop(bpf_stats);
+    for kind in [Kind::Wsfwd, Kind::Iptables, Kind::Nftables] {
+        for &services in sizes.scale_services {
+            bench.step(&format!("scale: {} with {services} services", kind.name()));
+            match bench.scale(kind, services).await {
+                Ok(s) => results.scale.push(s),
+                Err(e) => results.contenders.iter_mut().find(|c| c.name == kind.name()).into_iter().for_each(|c| c.errors.push(format!("scale {services}: {e:#}"))),
+            }
+            bench.done();
+        }
+    }
+    bench.progress.finish_with_message("done");
+    Ok(results)
+}
+
+/// Raises the open-file limit as far as allowed: to 1M, else to the hard limit.
+fn raise_fd_limit() {
+    for want in [Some(1u64 << 20), None] {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit/setrlimit with a valid struct.
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+        let n = want.unwrap_or(lim.rlim_max);
+        let new = libc::rlimit { rlim_cur: n, rlim_max: n.max(lim.rlim_max) };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } == 0 {
+            return;
+        }
+    }
+}
+
+/// Non-idle CPU time of the whole machine so far, nanoseconds (USER_HZ = 100).
+fn cpu_ns() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().next() else { return 0 };
+    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total - idle) * 10_000_000
+}
+
+/// Total run time and run count of wsfwd's programs (kernel.bpf_stats_enabled must be on).
+fn bpf_run_time() -> (u64, u64) {
+    let Ok(out) = run(Command::new("bpftool").args(["prog", "show", "-j"])) else { return (0, 0) };
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("wsfwd_tc")))
+        .fold((0, 0), |(t, n), p| (t + p["run_time_ns"].as_u64().unwrap_or(0), n + p["run_cnt"].as_u64().unwrap_or(0)))
+}
+
+/// Turns kernel.bpf_stats_enabled on for the run, and back to what it was.
+struct BpfStats(Option<String>);
+
+impl BpfStats {
+    fn enable() -> Self {
+        let before = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").ok();
+        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
+        Self(before)
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        if let Some(v) = &self.0 {
+            let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", v.trim());
+        }
+    }
+}
+
+fn machine() -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    Machine {
+        cpu: cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned()).unwrap_or_default(),
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        memory_bytes: meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).map_or(0, |kb| kb * 1024),
+        kernel: run(Command::new("uname").arg("-r")).unwrap_or_default().trim().to_owned(),
+    }
+}
+
+fn versions() -> Vec<(String, String)> {
+    let v = |name: &str, cmd: &[&str]| {
+        let out = Command::new(cmd[0]).args(&cmd[1..]).output();
+        let text = out.map(|o| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))).unwrap_or_default();
+        (name.to_owned(), text.lines().next().unwrap_or("not found").trim().to_owned())
+    };
+    vec![
+        v("wsfwd", &[&crate::agent::binary().display().to_string(), "--version"]),
+        v("nginx", &["nginx", "-v"]),
+        v("haproxy", &["haproxy", "-v"]),
+        v("iptables", &["iptables", "-V"]),
+        v("nftables", &["nft", "-v"]),
+        v("iperf3", &["iperf3", "-v"]),
+    ]
+}
+
+/// Whether IPVS (kube-router's `sh`) can run on this kernel.
+fn ipvs(t: &Topo) -> String {
+    let loaded = t.node.exec(&["sh", "-c", "test -e /proc/net/ip_vs"]).is_ok();
+    if loaded || Command::new("modprobe").arg("ip_vs").status().is_ok_and(|s| s.success()) {
+        "IPVS is available on this kernel, but kube-router's `sh` is not measured yet".into()
+    } else {
+        "IPVS is not available on this kernel (no ip_vs module): kube-router's `sh` is not measured".into()
+    }
+}

@@ -179,7 +179,7 @@ fn nginx_config(t: &Topo, dir: &Path, http: bool) -> String {
     let d = dir.display();
     let nofile = fd_limit();
     let head = format!(
-        "worker_processes auto;\nworker_rlimit_nofile {nofile};\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\nevents {{ worker_connections {}; }}\n", max_connections()
+        "worker_processes auto;\nworker_rlimit_nofile {nofile};\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\nevents {{ worker_connections {}; }}\n", fd_limit().saturating_sub(100)
     );
     if http {
         // The seed's config, with the upgrade headers that make WebSocket work.
@@ -203,7 +203,7 @@ pub fn fd_limit() -> u64 {
 }
 
 /// Idle connections every contender can hold at once: a proxy spends two
-/// descriptors per connection in one process.
+/// descriptors per connection, and one nginx worker may get them all.
 pub fn max_connections() -> usize {
     (fd_limit().saturating_sub(200) / 2) as usize
 }

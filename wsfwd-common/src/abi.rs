@@ -201,6 +201,9 @@ pub enum Counter {
     SnatReplyRedirected,
     /// Full NAT: no SNAT port free (TCP: answered with RST; UDP: dropped).
     DropSnatExhausted,
+    /// Full NAT: a TCP packet other than a SYN for a flow with no mapping
+    /// (e.g. a FIN retransmitted after a restart): no connection it could belong to.
+    DropNoNatFlow,
     /// A new TCP connection refused (no endpoint, no SNAT port) with a RST.
     RstSent,
     /// The service has no endpoint taking new flows.
@@ -232,6 +235,7 @@ impl Counter {
         Counter::SnatAllocated,
         Counter::SnatReplyRedirected,
         Counter::DropSnatExhausted,
+        Counter::DropNoNatFlow,
         Counter::RstSent,
         Counter::DropNoEndpoint,
         Counter::DropNoRoute,
@@ -257,6 +261,7 @@ impl Counter {
             Counter::SnatAllocated => "snat-allocated",
             Counter::SnatReplyRedirected => "snat-reply-redirected",
             Counter::DropSnatExhausted => "drop-snat-exhausted",
+            Counter::DropNoNatFlow => "drop-no-nat-flow",
             Counter::RstSent => "rst-sent",
             Counter::DropNoEndpoint => "drop-no-endpoint",
             Counter::DropNoRoute => "drop-no-route",

@@ -5,7 +5,7 @@ use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     programs::TcContext,
 };
-use wsfwd_common::abi::{BACKEND_F_SNAT, Counter, DIR_ORIGINAL, DIR_REPLY, FlowEntry, ServiceEntry, ServiceKey};
+use wsfwd_common::abi::{BACKEND_F_SNAT, Counter, DIR_ORIGINAL, DIR_REPLY, FlowEntry, PROTO_TCP, ServiceEntry, ServiceKey};
 
 use crate::{
     conntrack::{self, Table},
@@ -94,6 +94,11 @@ fn to_endpoint(ctx: &TcContext, p: &Packet, svc: &ServiceEntry) -> Result<i32, V
 fn new_flow(p: &Packet, svc: &ServiceEntry, now: u64) -> Result<FlowEntry, Verdict> {
     let backend = select::pick(svc, p).ok_or(Verdict::Refuse(Counter::DropNoEndpoint))?;
     let e = if backend.flags & BACKEND_F_SNAT != 0 {
+        // Unlike a gateway flow, a full-NAT flow cannot be rebuilt mid-stream:
+        // the endpoint never saw a connection from a new mapping.
+        if p.proto == PROTO_TCP && !p.is_syn() {
+            return Err(Verdict::Drop(Counter::DropNoNatFlow));
+        }
         let e = snat::allocate(p, &backend, now).map_err(Verdict::Refuse)?;
         count(Counter::SnatAllocated);
         e

@@ -231,12 +231,32 @@ fn wsfwd_programs_loaded() -> bool {
     run(Command::new("bpftool").args(["prog", "show"])).unwrap().contains("wsfwd_tc_")
 }
 
+/// BPF links (TCX attachments) whose program is one of wsfwd's. `tc filter
+/// show` and Debian's `bpftool net show` do not list TCX attachments, so this
+/// is what proves attachment and detachment on kernels that use TCX.
+fn wsfwd_links() -> usize {
+    let json = |args: &[&str]| -> serde_json::Value {
+        serde_json::from_str(&run(Command::new("bpftool").args(args)).unwrap()).unwrap_or_default()
+    };
+    let progs = json(&["prog", "show", "-j"]);
+    let ids: Vec<u64> = progs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("wsfwd_tc")))
+        .filter_map(|p| p["id"].as_u64())
+        .collect();
+    let links = json(&["link", "show", "-j"]);
+    links.as_array().into_iter().flatten().filter(|l| l["prog_id"].as_u64().is_some_and(|id| ids.contains(&id))).count()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t1_10_sigterm_removes_everything_and_bad_config_attaches_nothing() {
     let t = Topo::new("cl", Spec::T1).unwrap();
     let agent = Agent::start(&t.node, &t.dir, SEED_CONFIG, &[]).unwrap();
     let bpffs = agent.bpffs.clone();
     assert!(wsfwd_programs_loaded(), "nothing to remove: the test would prove nothing");
+    assert_eq!(wsfwd_links(), 2, "ingress and egress attached on n0");
     assert!(bpffs.join("CONNTRACK").exists());
     let status = agent.stop().unwrap();
     assert!(status.success(), "{status}");
@@ -249,6 +269,7 @@ async fn t1_10_sigterm_removes_everything_and_bad_config_attaches_nothing() {
         let net = t.node.exec(&["bpftool", "net", "show"]).unwrap();
         assert!(!net.contains("wsfwd"), "{when}: {net}");
         assert!(!wsfwd_programs_loaded(), "{when}: wsfwd programs still loaded");
+        assert_eq!(wsfwd_links(), 0, "{when}: wsfwd still attached");
     };
     node_has_nothing("after SIGTERM");
     assert!(!bpffs.join("CONNTRACK").exists(), "pins left behind");

@@ -136,9 +136,20 @@ pub struct FlowEntry {
     pub _pad: [u8; 3],
 }
 
+/// Whether flow flags say the flow is over (RST, or FIN both ways).
+pub const fn is_closing(flags: u8) -> bool {
+    flags & CT_F_CLOSED_MASK != 0 || flags & CT_F_FIN_BOTH == CT_F_FIN_BOTH
+}
+
 impl FlowEntry {
+    /// A fresh entry: packets of this direction become `saddr:sport -> daddr:dport`.
+    #[inline(always)]
+    pub const fn new(saddr: [u8; 4], sport: [u8; 2], daddr: [u8; 4], dport: [u8; 2], now: u64) -> Self {
+        FlowEntry { last_seen_ns: now, saddr, daddr, sport, dport, flags: 0, _pad: [0; 3] }
+    }
+
     pub const fn is_closing(&self) -> bool {
-        self.flags & CT_F_CLOSED_MASK != 0 || self.flags & CT_F_FIN_BOTH == CT_F_FIN_BOTH
+        is_closing(self.flags)
     }
 }
 

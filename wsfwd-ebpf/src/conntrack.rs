@@ -42,18 +42,13 @@ pub fn key(p: &Packet, dir: u8) -> FlowKey {
     FlowKey { saddr: p.saddr, daddr: p.daddr, sport: p.sport, dport: p.dport, proto: p.proto, dir, _pad: [0; 2] }
 }
 
-#[inline(always)]
-pub fn entry(saddr: [u8; 4], sport: [u8; 2], daddr: [u8; 4], dport: [u8; 2], now: u64) -> FlowEntry {
-    FlowEntry { last_seen_ns: now, saddr, daddr, sport, dport, flags: 0, _pad: [0; 3] }
-}
-
 /// Records a new gateway flow (the client address is kept) in both directions.
 #[inline(always)]
 pub fn create_gateway(p: &Packet, backend: &Backend, now: u64) -> FlowEntry {
     let original = key(p, DIR_ORIGINAL);
-    let to_endpoint = entry(p.saddr, p.sport, backend.addr, backend.port, now);
+    let to_endpoint = FlowEntry::new(p.saddr, p.sport, backend.addr, backend.port, now);
     let reply = original.counterpart(&to_endpoint);
-    let to_client = entry(p.daddr, p.dport, p.saddr, p.sport, now);
+    let to_client = FlowEntry::new(p.daddr, p.dport, p.saddr, p.sport, now);
     // LRU inserts do not fail for want of room; any other failure means the
     // next packet simply tries again.
     let _ = CONNTRACK.insert(&original, &to_endpoint, 0);

@@ -4,7 +4,7 @@ use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     programs::TcContext,
 };
-use wsfwd_common::abi::{Counter, DIR_REPLY, REVNAT_F_UNIQUE, RevNatKey};
+use wsfwd_common::abi::{Counter, DIR_REPLY, FlowEntry, REVNAT_F_UNIQUE, RevNatKey};
 
 use crate::{
     conntrack::{self, Table},
@@ -42,7 +42,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
         // Evicted: an endpoint of exactly one frontend still says where it belongs.
         None if revnat.flags & REVNAT_F_UNIQUE != 0 => {
             count(Counter::ReplyFromRevNat);
-            conntrack::entry(revnat.addr, revnat.port, p.daddr, p.dport, now)
+            FlowEntry::new(revnat.addr, revnat.port, p.daddr, p.dport, now)
         }
         None => {
             count(Counter::PassReplyUnknown);

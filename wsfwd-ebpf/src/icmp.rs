@@ -13,7 +13,7 @@ use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
 use wsfwd_common::abi::{Counter, DIR_ORIGINAL, DIR_REPLY, FlowEntry, FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 
 use crate::{
-    conntrack::{Table, entry},
+    conntrack::Table,
     counters::count,
     forward::{self, NoRoute},
     nat,
@@ -211,7 +211,7 @@ pub fn at_ingress(ctx: &TcContext) -> Result<i32, Counter> {
         return Ok(TC_ACT_OK as i32);
     }
     let (from, to) = translate(ctx, &err, &e).map_err(|_| Counter::DropError)?;
-    let route = match forward::route(ctx, PROTO_ICMP, &entry(from, [0; 2], to, [0; 2], 0), 0) {
+    let route = match forward::route(ctx, PROTO_ICMP, &FlowEntry::new(from, [0; 2], to, [0; 2], 0), 0) {
         Ok(r) => r,
         Err(NoRoute::Drop(c)) => return Err(c),
         Err(NoRoute::FragNeeded(_)) => return Err(Counter::DropFragNeeded),

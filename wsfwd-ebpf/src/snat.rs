@@ -6,7 +6,7 @@ use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32};
 use wsfwd_common::abi::{Backend, Counter, DIR_ORIGINAL, FlowEntry, FlowKey};
 
 use crate::{
-    conntrack::{entry, key},
+    conntrack::key,
     maps::{NAT, SNAT_IPS, snat_ports},
     parse::Packet,
 };
@@ -28,7 +28,7 @@ pub fn allocate(p: &Packet, backend: &Backend, now: u64) -> Result<FlowEntry, Co
     let start = unsafe { bpf_get_prandom_u32() } % port_count;
     let original = key(p, DIR_ORIGINAL);
     // What the endpoint's replies become: from the frontend, to the client.
-    let to_client = entry(p.daddr, p.dport, p.saddr, p.sport, now);
+    let to_client = FlowEntry::new(p.daddr, p.dport, p.saddr, p.sport, now);
     for i in 0..MAX_TRIES {
         if i >= total {
             break;
@@ -45,7 +45,7 @@ pub fn allocate(p: &Packet, backend: &Backend, now: u64) -> Result<FlowEntry, Co
             _pad: [0; 2],
         };
         if NAT.insert(&reply, &to_client, BPF_NOEXIST as u64).is_ok() {
-            let to_endpoint = entry(*ip, reply.dport, backend.addr, backend.port, now);
+            let to_endpoint = FlowEntry::new(*ip, reply.dport, backend.addr, backend.port, now);
             if NAT.insert(&original, &to_endpoint, 0).is_err() {
                 // The map is full: give the claimed port back.
                 let _ = NAT.remove(&reply);

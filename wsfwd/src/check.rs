@@ -66,9 +66,8 @@ pub enum EndpointMode {
 impl<'a> ServicePlan<'a> {
     pub fn new(s: &'a Service, node: Option<&Node>, seed: u32) -> Self {
         let unknown = Node::default();
-        let serving = contents::serving(s, node.unwrap_or(&unknown));
-        let live: Vec<usize> =
-            (0..s.endpoints.len()).filter(|&i| serving.iter().any(|e| std::ptr::eq(*e, &s.endpoints[i]))).collect();
+        let n = node.unwrap_or(&unknown);
+        let live: Vec<usize> = (0..s.endpoints.len()).filter(|&i| contents::serves(s, n, &s.endpoints[i])).collect();
         let keys: Vec<maglev::Key> = live.iter().map(|&i| (s.endpoints[i].address, s.endpoints[i].port)).collect();
         let size = maglev::table_size(keys.len());
         let table = maglev::build(&keys, size, seed);

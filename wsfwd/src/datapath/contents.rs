@@ -35,14 +35,10 @@ impl Node {
     }
 }
 
-/// The endpoints that take new flows of `svc` on `node`: ready ones, and with
-/// `externalTrafficPolicy: Local` only those behind the node.
-pub fn serving<'a>(svc: &'a Service, node: &Node) -> Vec<&'a Endpoint> {
-    svc.endpoints
-        .iter()
-        .filter(|e| e.takes_new_flows())
-        .filter(|e| svc.external_traffic_policy == TrafficPolicy::Cluster || node.is_behind(e))
-        .collect()
+/// Whether `e` takes new flows of `svc` on `node`: ready, and with
+/// `externalTrafficPolicy: Local` behind the node too.
+pub fn serves(svc: &Service, node: &Node, e: &Endpoint) -> bool {
+    e.takes_new_flows() && (svc.external_traffic_policy == TrafficPolicy::Cluster || node.is_behind(e))
 }
 
 #[derive(Debug, Default, PartialEq)]
@@ -77,7 +73,8 @@ pub fn compile(services: &[Service], node: &Node, seed: u32) -> Result<Contents,
 
     for (id, svc) in services.iter().enumerate() {
         let proto = proto(svc.protocol);
-        let ready: Vec<maglev::Key> = serving(svc, node).iter().map(|e| (e.address, e.port)).collect();
+        let ready: Vec<maglev::Key> =
+            svc.endpoints.iter().filter(|e| serves(svc, node, e)).map(|e| (e.address, e.port)).collect();
         let size = maglev::table_size(ready.len());
         let table = maglev::build(&ready, size, seed);
         let offset = c.maglev.len() as u32;

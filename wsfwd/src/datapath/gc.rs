@@ -3,7 +3,7 @@
 //! removed, both directions together.
 use std::{collections::HashSet, time::Duration};
 
-use wsfwd_common::abi::{CT_F_REPLIED, DIR_ORIGINAL, DIR_REPLY, FlowEntry, FlowKey, PROTO_UDP};
+use wsfwd_common::abi::{CT_F_REPLIED, DIR_ORIGINAL, DIR_REPLY, FlowEntry, FlowKey, PROTO_UDP, is_closing};
 
 /// How long a flow may stay idle, by state.
 #[derive(Clone, Copy, Debug)]
@@ -19,10 +19,9 @@ pub struct Timeouts {
 
 impl Timeouts {
     fn for_flow(&self, proto: u8, flags: u8) -> Duration {
-        let e = FlowEntry { last_seen_ns: 0, saddr: [0; 4], daddr: [0; 4], sport: [0; 2], dport: [0; 2], flags, _pad: [0; 3] };
         if proto == PROTO_UDP {
             self.udp
-        } else if e.is_closing() {
+        } else if is_closing(flags) {
             self.tcp_fin
         } else if flags & CT_F_REPLIED == 0 {
             self.tcp_syn
@@ -92,27 +91,11 @@ mod tests {
     fn flow(proto: u8, orig: u64, reply: Option<u64>, flags: u8) -> Vec<(FlowKey, FlowEntry)> {
         let (client, vip, ep) = ([10, 0, 1, 2], [192, 168, 0, 150], [10, 244, 1, 10]);
         let o = FlowKey { saddr: client, daddr: vip, sport: 1000u16.to_be_bytes(), dport: 80u16.to_be_bytes(), proto, dir: DIR_ORIGINAL, _pad: [0; 2] };
-        let oe = FlowEntry {
-            last_seen_ns: orig * S,
-            saddr: client,
-            daddr: ep,
-            sport: 1000u16.to_be_bytes(),
-            dport: 8080u16.to_be_bytes(),
-            flags,
-            _pad: [0; 3],
-        };
+        let oe = FlowEntry { flags, ..FlowEntry::new(client, 1000u16.to_be_bytes(), ep, 8080u16.to_be_bytes(), orig * S) };
         let mut v = vec![(o, oe)];
         if let Some(r) = reply {
             let rk = o.counterpart(&oe);
-            let re = FlowEntry {
-                last_seen_ns: r * S,
-                saddr: vip,
-                daddr: client,
-                sport: 80u16.to_be_bytes(),
-                dport: 1000u16.to_be_bytes(),
-                flags,
-                _pad: [0; 3],
-            };
+            let re = FlowEntry { flags, ..FlowEntry::new(vip, 80u16.to_be_bytes(), client, 1000u16.to_be_bytes(), r * S) };
             v.push((rk, re));
         }
         v

@@ -1,9 +1,10 @@
 //! The real `wsfwd` binary, run in the node namespace.
 use std::{
-    collections::HashMap,
+    collections::BTreeMap,
     path::{Path, PathBuf},
     process::{Command, ExitStatus},
-    time::Duration,
+    sync::OnceLock,
+    time::{Duration, SystemTime},
 };
 
 use anyhow::{Context as _, bail};
@@ -13,11 +14,54 @@ use crate::{
     sys::{Proc, run},
 };
 
-/// The agent binary: `WSFWD_BIN`, else the workspace's debug build.
+/// The agent binary: `WSFWD_BIN`, else the workspace's debug build. A binary
+/// older than any source it is built from is refused: the tests would judge
+/// code that is no longer there.
 pub fn binary() -> PathBuf {
-    match std::env::var_os("WSFWD_BIN") {
-        Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/wsfwd"),
+    static FRESH: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let checked = FRESH.get_or_init(|| {
+        let bin = match std::env::var_os("WSFWD_BIN") {
+            Some(p) => PathBuf::from(p),
+            None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/wsfwd"),
+        };
+        check_fresh(&bin).map(|()| bin).map_err(|e| format!("{e:#}"))
+    });
+    match checked {
+        Ok(bin) => bin.clone(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// The agent's sources: its own, the eBPF programs it embeds, the shared ABI.
+const AGENT_SOURCES: [&str; 4] = ["wsfwd/src", "wsfwd/build.rs", "wsfwd-ebpf/src", "wsfwd-common/src"];
+
+fn check_fresh(bin: &Path) -> anyhow::Result<()> {
+    let built = std::fs::metadata(bin)
+        .and_then(|m| m.modified())
+        .with_context(|| format!("agent binary {}: build it with `cargo build -p wsfwd` or run `cargo xtask test`", bin.display()))?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut newest: Option<(SystemTime, PathBuf)> = None;
+    let mut todo: Vec<PathBuf> = AGENT_SOURCES.iter().map(|s| root.join(s)).collect();
+    while let Some(path) = todo.pop() {
+        let meta = std::fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?;
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path)? {
+                todo.push(entry?.path());
+            }
+        } else {
+            let t = meta.modified()?;
+            if newest.as_ref().is_none_or(|(n, _)| t > *n) {
+                newest = Some((t, path));
+            }
+        }
+    }
+    match newest {
+        Some((t, source)) if t > built => bail!(
+            "stale agent binary {}: {} changed after it was built; rebuild it (`cargo build -p wsfwd`) or run `cargo xtask test`",
+            bin.display(),
+            source.display()
+        ),
+        _ => Ok(()),
     }
 }
 
@@ -65,11 +109,17 @@ impl Agent {
         serde_json::from_str(&out).with_context(|| format!("wsfwd {what} --json printed {out:?}"))
     }
 
-    /// The datapath's counters by name.
-    pub fn stats(&self) -> anyhow::Result<HashMap<String, u64>> {
+    /// The datapath's counters by name. Every counter must be there as a
+    /// number: a renamed counter or a changed shape is an error, never a 0.
+    pub fn stats(&self) -> anyhow::Result<Counters> {
         let v = self.query("stats")?;
-        let obj = v.as_object().context("stats is not an object")?;
-        Ok(obj.iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0))).collect())
+        let obj = v.as_object().with_context(|| format!("wsfwd stats --json is not an object: {v}"))?;
+        let mut out = BTreeMap::new();
+        for (k, v) in obj {
+            let n = v.as_u64().with_context(|| format!("counter {k} is not a number: {v}"))?;
+            out.insert(k.clone(), n);
+        }
+        Ok(Counters(out))
     }
 
     /// The conntrack entries, as `wsfwd conntrack --json` lists them.
@@ -97,5 +147,45 @@ impl Drop for Agent {
         if self.bpffs.exists() {
             let _ = Command::new("umount").arg("-l").arg(&self.bpffs).status();
         }
+    }
+}
+
+/// Counters by name, as `wsfwd stats --json` printed them. Indexing a name
+/// the agent did not print panics with the names it did print.
+#[derive(Debug, Clone)]
+pub struct Counters(BTreeMap<String, u64>);
+
+impl Counters {
+    pub fn get(&self, name: &str) -> u64 {
+        match self.0.get(name) {
+            Some(&n) => n,
+            None => {
+                let known: Vec<&str> = self.0.keys().map(String::as_str).collect();
+                panic!("no counter {name:?} in wsfwd stats; it has {known:?}")
+            }
+        }
+    }
+
+    /// How much each counter grew since `before`.
+    pub fn since(&self, before: &Counters) -> Counters {
+        Counters(self.0.iter().map(|(k, &v)| (k.clone(), v - before.get(k))).collect())
+    }
+}
+
+impl IntoIterator for Counters {
+    type Item = (String, u64);
+    type IntoIter = std::collections::btree_map::IntoIter<String, u64>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl std::ops::Index<&str> for Counters {
+    type Output = u64;
+
+    fn index(&self, name: &str) -> &u64 {
+        self.get(name);
+        &self.0[name]
     }
 }

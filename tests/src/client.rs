@@ -44,10 +44,8 @@ pub async fn ws_connect(ns: &Netns, src: Ipv4Addr, dst: SocketAddrV4) -> anyhow:
     let hello = match next(&mut ws).await? {
         Message::Text(t) => {
             let v: serde_json::Value = serde_json::from_str(t.as_str())?;
-            Hello {
-                backend: v["backend"].as_str().unwrap_or_default().to_owned(),
-                client: v["client"].as_str().unwrap_or_default().to_owned(),
-            }
+            let field = |name: &str| v[name].as_str().map(str::to_owned).with_context(|| format!("greeting without {name}: {t}"));
+            Hello { backend: field("backend")?, client: field("client")? }
         }
         other => bail!("expected a greeting, got {other:?}"),
     };

@@ -13,6 +13,8 @@ use std::{
     path::PathBuf,
 };
 
+use anyhow::Context as _;
+
 use crate::{
     netns::{self, Netns},
     peers,
@@ -349,8 +351,9 @@ impl Topo {
         let mut total = 0;
         for ns in self.namespaces() {
             let snmp = ns.snmp()?;
-            total += snmp.get("Tcp:InCsumErrors").copied().unwrap_or(0);
-            total += snmp.get("Udp:InCsumErrors").copied().unwrap_or(0);
+            for name in ["Tcp:InCsumErrors", "Udp:InCsumErrors"] {
+                total += snmp.get(name).with_context(|| format!("no {name} in /proc/net/snmp of {}", ns.name))?;
+            }
         }
         Ok(total)
     }

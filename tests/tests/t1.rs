@@ -127,8 +127,10 @@ async fn t1_06_without_the_agent_nothing_forwards_and_with_it_ebpf_does() {
 
     let segs = backend_in_segs(&t);
     let start = Instant::now();
-    let r = tcp_connect(&t.client, t.clients[0], t.vip()).await;
-    assert!(r.is_err(), "connected to the VIP without wsfwd");
+    // The node has no route to the VIP: it answers the SYN with "network unreachable".
+    let err = tcp_connect(&t.client, t.clients[0], t.vip()).await.expect_err("connected to the VIP without wsfwd");
+    let kind = err.downcast_ref::<std::io::Error>().map(std::io::Error::kind);
+    assert_eq!(kind, Some(std::io::ErrorKind::NetworkUnreachable), "{err:#}");
     assert!(start.elapsed() <= Duration::from_secs(5));
     assert_eq!(backend_in_segs(&t), segs, "a SYN reached a backend without wsfwd");
 
@@ -236,7 +238,8 @@ fn wsfwd_programs_loaded() -> bool {
 /// is what proves attachment and detachment on kernels that use TCX.
 fn wsfwd_links() -> usize {
     let json = |args: &[&str]| -> serde_json::Value {
-        serde_json::from_str(&run(Command::new("bpftool").args(args)).unwrap()).unwrap_or_default()
+        let out = run(Command::new("bpftool").args(args)).unwrap();
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("bpftool {args:?} printed no JSON ({e}): {out}"))
     };
     let progs = json(&["prog", "show", "-j"]);
     let ids: Vec<u64> = progs

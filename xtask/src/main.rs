@@ -7,6 +7,7 @@ mod cmd;
 mod demo;
 mod prereqs;
 mod test;
+mod testrun;
 
 use std::{ffi::OsString, process::ExitCode};
 
@@ -58,12 +59,14 @@ enum Cmd {
     /// LLVM 22. Prints only "prerequisites ok" when nothing is missing.
     CheckPrereqs,
 
-    /// Run all tests: unit tests, then the end-to-end tests one at a time as root.
+    /// Run all tests: unit and CLI tests, then the end-to-end tests one at a time as root.
     ///
-    /// Checks prerequisites first. Extra arguments after `--` go to both `cargo test` runs;
-    /// those after a second `--` go to the test harness, e.g.
-    /// `cargo xtask test -- affinity -- --nocapture`. The last line is `N passed, N failed`;
-    /// the exit status is non-zero if any test failed or cargo failed.
+    /// Checks prerequisites first. Both stages always run, and every test binary is run and
+    /// accounted for: a binary that crashes counts as a failure, ignored tests are listed.
+    /// After `--`: cargo options select binaries (`--test t1`, `-p wsfwd`), a bare word is a
+    /// test name filter, and what follows a second `--` goes to every test binary, e.g.
+    /// `cargo xtask test -- --test t1 affinity -- --nocapture`. The last line is
+    /// `N passed, N failed, N skipped`; the exit status is non-zero if anything failed.
     Test {
         /// Extra `cargo test` arguments (after `--`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "CARGO_TEST_ARGS")]

@@ -1,182 +1,146 @@
-//! `cargo xtask test`: prerequisites, unit tests, then the end-to-end tests one at a time as
-//! root, and a final `N passed, N failed` line summed over both runs.
+//! `cargo xtask test`: prerequisites, then two stages that both always run: the unit and CLI
+//! tests as the current user, and the end-to-end tests one at a time as root. Each test binary
+//! is run by us (see `testrun`), so a crashed binary counts as a failure and ignored tests are
+//! listed. The closing line is `N passed, N failed, N skipped`; only the exit status decides.
 
-use std::{
-    ffi::OsString,
-    io::{Read as _, Write as _},
-    process::{Command, ExitCode, ExitStatus, Stdio},
-};
+use std::{ffi::OsString, process::ExitCode};
 
 use anyhow::{Context as _, Result};
 
-use crate::{cargo, cmd, prereqs};
+use crate::{
+    cargo, cmd, prereqs,
+    testrun::{self, Report, Selection},
+};
 
 /// The package holding the end-to-end tests (the `tests/` directory).
 const E2E_PACKAGE: &str = "wsfwd-tests";
 
-/// Test counts summed over every `test result:` line cargo test printed.
-#[derive(Default, Debug, PartialEq)]
-struct Totals {
-    passed: u64,
-    failed: u64,
-}
-
 pub fn test(extra: &[OsString]) -> Result<ExitCode> {
     prereqs::check()?;
-    let extra = ExtraArgs::split(extra);
-    let mut totals = Totals::default();
+    let extra = ExtraArgs::split(extra)?;
+    let mut report = Report::default();
 
-    // Step 1: every unit test of the workspace, in parallel, as the current user.
-    let mut unit = cargo::cargo("test");
-    unit.args(["--locked", "--workspace"])
-        .args(["--exclude", "wsfwd-ebpf", "--exclude", E2E_PACKAGE])
-        .args(&extra.cargo);
-    if !extra.harness.is_empty() {
-        unit.arg("--").args(&extra.harness);
-    }
-    let unit_ok = run_counting(&mut unit, &mut totals)?;
+    // Stage 1: every unit and CLI test of the workspace, as the current user.
+    let mut unit_args: Vec<OsString> = ["--workspace", "--exclude", "wsfwd-ebpf", "--exclude", E2E_PACKAGE]
+        .map(OsString::from)
+        .to_vec();
+    unit_args.extend(extra.cargo.iter().cloned());
+    run_stage("unit", &unit_args, &extra, &extra.harness, None, &mut report);
 
-    // Step 2: the end-to-end tests, only once the unit tests pass.
-    let e2e_ok = if unit_ok {
-        end_to_end(&extra, &mut totals)?
-    } else {
-        eprintln!("xtask: unit tests failed; not running the end-to-end tests");
-        false
-    };
+    // Stage 2: the end-to-end tests, whatever stage 1 said: a unit failure must not hide them.
+    end_to_end(&extra, &mut report);
 
-    println!("{} passed, {} failed", totals.passed, totals.failed);
-    Ok(if unit_ok && e2e_ok && totals.failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    println!("{report}");
+    Ok(if report.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-/// Runs the end-to-end tests one at a time, as root (through sudo when we are not root, except
-/// under CI, where not being root is a failure). Returns whether cargo test succeeded.
-fn end_to_end(extra: &ExtraArgs, totals: &mut Totals) -> Result<bool> {
-    let root = cmd::is_root();
-    if !root && cmd::in_ci() {
-        eprintln!(
-            "xtask: the end-to-end tests need root and CI is set, so they are not run through \
-             sudo: run `cargo xtask test` as root"
-        );
-        return Ok(false);
+/// Builds a stage's test binaries and runs each; `root` runs them as root with that agent.
+fn run_stage(
+    stage: &str,
+    cargo_args: &[OsString],
+    extra: &ExtraArgs,
+    harness: &[OsString],
+    root: Option<&std::path::Path>,
+    report: &mut Report,
+) {
+    let binaries = match testrun::build(cargo_args) {
+        Ok(b) => b,
+        Err(e) => return report.stage_failed(format!("{stage}: building the tests failed: {e:#}")),
+    };
+    if binaries.is_empty() {
+        return report.stage_failed(format!("{stage}: cargo built no test binary"));
     }
+    let built = binaries.len();
+    let selected: Vec<_> = binaries.into_iter().filter(|b| extra.select.selects(b)).collect();
+    if selected.len() < built {
+        // Asked for: said, and not a failure.
+        report.note(format!("{stage}: {} of {built} test binaries selected by `{}`", selected.len(), extra.select));
+    }
+    for bin in selected {
+        eprintln!("xtask: {stage}: running {} ({})", bin.name, bin.path.display());
+        let mut cmd = match root {
+            Some(agent) => {
+                let mut c = cmd::as_root(&bin.path);
+                c.env("WSFWD_BIN", agent);
+                c
+            }
+            None => std::process::Command::new(&bin.path),
+        };
+        cmd.args(harness).current_dir(&bin.dir);
+        match testrun::run(&mut cmd) {
+            Ok(outcome) => report.add(&bin.name, outcome),
+            Err(e) => report.stage_failed(format!("{stage}: {}: {e:#}", bin.name)),
+        }
+    }
+}
 
-    // The tests drive the real agent binary.
-    let agent = cargo::build_agent(cargo::Profile::Debug)?;
-
+/// The end-to-end tests, one at a time, as root (through sudo when we are not root, except
+/// under CI, where not being root is a failure).
+fn end_to_end(extra: &ExtraArgs, report: &mut Report) {
+    if !cmd::is_root() && cmd::in_ci() {
+        return report.stage_failed(
+            "end-to-end: these tests need root and CI is set, so they are not run through sudo: \
+             run `cargo xtask test` as root",
+        );
+    }
+    // The tests drive the real agent binary, and refuse one older than its sources.
+    let agent = match cargo::build_agent(cargo::Profile::Debug) {
+        Ok(a) => a,
+        Err(e) => return report.stage_failed(format!("end-to-end: {e:#}")),
+    };
     let mut harness = Vec::new();
     if !extra.harness.iter().any(|arg| arg.to_string_lossy().starts_with("--test-threads")) {
         harness.push(OsString::from("--test-threads=1"));
     }
     harness.extend(extra.harness.iter().cloned());
-    if !root {
-        // Compile as ourselves first, so the root run below only executes tests and leaves no
-        // root-owned build artifacts behind.
-        let mut build = cargo::cargo("test");
-        build
-            .args(["--locked", "--package", E2E_PACKAGE, "--no-run"])
-            .args(&extra.cargo);
-        if !cmd::status(&mut build)?.success() {
-            return Ok(false);
-        }
-        eprintln!("xtask: the end-to-end tests need root; running them through sudo");
-    }
-    let mut e2e = cmd::as_root("cargo");
-    e2e.env("WSFWD_BIN", &agent)
-        .args(["test", "--locked", "--package", E2E_PACKAGE])
-        .args(&extra.cargo)
-        .arg("--")
-        .args(&harness)
-        .current_dir(cargo::workspace_root());
-    run_counting(&mut e2e, totals)
+    let mut args = vec![OsString::from("--package"), OsString::from(E2E_PACKAGE)];
+    args.extend(extra.cargo.iter().cloned());
+    // Compiled as ourselves; only the test binaries run as root, so no build artifact
+    // becomes root-owned.
+    run_stage("end-to-end", &args, extra, &harness, Some(&agent), report);
 }
 
-/// Extra arguments after `cargo xtask test --`: the ones before a further `--` go to cargo
-/// test (e.g. a test name filter), the ones after it to the test harness.
+/// Arguments of `cargo xtask test -- ARGS`: `--test NAME`, `--bin NAME`, `--lib` and
+/// `-p NAME` choose which test binaries run; other cargo options (`--release`) go to the builds;
+/// a bare word is a test name filter, as with `cargo test`; everything after a further `--`
+/// goes to every test binary (`--nocapture`, `--exact`).
+#[derive(Debug, PartialEq)]
 struct ExtraArgs {
     cargo: Vec<OsString>,
+    select: Selection,
     harness: Vec<OsString>,
 }
 
+/// Cargo test options that take a value as the next argument.
+const CARGO_VALUE_OPTIONS: [&str; 12] = [
+    "--exclude", "--example", "--bench", "-F", "--features", "-j", "--jobs", "--profile", "--target",
+    "--target-dir", "--manifest-path", "--color",
+];
+
 impl ExtraArgs {
-    fn split(extra: &[OsString]) -> Self {
-        match extra.iter().position(|arg| arg == "--") {
-            Some(at) => Self { cargo: extra[..at].to_vec(), harness: extra[at + 1..].to_vec() },
-            None => Self { cargo: extra.to_vec(), harness: Vec::new() },
-        }
-    }
-}
-
-/// Runs cargo test, streaming its stdout to ours as it arrives (libtest prints a test's name
-/// before it finishes) while adding up its `test result:` lines. Returns whether it exited 0.
-fn run_counting(cmd: &mut Command, totals: &mut Totals) -> Result<bool> {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("could not start `{}`", cmd::display(cmd)))?;
-    let mut child_stdout = child
-        .stdout
-        .take()
-        .context("cargo test's stdout was not captured")?;
-    let mut stdout = std::io::stdout().lock();
-    let mut line = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        let n = match child_stdout.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(err) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(err).context("reading cargo test's output");
-            }
+    fn split(extra: &[OsString]) -> Result<Self> {
+        let (before, after) = match extra.iter().position(|arg| arg == "--") {
+            Some(at) => (&extra[..at], &extra[at + 1..]),
+            None => (extra, &[][..]),
         };
-        // A closed stdout (e.g. `| head`) must not stop the tests, so ignore write errors.
-        let _ = stdout.write_all(&buf[..n]);
-        let _ = stdout.flush();
-        for &byte in &buf[..n] {
-            if byte == b'\n' {
-                count_line(&String::from_utf8_lossy(&line), totals);
-                line.clear();
-            } else {
-                line.push(byte);
+        let mut out = Self { cargo: Vec::new(), select: Selection::default(), harness: Vec::new() };
+        let mut words = before.iter().map(|a| a.to_string_lossy().into_owned());
+        while let Some(word) = words.next() {
+            let mut value = |opt: &str| words.next().with_context(|| format!("{opt} needs a value"));
+            match word.as_str() {
+                "-p" | "--package" => out.select.packages.push(value(&word)?),
+                "--test" | "--bin" => out.select.targets.push((word[2..].to_owned(), value(&word)?)),
+                "--lib" => out.select.targets.push(("lib".to_owned(), String::new())),
+                w if CARGO_VALUE_OPTIONS.contains(&w) => {
+                    let v = value(w)?;
+                    out.cargo.extend([OsString::from(w), OsString::from(v)]);
+                }
+                w if w.starts_with('-') => out.cargo.push(OsString::from(w)),
+                _ => out.harness.push(OsString::from(word)),
             }
         }
-    }
-    count_line(&String::from_utf8_lossy(&line), totals);
-    drop(stdout);
-    let status: ExitStatus = child
-        .wait()
-        .with_context(|| format!("waiting for `{}`", cmd::display(cmd)))?;
-    if !status.success() {
-        eprintln!("xtask: `{}` failed ({})", cmd::display(cmd), cmd::describe(status));
-    }
-    Ok(status.success())
-}
-
-/// Adds the counts of a libtest summary line,
-/// `test result: ok. 3 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in …`.
-fn count_line(line: &str, totals: &mut Totals) {
-    let Some((_, result)) = line.split_once("test result: ") else {
-        return;
-    };
-    for field in result.split(';') {
-        let mut words = field.split_whitespace().rev();
-        let (Some(what), Some(count)) = (words.next(), words.next()) else {
-            continue;
-        };
-        let Ok(count) = count.parse::<u64>() else {
-            continue;
-        };
-        match what {
-            "passed" => totals.passed += count,
-            "failed" => totals.failed += count,
-            _ => {}
-        }
+        out.harness.extend(after.iter().cloned());
+        Ok(out)
     }
 }
 
@@ -184,30 +148,24 @@ fn count_line(line: &str, totals: &mut Totals) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn counts_summary_lines() {
-        let mut totals = Totals::default();
-        for line in [
-            "running 3 tests",
-            "test a ... ok",
-            "test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s",
-            "test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.20s",
-            "test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s",
-            "",
-        ] {
-            count_line(line, &mut totals);
-        }
-        assert_eq!(totals, Totals { passed: 5, failed: 1 });
+    fn args(words: &[&str]) -> Vec<OsString> {
+        words.iter().map(OsString::from).collect()
     }
 
     #[test]
     fn splits_extra_args() {
-        let args: Vec<OsString> = ["flows", "--", "--nocapture"].map(OsString::from).to_vec();
-        let extra = ExtraArgs::split(&args);
-        assert_eq!(extra.cargo, [OsString::from("flows")]);
-        assert_eq!(extra.harness, [OsString::from("--nocapture")]);
-        let extra = ExtraArgs::split(&args[..1]);
-        assert_eq!(extra.cargo, [OsString::from("flows")]);
-        assert!(extra.harness.is_empty());
+        let extra = ExtraArgs::split(&args(&["affinity", "--", "--nocapture"])).unwrap();
+        assert_eq!(extra.harness, args(&["affinity", "--nocapture"]));
+        assert!(extra.cargo.is_empty() && extra.select.is_empty());
+        let extra = ExtraArgs::split(&args(&["--test", "t1", "-p", "wsfwd-tests", "t1_03", "--release"])).unwrap();
+        assert_eq!(extra.cargo, args(&["--release"]));
+        assert_eq!(extra.select.targets, vec![("test".to_owned(), "t1".to_owned())]);
+        assert_eq!(extra.select.packages, vec!["wsfwd-tests".to_owned()]);
+        assert_eq!(extra.harness, args(&["t1_03"]));
+        let extra = ExtraArgs::split(&args(&["--features", "x", "--lib", "flows"])).unwrap();
+        assert_eq!(extra.cargo, args(&["--features", "x"]));
+        assert_eq!(extra.select.targets, vec![("lib".to_owned(), String::new())]);
+        assert_eq!(extra.harness, args(&["flows"]));
+        assert!(ExtraArgs::split(&args(&["--test"])).is_err());
     }
 }

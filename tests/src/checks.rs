@@ -1,29 +1,42 @@
 //! Checks shared by the end-to-end tests: what a WebSocket user of the
 //! service would notice, asserted.
-use std::{collections::BTreeSet, net::{Ipv4Addr, SocketAddrV4}, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{Ipv4Addr, SocketAddrV4},
+    time::Duration,
+};
 
 use tokio_tungstenite::tungstenite::{Bytes, Message};
-use wsfwd::{config, maglev};
-use wsfwd_common::{DEFAULT_HASH_SEED, hash_client};
+use wsfwd::{
+    choose::{Tuple, choose},
+    config,
+    datapath::contents::Node,
+    model::Protocol,
+};
 
 use crate::{
     client::{echo, ws_connect},
     netns::Netns,
     sys::Proc,
-    topo::Topo,
+    topo::{Topo, VIP, VIP_PORT},
 };
 
-/// The endpoint address the datapath must pick for `client`, computed from
-/// the config with wsfwd's own Maglev table and the shared hash.
-pub fn predicted(config_yaml: &str, service: &str, client: Ipv4Addr) -> String {
+/// The endpoint address the datapath must give a new flow `t` of `service`
+/// with hash seed `seed`, from `wsfwd::choose` — the function the datapath's
+/// tables are compiled with, itself pinned by golden vectors.
+pub fn predicted(config_yaml: &str, service: &str, seed: u32, t: &Tuple) -> String {
     let cfg = config::parse(config_yaml).expect("config");
     let svc = cfg.services.iter().find(|s| s.name == service).expect("service in config");
-    let keys: Vec<maglev::Key> =
-        svc.endpoints.iter().filter(|e| e.takes_new_flows()).map(|e| (e.address, e.port)).collect();
-    let size = maglev::table_size(keys.len());
-    let table = maglev::build(&keys, size, DEFAULT_HASH_SEED).expect("table");
-    let slot = hash_client(u32::from(client), DEFAULT_HASH_SEED) % size;
-    keys[table[slot as usize] as usize].0.to_string()
+    // Every endpoint counts as behind the node: right for T1, and for
+    // externalTrafficPolicy: Cluster anywhere.
+    let (addr, _) = choose(svc, &Node::default(), seed, t).expect("an endpoint");
+    addr.to_string()
+}
+
+/// `predicted` for a client-address service reached at the VIP.
+pub fn predicted_for_client(config_yaml: &str, service: &str, seed: u32, client: Ipv4Addr) -> String {
+    let t = Tuple { client, client_port: 0, frontend: VIP, frontend_port: VIP_PORT, protocol: Protocol::Tcp };
+    predicted(config_yaml, service, seed, &t)
 }
 
 /// tcpdump on one interface of a namespace, its lines read after it stops.
@@ -79,18 +92,20 @@ pub async fn frame_checks(t: &Topo) {
 }
 
 /// Every client address reaches the predicted backend on every reconnection.
-pub async fn affinity_checks(t: &Topo, config_yaml: &str) {
-    let mut used = BTreeSet::new();
+/// Returns each client's backend.
+pub async fn affinity_checks(t: &Topo, config_yaml: &str, seed: u32) -> BTreeMap<Ipv4Addr, String> {
+    let mut seen = BTreeMap::new();
     for &src in &t.clients {
-        let want = predicted(config_yaml, "testim-service", src);
+        let want = predicted_for_client(config_yaml, "testim-service", seed, src);
         let want = &t.backend_by_addr(&want).unwrap().name;
         for round in 0..5 {
             let (mut ws, hello) = ws_connect(&t.client, src, t.vip()).await.unwrap();
-            assert_eq!(&hello.backend, want, "{src}, connection {round}");
+            assert_eq!(&hello.backend, want, "{src}, connection {round}, hash seed {seed:#x}");
             ws.close(None).await.unwrap();
         }
-        used.insert(want.clone());
+        seen.insert(src, want.clone());
     }
+    let used: BTreeSet<&String> = seen.values().collect();
     assert!(used.len() >= 2, "16 clients all landed on {used:?}");
+    seen
 }
-

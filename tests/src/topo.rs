@@ -26,6 +26,8 @@ pub const VIP_PORT: u16 = 9080;
 pub const NODE_PORT: u16 = 30100;
 pub const UDP_PORT: u16 = 9090;
 pub const CLIENTS: u8 = 16;
+/// A hash seed other than the default (`--hash-seed`).
+pub const OTHER_SEED: u32 = 0x1234_5678;
 
 /// The seed's Services and endpoint objects (fixtures/seed-demo.yaml).
 pub const SEED_CONFIG: &str = include_str!("../../fixtures/seed-demo.yaml");

@@ -10,12 +10,14 @@ use std::{
 use tokio_tungstenite::tungstenite::Message;
 use wsfwd_tests::{
     agent::{self, Agent},
-    checks::{Capture, affinity_checks, frame_checks, handshake_checks, predicted},
+    checks::{Capture, affinity_checks, frame_checks, handshake_checks, predicted, predicted_for_client},
     client::{echo, tcp_connect, udp_exchange, ws_connect},
     peers,
     sys::run,
-    topo::{SEED_CONFIG, Spec, Topo, UDP_SERVICE, VIP},
+    topo::{NODE_PORT, OTHER_SEED, SEED_CONFIG, Spec, Topo, UDP_SERVICE, VIP},
 };
+use wsfwd::{choose::Tuple, model::Protocol};
+use wsfwd_common::DEFAULT_HASH_SEED;
 
 const TESTIM_SERVICE: &str = include_str!("../../fixtures/seed/testim-service.yaml");
 const SEED_ENDPOINTS: &str = include_str!("../../fixtures/seed/endpoints.yaml");
@@ -45,11 +47,48 @@ async fn t1_02_text_and_binary_frames_up_to_1mib_and_ping_pong() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn t1_03_each_client_reaches_the_predicted_backend() {
+async fn t1_03_each_client_reaches_the_predicted_backend_whatever_the_seed() {
     let mut t = Topo::new("af", Spec::T1).unwrap();
     t.start_ws_peers().unwrap();
+    let by_default = {
+        let _agent = Agent::start(&t.node, &t.dir, SEED_CONFIG, &[]).unwrap();
+        affinity_checks(&t, SEED_CONFIG, DEFAULT_HASH_SEED).await
+    };
+    let _agent = Agent::start(&t.node, &t.dir, SEED_CONFIG, &["--hash-seed", &OTHER_SEED.to_string()]).unwrap();
+    let by_other = affinity_checks(&t, SEED_CONFIG, OTHER_SEED).await;
+    let moved = by_default.iter().filter(|(client, backend)| by_other[*client] != **backend).count();
+    assert!(moved > 0, "no client changed backend with the seed: an ignored --hash-seed would pass");
+}
+
+/// The NodePort service has no `sh` annotation: it hashes the 5-tuple, so one
+/// client address spreads its connections over the endpoints, each exactly
+/// where the prediction for its source port says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t1_11_node_port_spreads_one_client_by_five_tuple() {
+    let mut t = Topo::new("ft", Spec::T1).unwrap();
+    t.start_ws_peers().unwrap();
     let _agent = Agent::start(&t.node, &t.dir, SEED_CONFIG, &[]).unwrap();
-    affinity_checks(&t, SEED_CONFIG).await;
+    let src = t.clients[0];
+    let mut used = BTreeSet::new();
+    for i in 0..24 {
+        let (mut ws, hello) = ws_connect(&t.client, src, t.node_port()).await.unwrap();
+        let client_port = ws.get_ref().local_addr().unwrap().port();
+        let tuple = Tuple {
+            client: src,
+            client_port,
+            frontend: t.node_addr,
+            frontend_port: NODE_PORT,
+            protocol: Protocol::Tcp,
+        };
+        let want = predicted(SEED_CONFIG, "im-service", DEFAULT_HASH_SEED, &tuple);
+        let want = &t.backend_by_addr(&want).unwrap().name;
+        assert_eq!(&hello.backend, want, "connection {i} from {src}:{client_port}");
+        used.insert(hello.backend);
+        ws.close(None).await.unwrap();
+    }
+    // 24 connections on one endpoint would be a client-address hash (chance of
+    // that by the 5-tuple: 3 in 3^24).
+    assert!(used.len() >= 2, "every connection from {src} landed on {used:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,7 +145,7 @@ async fn t1_05_checksums_hold_with_tx_offload_off_and_on() {
         t.set_tx_offload(on).unwrap();
         handshake_checks(&t, &[t.vip(), t.node_port()]).await;
         frame_checks(&t).await;
-        affinity_checks(&t, SEED_CONFIG).await;
+        affinity_checks(&t, SEED_CONFIG, DEFAULT_HASH_SEED).await;
         assert_eq!(t.csum_errors().unwrap(), before, "checksum errors with tx offload {}", if on { "on" } else { "off" });
     }
 }
@@ -163,7 +202,7 @@ async fn t1_07_udp_clients_keep_their_predicted_backend() {
     let dst = std::net::SocketAddrV4::new(VIP, 9080);
     let mut used = BTreeSet::new();
     for &src in &t.clients {
-        let want = predicted(&config_yaml, "testim-udp", src);
+        let want = predicted_for_client(&config_yaml, "testim-udp", DEFAULT_HASH_SEED, src);
         let want = t.backend_by_addr(&want).unwrap().name.clone();
         // Tiny datagrams too: shorter than any TCP header.
         for round in 0..3 {

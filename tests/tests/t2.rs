@@ -6,10 +6,11 @@ use std::collections::BTreeSet;
 use tokio_tungstenite::tungstenite::Message;
 use wsfwd_tests::{
     agent::Agent,
-    checks::{Capture, affinity_checks, frame_checks, handshake_checks, predicted},
+    checks::{Capture, affinity_checks, frame_checks, handshake_checks, predicted_for_client},
     client::{echo, tcp_connect, udp_exchange, ws_connect},
     topo::{Spec, Topo, VIP, upstream_config, upstream_udp_config},
 };
+use wsfwd_common::DEFAULT_HASH_SEED;
 
 fn endpoints(t: &Topo) -> Vec<std::net::Ipv4Addr> {
     t.backends.iter().map(|b| b.addr).collect()
@@ -32,7 +33,7 @@ async fn t2_01_full_nat_handshake_echo_affinity_with_offload_off_and_on() {
         let cap = Capture::start(&t.client, "c0", &t, &format!("client-{on}"));
         handshake_checks(&t, &[t.vip()]).await;
         frame_checks(&t).await;
-        affinity_checks(&t, &config).await;
+        affinity_checks(&t, &config, DEFAULT_HASH_SEED).await;
         let lines = cap.stop();
         let direct: Vec<_> = lines.iter().filter(|l| l.contains(" IP 10.0.2.21.") || l.contains(" IP 10.0.2.22.")).collect();
         assert!(direct.is_empty(), "endpoints answered the client directly: {direct:?}");
@@ -162,7 +163,7 @@ async fn t2_05_udp_through_full_nat_keeps_its_predicted_endpoint() {
     let agent = Agent::start(&t.node, &t.dir, &config, &[]).unwrap();
     let mut used = BTreeSet::new();
     for &src in &t.clients {
-        let want = predicted(&config, "testim-service", src);
+        let want = predicted_for_client(&config, "testim-service", DEFAULT_HASH_SEED, src);
         let want = t.backend_by_addr(&want).unwrap().name.clone();
         for round in 0..3 {
             let payload = format!("datagram {round} from {src}");

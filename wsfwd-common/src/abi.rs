@@ -225,9 +225,13 @@ pub enum Counter {
     DropFragNeeded,
     /// A packet rewrite or redirect failed.
     DropError,
+    // Append only: a counter's number is its index in `COUNTERS`.
+    /// Of `IcmpFragNeededSent`: answers to GSO packets, whose segments would
+    /// not fit (the kernel's route lookup passes GSO packets of any size).
+    IcmpFragNeededGso,
 }
 
-pub const COUNTER_COUNT: u32 = Counter::DropError as u32 + 1;
+pub const COUNTER_COUNT: u32 = Counter::IcmpFragNeededGso as u32 + 1;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -252,6 +256,7 @@ impl Counter {
         Counter::DropNoRoute,
         Counter::DropFragNeeded,
         Counter::DropError,
+        Counter::IcmpFragNeededGso,
     ];
 
     /// Stable names for logs, `wsfwd stats` and tests.
@@ -278,6 +283,7 @@ impl Counter {
             Counter::DropNoRoute => "drop-no-route",
             Counter::DropFragNeeded => "drop-frag-needed",
             Counter::DropError => "drop-error",
+            Counter::IcmpFragNeededGso => "icmp-frag-needed-gso",
         }
     }
 }

@@ -57,6 +57,41 @@ pub const fn hash_flow(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8
 mod tests {
     use super::*;
 
+    /// Golden values: every node, whatever its version, must compute these.
+    /// A change breaks affinity across a mixed-version cluster (see the README,
+    /// "Upgrades and affinity") and must be deliberate.
+    #[test]
+    fn golden_values() {
+        assert_eq!(
+            [
+                hash3(0, 0, 0, 0),
+                hash3(1, 2, 3, 0),
+                hash3(u32::MAX, u32::MAX, u32::MAX, u32::MAX),
+                hash3(0x0a00_0102, 0xc0a8_0096, 0x9c40_2378, DEFAULT_HASH_SEED),
+            ],
+            [459859287, 2757843189, 3275992843, 2281974416]
+        );
+        assert_eq!(
+            [
+                hash_client(0x0a00_0102, DEFAULT_HASH_SEED),
+                hash_client(0x0a00_0102, 0x1234_5678),
+                hash_client(0, 0),
+                hash_client(0xc0a8_0001, 1),
+            ],
+            [2551298647, 584815448, 459859287, 748742851]
+        );
+        assert_eq!(
+            [
+                hash_flow(0x0a00_0102, 0xc0a8_0096, 40000, 9080, 6, DEFAULT_HASH_SEED),
+                hash_flow(0x0a00_0102, 0xc0a8_0096, 40000, 9080, 17, DEFAULT_HASH_SEED),
+                hash_flow(0x0a00_0102, 0x0a00_0101, 65535, 30100, 6, 0x1234_5678),
+                hash_flow(0, 0, 0, 0, 0, 0),
+            ],
+            [1771361833, 1788589724, 3929944778, 459859287]
+        );
+        assert_eq!(DEFAULT_HASH_SEED, 0x5753_4657);
+    }
+
     #[test]
     fn seed_changes_the_hash() {
         let ip = u32::from_be_bytes([10, 0, 0, 1]);

@@ -26,8 +26,9 @@ pub struct Route {
 
 /// Why a packet cannot be sent on.
 pub enum NoRoute {
-    /// Larger than the MTU (given) of the link it would leave through.
-    FragNeeded(u16),
+    /// Larger than the MTU of the link it would leave through; `gso` when it
+    /// is a GSO packet whose segments would be.
+    FragNeeded { mtu: u16, gso: bool },
     Drop(Counter),
 }
 
@@ -63,12 +64,12 @@ pub fn route(ctx: &TcContext, proto: u8, e: &FlowEntry, headers: u32) -> Result<
             // SAFETY: ctx.skb points at the live __sk_buff.
             let gso = unsafe { (*ctx.skb.skb).gso_size };
             if gso != 0 && gso + headers > mtu as u32 {
-                return Err(NoRoute::FragNeeded(mtu));
+                return Err(NoRoute::FragNeeded { mtu, gso: true });
             }
             Ok(Route { ifindex: params.ifindex, nexthop, macs: Some((params.dmac, params.smac)) })
         }
         BPF_FIB_LKUP_RET_NO_NEIGH => Ok(Route { ifindex: params.ifindex, nexthop, macs: None }),
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => Err(NoRoute::FragNeeded(mtu)),
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => Err(NoRoute::FragNeeded { mtu, gso: false }),
         _ => Err(NoRoute::Drop(Counter::DropNoRoute)),
     }
 }

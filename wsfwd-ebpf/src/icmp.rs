@@ -214,7 +214,7 @@ pub fn at_ingress(ctx: &TcContext) -> Result<i32, Counter> {
     let route = match forward::route(ctx, PROTO_ICMP, &FlowEntry::new(from, [0; 2], to, [0; 2], 0), 0) {
         Ok(r) => r,
         Err(NoRoute::Drop(c)) => return Err(c),
-        Err(NoRoute::FragNeeded(_)) => return Err(Counter::DropFragNeeded),
+        Err(NoRoute::FragNeeded { .. }) => return Err(Counter::DropFragNeeded),
     };
     nat::decrement_ttl(ctx, ttl, PROTO_ICMP).map_err(|_| Counter::DropError)?;
     let verdict = forward::redirect(ctx, &route)?;

@@ -135,8 +135,12 @@ fn forward(ctx: &TcContext, p: &Packet, e: &FlowEntry, done: Counter) -> Result<
         Ok(r) => r,
         Err(NoRoute::Drop(c)) => return Err(Verdict::Drop(c)),
         // Never dropped silently: the sender learns the path MTU.
-        Err(NoRoute::FragNeeded(mtu)) => {
-            return icmp::frag_needed(ctx, p, mtu).map_err(|_| Verdict::Drop(Counter::DropFragNeeded));
+        Err(NoRoute::FragNeeded { mtu, gso }) => {
+            let verdict = icmp::frag_needed(ctx, p, mtu).map_err(|_| Verdict::Drop(Counter::DropFragNeeded))?;
+            if gso {
+                count(Counter::IcmpFragNeededGso);
+            }
+            return Ok(verdict);
         }
     };
     nat::translate(ctx, p, e).map_err(|_| Verdict::Drop(Counter::DropError))?;

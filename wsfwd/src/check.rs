@@ -4,8 +4,8 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::{
-    datapath::contents::{self, Node},
-    maglev,
+    choose::ServiceTable,
+    datapath::contents::Node,
     model::{Endpoint, Frontend, HashInput, Protocol, Service, TrafficPolicy},
 };
 
@@ -67,16 +67,8 @@ impl<'a> ServicePlan<'a> {
     pub fn new(s: &'a Service, node: Option<&Node>, seed: u32) -> Self {
         let unknown = Node::default();
         let n = node.unwrap_or(&unknown);
-        let live: Vec<usize> = (0..s.endpoints.len()).filter(|&i| contents::serves(s, n, &s.endpoints[i])).collect();
-        let keys: Vec<maglev::Key> = live.iter().map(|&i| (s.endpoints[i].address, s.endpoints[i].port)).collect();
-        let size = maglev::table_size(keys.len());
-        let table = maglev::build(&keys, size, seed);
-        let mut slots = vec![0; s.endpoints.len()];
-        if let Some(table) = &table {
-            for (n, count) in maglev::slot_counts(table, keys.len()).into_iter().enumerate() {
-                slots[live[n]] = count;
-            }
-        }
+        let table = ServiceTable::new(s, n, seed);
+        let slots = table.slots_per_endpoint(s.endpoints.len());
         Self {
             id: s.id(),
             namespace: &s.namespace,
@@ -88,7 +80,7 @@ impl<'a> ServicePlan<'a> {
             hash: s.hash,
             scheduler: s.scheduler.as_deref(),
             affinity_timeout_seconds: s.affinity_timeout_seconds,
-            table_size: table.map(|_| size),
+            table_size: table.table.is_some().then(|| table.size()),
             endpoints: s
                 .endpoints
                 .iter()

@@ -3,6 +3,7 @@
 //! these modules; the end-to-end tests use them to predict the datapath.
 pub mod bpffs;
 pub mod check;
+pub mod choose;
 pub mod config;
 pub mod datapath;
 pub mod maglev;

@@ -19,6 +19,14 @@ impl Protocol {
             _ => None,
         }
     }
+
+    /// The IP protocol number, as packets and the map keys carry it.
+    pub fn number(self) -> u8 {
+        match self {
+            Self::Tcp => wsfwd_common::abi::PROTO_TCP,
+            Self::Udp => wsfwd_common::abi::PROTO_UDP,
+        }
+    }
 }
 
 impl fmt::Display for Protocol {

@@ -7,13 +7,13 @@ use std::{
 };
 
 use wsfwd_common::abi::{
-    BACKEND_F_SNAT, Backend, MAX_SNAT_IPS, PROTO_TCP, PROTO_UDP, REVNAT_F_UNIQUE, RevNatEntry, RevNatKey,
+    BACKEND_F_SNAT, Backend, MAX_SNAT_IPS, REVNAT_F_UNIQUE, RevNatEntry, RevNatKey,
     SVC_F_HASH_CLIENT, ServiceEntry, ServiceKey,
 };
 
 use crate::{
-    maglev,
-    model::{Endpoint, Frontend, HashInput, Protocol, Service, TrafficPolicy},
+    choose::ServiceTable,
+    model::{Endpoint, Frontend, HashInput, Service, TrafficPolicy},
 };
 
 /// The node as the datapath needs to know it.
@@ -53,13 +53,6 @@ pub struct Contents {
     pub summary: Vec<String>,
 }
 
-fn proto(p: Protocol) -> u8 {
-    match p {
-        Protocol::Tcp => PROTO_TCP,
-        Protocol::Udp => PROTO_UDP,
-    }
-}
-
 /// Compiles services into map entries. Fails when two frontends resolve to
 /// the same address, port and protocol (an externalIP equal to a node
 /// address, say).
@@ -72,23 +65,15 @@ pub fn compile(services: &[Service], node: &Node, seed: u32) -> Result<Contents,
     let mut owner: BTreeMap<ServiceKey, String> = BTreeMap::new();
 
     for (id, svc) in services.iter().enumerate() {
-        let proto = proto(svc.protocol);
-        let ready: Vec<maglev::Key> =
-            svc.endpoints.iter().filter(|e| serves(svc, node, e)).map(|e| (e.address, e.port)).collect();
-        let size = maglev::table_size(ready.len());
-        let table = maglev::build(&ready, size, seed);
+        let proto = svc.protocol.number();
+        let plan = ServiceTable::new(svc, node, seed);
         let offset = c.maglev.len() as u32;
-        let table_size = match &table {
-            Some(t) => {
-                for &slot in t {
-                    let key = ready[slot as usize];
-                    let next = backend_ids.len() as u32;
-                    c.maglev.push(*backend_ids.entry(key).or_insert(next));
-                }
-                size
-            }
-            None => 0,
-        };
+        for &slot in plan.table.iter().flatten() {
+            let key = plan.keys[slot as usize];
+            let next = backend_ids.len() as u32;
+            c.maglev.push(*backend_ids.entry(key).or_insert(next));
+        }
+        let table_size = plan.size();
         let flags = if svc.hash == HashInput::ClientIp { SVC_F_HASH_CLIENT } else { 0 };
         let entry = ServiceEntry { service_id: id as u32, flags, table_offset: offset, table_size };
 
@@ -122,7 +107,7 @@ pub fn compile(services: &[Service], node: &Node, seed: u32) -> Result<Contents,
             svc.id(),
             svc.protocol,
             frontends.join(", "),
-            ready.len(),
+            plan.keys.len(),
             svc.endpoints.len(),
             if table_size > 0 {
                 format!("{table_size} slots")
@@ -177,7 +162,8 @@ pub fn compile(services: &[Service], node: &Node, seed: u32) -> Result<Contents,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config;
+    use crate::{config, maglev, model::Protocol};
+    use wsfwd_common::abi::PROTO_TCP;
 
     const SEED_DEMO: &str = include_str!("../../../fixtures/seed-demo.yaml");
     const NODE: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);

@@ -1,7 +1,10 @@
 //! End-to-end tests of full NAT: the seed's nginx box in front of
 //! `node:30100` replaced by wsfwd. Client, node and endpoints share one L2
 //! segment (T2), so only SNAT brings the endpoints' replies back.
-use std::collections::BTreeSet;
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
 
 use tokio_tungstenite::tungstenite::Message;
 use wsfwd_tests::{
@@ -44,40 +47,78 @@ async fn t2_01_full_nat_handshake_echo_affinity_with_offload_off_and_on() {
     assert!(stats["snat-allocated"] > 0 && stats["snat-reply-redirected"] > 0, "{stats:?}");
 }
 
+/// Full NAT keeps its flows in a table that never evicts; the collector frees
+/// them. Here the table holds 256 flows and the SNAT range 256 ports, and the
+/// collector runs every second with second-long timeouts, while 960 other
+/// connections come and go (each port reused about four times). Eight idle
+/// WebSocket connections must come out of it with the same mapping, still
+/// echoing: nothing may collect, evict or reassign a live flow — in
+/// particular not after the SYN timeout, which idle established flows pass.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn t2_02_idle_full_nat_connection_survives_churn() {
+async fn t2_02_idle_full_nat_connections_survive_churn_through_a_full_nat_table() {
+    const NAT_FLOWS: usize = 256;
+    const BATCH: usize = 120;
+    const BATCHES: usize = 8;
+    const IDLE: usize = 8;
     let mut t = Topo::new("fe", Spec::T2).unwrap();
     t.start_ws_peers().unwrap();
     let config = upstream_config(&endpoints(&t), "Cluster");
-    let agent = Agent::start(&t.node, &t.dir, &config, &["--ct-size", "1024"]).unwrap();
+    let nat_size = (2 * NAT_FLOWS).to_string();
+    let agent = Agent::start(
+        &t.node,
+        &t.dir,
+        &config,
+        &[
+            "--nat-size", &nat_size, "--snat-ports", "40000-40255", "--tcp-syn-timeout", "2", "--tcp-fin-timeout", "1",
+            "--snat-quarantine", "1", "--gc-interval", "1",
+        ],
+    )
+    .unwrap();
+    let nat_entries = || agent.flows().unwrap().into_iter().filter(|f| f["table"] == "nat").collect::<Vec<_>>();
 
-    let src = t.clients[0];
-    let (mut idle, hello) = ws_connect(&t.client, src, t.vip()).await.unwrap();
-    assert_eq!(echo(&mut idle, Message::text("before")).await.unwrap(), Message::text("before"));
-    let port = idle.get_ref().local_addr().unwrap().port();
-    let idle_src = format!("{src}:{port}");
-    let mapping = || {
-        agent.flows().unwrap().into_iter().find(|f| f["table"] == "nat" && f["source"] == idle_src.as_str())
-    };
-    let before = mapping().expect("the idle flow's mapping");
+    let mut idle = Vec::new();
+    for &src in &t.clients[..IDLE] {
+        let (mut ws, hello) = ws_connect(&t.client, src, t.vip()).await.unwrap();
+        assert_eq!(echo(&mut ws, Message::text("before")).await.unwrap(), Message::text("before"));
+        let me = format!("{src}:{}", ws.get_ref().local_addr().unwrap().port());
+        let mapping = nat_entries().into_iter().find(|f| f["source"] == me.as_str()).expect("the idle flow's mapping");
+        idle.push((ws, hello, me, mapping));
+    }
+    let at_start = agent.stats().unwrap();
 
-    let mut done = 0;
-    for batch in 0..100 {
-        let conns = (0..50).map(|i| tcp_connect(&t.client, t.clients[1 + (batch * 50 + i) % (t.clients.len() - 1)], t.vip()));
-        for r in futures_util::future::join_all(conns).await {
-            drop(r.unwrap());
-            done += 1;
+    let churners = &t.clients[IDLE..];
+    for batch in 0..BATCHES {
+        // Room for a batch: the collector must have freed what earlier batches closed.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let live = nat_entries().len() / 2;
+            if live + BATCH <= NAT_FLOWS {
+                break;
+            }
+            assert!(Instant::now() < deadline, "batch {batch}: {live} of {NAT_FLOWS} full-NAT flows still held after 15 s");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let conns = (0..BATCH).map(|i| tcp_connect(&t.client, churners[i % churners.len()], t.vip()));
+        for (i, r) in futures_util::future::join_all(conns).await.into_iter().enumerate() {
+            let stream = r.unwrap_or_else(|e| panic!("batch {batch}, connection {i}: {e:#}\n{:?}", agent.stats()));
+            // Half end with FIN, half with RST.
+            if i % 2 == 0 {
+                socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)).unwrap();
+            }
         }
     }
-    assert_eq!(done, 5000);
-    let nat_flows = agent.flows().unwrap().into_iter().filter(|f| f["table"] == "nat").count();
-    assert!(nat_flows > 2048, "the churn did not go through full NAT ({nat_flows} entries)");
+    for (ws, hello, me, before) in &mut idle {
+        let after = nat_entries().into_iter().find(|f| f["source"] == me.as_str());
+        let after = after.unwrap_or_else(|| panic!("{me}: the idle flow's mapping was collected"));
+        assert_eq!(after["newSource"], before["newSource"], "{me}: the mapping changed");
+        let b = t.backends.iter().find(|b| b.name == hello.backend).unwrap();
+        assert_eq!(after["newDestination"], format!("{}:30100", b.addr).as_str());
+        assert_eq!(echo(ws, Message::text("after")).await.unwrap(), Message::text("after"), "{me}");
+    }
 
-    let after = mapping().expect("the idle flow's SNAT mapping was lost");
-    assert_eq!(after["newSource"], before["newSource"], "the mapping changed");
-    assert_eq!(echo(&mut idle, Message::text("after")).await.unwrap(), Message::text("after"));
-    let b = t.backends.iter().find(|b| b.name == hello.backend).unwrap();
-    assert_eq!(after["newDestination"], format!("{}:30100", b.addr).as_str());
+    let churn = agent.stats().unwrap().since(&at_start);
+    assert_eq!(churn["snat-allocated"], (BATCH * BATCHES) as u64, "{churn:?}");
+    assert_eq!(churn["drop-snat-exhausted"], 0, "{churn:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

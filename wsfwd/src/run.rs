@@ -24,6 +24,9 @@ pub struct RunArgs {
     pub nat_size: u32,
 }
 
+/// Linux's TIME_WAIT: the shortest safe SNAT quarantine.
+const TIME_WAIT: Duration = Duration::from_secs(60);
+
 /// The NodePort range Kubernetes allocates from by default.
 const NODE_PORTS: (u16, u16) = (30000, 32767);
 
@@ -123,6 +126,13 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     }
     if !contents.snat_ips.is_empty() {
         log::info!("full NAT: SNAT ports {port_min}-{port_max}, quarantine {:?}", args.snat_quarantine);
+        if args.snat_quarantine < TIME_WAIT {
+            log::warn!(
+                "--snat-quarantine {:?} is shorter than TIME_WAIT ({TIME_WAIT:?}): a port may be handed to a new \
+                 flow while an endpoint still holds the old connection, whose late packets would then reach it",
+                args.snat_quarantine
+            );
+        }
     }
     let names: Vec<&str> = ifaces.iter().map(|i| i.name.as_str()).collect();
     log::info!(

@@ -166,6 +166,7 @@ mod tests {
         assert_eq!(extra.cargo, args(&["--features", "x"]));
         assert_eq!(extra.select.targets, vec![("lib".to_owned(), String::new())]);
         assert_eq!(extra.harness, args(&["flows"]));
-        assert!(ExtraArgs::split(&args(&["--test"])).is_err());
+        let err = ExtraArgs::split(&args(&["--test"])).unwrap_err();
+        assert_eq!(err.to_string(), "--test needs a value");
     }
 }

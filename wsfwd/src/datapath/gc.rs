@@ -87,11 +87,16 @@ mod tests {
         udp: Duration::from_secs(30),
     };
 
-    /// A flow client:1000 -> vip:80 on endpoint:8080, last seen at `orig`/`reply` seconds.
+    /// A flow client:1000 -> vip:80 on endpoint:8080, last seen at `orig`/`reply`
+    /// seconds, with `flags` as the datapath leaves them: FIN and RST on both
+    /// entries, "replied" only on the reply entry (only a reply sets it).
     fn flow(proto: u8, orig: u64, reply: Option<u64>, flags: u8) -> Vec<(FlowKey, FlowEntry)> {
         let (client, vip, ep) = ([10, 0, 1, 2], [192, 168, 0, 150], [10, 244, 1, 10]);
         let o = FlowKey { saddr: client, daddr: vip, sport: 1000u16.to_be_bytes(), dport: 80u16.to_be_bytes(), proto, dir: DIR_ORIGINAL, _pad: [0; 2] };
-        let oe = FlowEntry { flags, ..FlowEntry::new(client, 1000u16.to_be_bytes(), ep, 8080u16.to_be_bytes(), orig * S) };
+        let oe = FlowEntry {
+            flags: flags & !CT_F_REPLIED,
+            ..FlowEntry::new(client, 1000u16.to_be_bytes(), ep, 8080u16.to_be_bytes(), orig * S)
+        };
         let mut v = vec![(o, oe)];
         if let Some(r) = reply {
             let rk = o.counterpart(&oe);
@@ -99,6 +104,20 @@ mod tests {
             v.push((rk, re));
         }
         v
+    }
+
+    #[test]
+    fn a_flow_is_judged_by_both_entries_flags_in_any_order() {
+        // Replied, idle past the SYN timeout but not the established one: kept,
+        // whichever entry the map lists first.
+        let mut entries = flow(PROTO_TCP, 1000 - 50, Some(1000 - 50), CT_F_REPLIED);
+        assert_eq!(entries[0].1.flags, 0, "the original entry never carries \"replied\"");
+        assert!(expired(&entries, 1000 * S, &T, Duration::ZERO).is_empty());
+        entries.reverse();
+        assert!(expired(&entries, 1000 * S, &T, Duration::ZERO).is_empty());
+        // Never replied: gone after the SYN timeout.
+        let entries = flow(PROTO_TCP, 1000 - 50, Some(1000 - 50), 0);
+        assert_eq!(expired(&entries, 1000 * S, &T, Duration::ZERO).len(), 2);
     }
 
     #[test]

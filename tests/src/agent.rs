@@ -122,9 +122,11 @@ impl Agent {
         Ok(Counters(out))
     }
 
-    /// The conntrack entries, as `wsfwd conntrack --json` lists them.
-    pub fn flows(&self) -> anyhow::Result<Vec<serde_json::Value>> {
-        Ok(self.query("conntrack")?.as_array().context("conntrack is not an array")?.clone())
+    /// The tracked flows, as `wsfwd conntrack --json` lists them; a missing
+    /// or renamed field is an error.
+    pub fn flows(&self) -> anyhow::Result<Vec<Flow>> {
+        let v = self.query("conntrack")?;
+        serde_json::from_value(v.clone()).with_context(|| format!("wsfwd conntrack --json: unexpected shape: {v}"))
     }
 
     /// SIGTERM, and the exit status.
@@ -148,6 +150,23 @@ impl Drop for Agent {
             let _ = Command::new("umount").arg("-l").arg(&self.bpffs).status();
         }
     }
+}
+
+/// One direction of a tracked flow, as `wsfwd conntrack --json` prints it.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Flow {
+    /// "conntrack" or "nat".
+    pub table: String,
+    /// "original" or "reply".
+    pub direction: String,
+    pub protocol: String,
+    pub source: String,
+    pub destination: String,
+    pub new_source: String,
+    pub new_destination: String,
+    pub flags: u8,
+    pub idle_ms: u64,
 }
 
 /// Counters by name, as `wsfwd stats --json` printed them. Indexing a name

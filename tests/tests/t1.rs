@@ -9,7 +9,7 @@ use std::{
 
 use tokio_tungstenite::tungstenite::Message;
 use wsfwd_tests::{
-    agent::{self, Agent},
+    agent::{self, Agent, Flow},
     checks::{Capture, affinity_checks, frame_checks, handshake_checks, predicted, predicted_for_client},
     client::{echo, tcp_connect, udp_exchange, ws_connect},
     peers,
@@ -108,7 +108,7 @@ async fn t1_04_idle_connection_survives_conntrack_eviction() {
         other => panic!("{other}"),
     };
     let idle_src = format!("{src}:{idle_port}");
-    let is_idle_flow = |f: &serde_json::Value| f["source"] == idle_src.as_str() || f["destination"] == idle_src.as_str();
+    let is_idle_flow = |f: &Flow| f.source == idle_src || f.destination == idle_src;
     assert_eq!(agent.flows().unwrap().iter().filter(|f| is_idle_flow(f)).count(), 2, "both directions tracked");
 
     // 5,000 other connections through the VIP churn the 1,024-entry table.
@@ -129,9 +129,9 @@ async fn t1_04_idle_connection_survives_conntrack_eviction() {
 
     // Still echoes, on the same backend: Maglev picks it again.
     assert_eq!(echo(&mut idle, Message::text("after")).await.unwrap(), Message::text("after"));
-    let back: Vec<_> = agent.flows().unwrap().into_iter().filter(|f| f["source"] == idle_src.as_str()).collect();
+    let back: Vec<_> = agent.flows().unwrap().into_iter().filter(|f| f.source == idle_src).collect();
     assert_eq!(back.len(), 1, "{back:?}");
-    assert_eq!(back[0]["newDestination"], format!("{backend_addr}:9080").as_str());
+    assert_eq!(back[0].new_destination, format!("{backend_addr}:9080"));
     idle.close(None).await.unwrap();
 }
 
@@ -255,8 +255,8 @@ async fn t1_09_udp_flows_expire_from_conntrack() {
     udp_exchange(&t.client, src, std::net::SocketAddrV4::new(VIP, 9080), b"one")
         .await
         .unwrap_or_else(|e| panic!("{e:#}\nstats: {:?}\n{}", agent.stats(), agent.log()));
-    let udp_flows = || -> Vec<serde_json::Value> {
-        agent.flows().unwrap().into_iter().filter(|f| f["protocol"] == "UDP").collect()
+    let udp_flows = || -> Vec<Flow> {
+        agent.flows().unwrap().into_iter().filter(|f| f.protocol == "UDP").collect()
     };
     assert_eq!(udp_flows().len(), 2, "both directions tracked");
     tokio::time::sleep(Duration::from_millis(1500)).await;

@@ -74,14 +74,14 @@ async fn t2_02_idle_full_nat_connections_survive_churn_through_a_full_nat_table(
         ],
     )
     .unwrap();
-    let nat_entries = || agent.flows().unwrap().into_iter().filter(|f| f["table"] == "nat").collect::<Vec<_>>();
+    let nat_entries = || agent.flows().unwrap().into_iter().filter(|f| f.table == "nat").collect::<Vec<_>>();
 
     let mut idle = Vec::new();
     for &src in &t.clients[..IDLE] {
         let (mut ws, hello) = ws_connect(&t.client, src, t.vip()).await.unwrap();
         assert_eq!(echo(&mut ws, Message::text("before")).await.unwrap(), Message::text("before"));
         let me = format!("{src}:{}", ws.get_ref().local_addr().unwrap().port());
-        let mapping = nat_entries().into_iter().find(|f| f["source"] == me.as_str()).expect("the idle flow's mapping");
+        let mapping = nat_entries().into_iter().find(|f| f.source == me).expect("the idle flow's mapping");
         idle.push((ws, hello, me, mapping));
     }
     let at_start = agent.stats().unwrap();
@@ -108,11 +108,11 @@ async fn t2_02_idle_full_nat_connections_survive_churn_through_a_full_nat_table(
         }
     }
     for (ws, hello, me, before) in &mut idle {
-        let after = nat_entries().into_iter().find(|f| f["source"] == me.as_str());
+        let after = nat_entries().into_iter().find(|f| f.source == *me);
         let after = after.unwrap_or_else(|| panic!("{me}: the idle flow's mapping was collected"));
-        assert_eq!(after["newSource"], before["newSource"], "{me}: the mapping changed");
+        assert_eq!(after.new_source, before.new_source, "{me}: the mapping changed");
         let b = t.backends.iter().find(|b| b.name == hello.backend).unwrap();
-        assert_eq!(after["newDestination"], format!("{}:30100", b.addr).as_str());
+        assert_eq!(after.new_destination, format!("{}:30100", b.addr));
         assert_eq!(echo(ws, Message::text("after")).await.unwrap(), Message::text("after"), "{me}");
     }
 
@@ -160,7 +160,7 @@ async fn t2_03_snat_ports_under_pressure() {
     });
     futures_util::future::join_all(rounds).await;
     let flows = agent.flows().unwrap();
-    let snat: Vec<_> = flows.iter().filter(|f| f["table"] == "nat" && f["direction"] == "original").map(|f| f["newSource"].as_str().unwrap().to_owned()).collect();
+    let snat: Vec<_> = flows.iter().filter(|f| f.table == "nat" && f.direction == "original").map(|f| f.new_source.clone()).collect();
     assert_eq!(snat.len(), 300, "one mapping per connection");
     assert_eq!(snat.iter().collect::<BTreeSet<_>>().len(), 300, "mappings shared between flows");
 }

@@ -153,6 +153,8 @@ impl Drop for Agent {
 }
 
 /// One direction of a tracked flow, as `wsfwd conntrack --json` prints it.
+/// Written out here rather than shared with the agent: this is the JSON
+/// users' scripts read, and a change to it should fail a test.
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Flow {

@@ -111,6 +111,7 @@ async fn t2_02_idle_full_nat_connections_survive_churn_through_a_full_nat_table(
         let after = nat_entries().into_iter().find(|f| f.source == *me);
         let after = after.unwrap_or_else(|| panic!("{me}: the idle flow's mapping was collected"));
         assert_eq!(after.new_source, before.new_source, "{me}: the mapping changed");
+        assert!(after.idle_ms > 2_000, "{me} idled only {} ms: not past the 2 s SYN timeout", after.idle_ms);
         let b = t.backends.iter().find(|b| b.name == hello.backend).unwrap();
         assert_eq!(after.new_destination, format!("{}:30100", b.addr));
         assert_eq!(echo(ws, Message::text("after")).await.unwrap(), Message::text("after"), "{me}");

@@ -52,13 +52,18 @@ impl Netns {
         Ok(parse_snmp(&self.exec(&["cat", "/proc/net/snmp"])?))
     }
 
-    /// A socket created inside this namespace. The creating thread enters the
-    /// namespace and proves it is not the root namespace before it returns
-    /// anything, so a test can never send from the machine's own network.
+    /// A socket created inside this namespace (see [`Netns::inside`]).
     pub fn socket(&self, ty: socket2::Type, proto: socket2::Protocol) -> anyhow::Result<socket2::Socket> {
+        self.inside(move || socket2::Socket::new(socket2::Domain::IPV4, ty, Some(proto)).context("socket()"))
+    }
+
+    /// Runs `f` on a thread that has entered this namespace, after proving it
+    /// is not the root namespace, so a test can never open a socket in the
+    /// machine's own network. Sockets made there stay in this namespace.
+    pub fn inside<T: Send>(&self, f: impl FnOnce() -> anyhow::Result<T> + Send) -> anyhow::Result<T> {
         let path = self.path();
         std::thread::scope(|s| {
-            s.spawn(|| -> anyhow::Result<socket2::Socket> {
+            s.spawn(|| -> anyhow::Result<T> {
                 let target = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
                 // The namespace the tests run in (the machine's), read before leaving it.
                 let root = std::fs::metadata("/proc/thread-self/ns/net").context("reading our netns")?.ino();
@@ -70,10 +75,10 @@ impl Netns {
                 if here == root || here != target.metadata()?.ino() {
                     bail!("refusing to open a socket: not inside test namespace {path}");
                 }
-                socket2::Socket::new(socket2::Domain::IPV4, ty, Some(proto)).context("socket()")
+                f()
             })
             .join()
-            .map_err(|_| anyhow::anyhow!("socket thread panicked"))?
+            .map_err(|_| anyhow::anyhow!("namespace thread panicked"))?
         })
     }
 }

@@ -229,9 +229,13 @@ pub enum Counter {
     /// Of `IcmpFragNeededSent`: answers to GSO packets, whose segments would
     /// not fit (the kernel's route lookup passes GSO packets of any size).
     IcmpFragNeededGso,
+    /// A new gateway flow whose reply tuple (endpoint -> client address and
+    /// port) belongs to a live flow through another frontend: dropped, so the
+    /// live flow keeps its replies.
+    DropTupleClash,
 }
 
-pub const COUNTER_COUNT: u32 = Counter::IcmpFragNeededGso as u32 + 1;
+pub const COUNTER_COUNT: u32 = Counter::DropTupleClash as u32 + 1;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -257,6 +261,7 @@ impl Counter {
         Counter::DropFragNeeded,
         Counter::DropError,
         Counter::IcmpFragNeededGso,
+        Counter::DropTupleClash,
     ];
 
     /// Stable names for logs, `wsfwd stats` and tests.
@@ -284,6 +289,7 @@ impl Counter {
             Counter::DropFragNeeded => "drop-frag-needed",
             Counter::DropError => "drop-error",
             Counter::IcmpFragNeededGso => "icmp-frag-needed-gso",
+            Counter::DropTupleClash => "drop-tuple-clash",
         }
     }
 }

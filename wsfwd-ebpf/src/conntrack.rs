@@ -2,9 +2,9 @@
 //! packet of that direction becomes. Gateway flows live in `CONNTRACK` (LRU),
 //! full-NAT flows in `NAT` (never evicted). Entries age out in the agent's
 //! collector; the datapath only records what it sees.
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use wsfwd_common::abi::{
-    Backend, CT_F_FIN_ORIGINAL, CT_F_FIN_REPLY, CT_F_REPLIED, CT_F_RST, DIR_ORIGINAL, DIR_REPLY, FlowEntry,
+    Backend, CT_F_FIN_ORIGINAL, Counter, CT_F_FIN_REPLY, CT_F_REPLIED, CT_F_RST, DIR_ORIGINAL, DIR_REPLY, FlowEntry,
     FlowKey,
 };
 
@@ -43,17 +43,34 @@ pub fn key(p: &Packet, dir: u8) -> FlowKey {
 }
 
 /// Records a new gateway flow (the client address is kept) in both directions.
+///
+/// The reply key (endpoint -> client) does not name the frontend, so the same
+/// client address and port reaching the same endpoint through two frontends
+/// would share it. The reply entry is claimed only if it is free or already
+/// this flow's (same frontend: the original entry was evicted, or the flow is
+/// being reopened); a live flow through another frontend keeps it, and the
+/// new flow is refused (`Err(DropTupleClash)`) rather than taking it over —
+/// a SYN forged with a victim's address must not redirect the victim's replies.
 #[inline(always)]
-pub fn create_gateway(p: &Packet, backend: &Backend, now: u64) -> FlowEntry {
+pub fn create_gateway(p: &Packet, backend: &Backend, now: u64) -> Result<FlowEntry, Counter> {
     let original = key(p, DIR_ORIGINAL);
     let to_endpoint = FlowEntry::new(p.saddr, p.sport, backend.addr, backend.port, now);
     let reply = original.counterpart(&to_endpoint);
     let to_client = FlowEntry::new(p.daddr, p.dport, p.saddr, p.sport, now);
+    let flags = match CONNTRACK.get_ptr(&reply) {
+        // SAFETY: a pointer into a map value, valid for this run.
+        Some(theirs) if unsafe { (*theirs).saddr != p.daddr || (*theirs).sport != p.dport } => {
+            return Err(Counter::DropTupleClash);
+        }
+        Some(_) => 0,
+        None => BPF_NOEXIST as u64,
+    };
+    // Two SYNs racing for a free reply key: only one claims it.
+    CONNTRACK.insert(&reply, &to_client, flags).map_err(|_| Counter::DropTupleClash)?;
     // LRU inserts do not fail for want of room; any other failure means the
     // next packet simply tries again.
     let _ = CONNTRACK.insert(&original, &to_endpoint, 0);
-    let _ = CONNTRACK.insert(&reply, &to_client, 0);
-    to_endpoint
+    Ok(to_endpoint)
 }
 
 /// Notes a packet of an existing flow (`key` is its own direction's): its

@@ -103,7 +103,7 @@ fn new_flow(p: &Packet, svc: &ServiceEntry, now: u64) -> Result<FlowEntry, Verdi
         count(Counter::SnatAllocated);
         e
     } else {
-        conntrack::create_gateway(p, &backend, now)
+        conntrack::create_gateway(p, &backend, now).map_err(Verdict::Drop)?
     };
     count(Counter::FlowCreated);
     Ok(e)

@@ -44,8 +44,13 @@ pub struct Capture(Proc);
 
 impl Capture {
     pub fn start(ns: &Netns, iface: &str, t: &Topo, name: &str) -> Self {
+        Self::filtered(ns, iface, t, name, "tcp or udp")
+    }
+
+    /// Captures only what matches the pcap `filter`.
+    pub fn filtered(ns: &Netns, iface: &str, t: &Topo, name: &str, filter: &str) -> Self {
         let mut p = Proc::spawn(
-            ns.command("tcpdump").args(["-i", iface, "-n", "-l", "-U", "tcp or udp"]),
+            ns.command("tcpdump").args(["-i", iface, "-n", "-l", "-U", filter]),
             &t.dir.join(format!("{name}.pcap.txt")),
         )
         .unwrap();

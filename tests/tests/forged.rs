@@ -10,8 +10,9 @@ use std::{
 use tokio_tungstenite::tungstenite::Message;
 use wsfwd_tests::{
     agent::Agent,
+    checks::Capture,
     client::{Ws, echo, ws_connect},
-    forge::{RawLink, TCP_SYN, Tcp},
+    forge::{RawLink, TCP_SYN, Tcp, checksum, ethernet},
     topo::{NODE_PORT, SEED_CONFIG, Spec, Topo},
 };
 
@@ -66,4 +67,122 @@ async fn spoofed_syn_to_another_frontend_leaves_the_victim_alone() {
     let flows = agent.flows().unwrap();
     let reply = flows.iter().find(|f| f.direction == "reply" && f.destination == me.to_string()).expect("victim's reply entry");
     assert_eq!(reply.new_source, t.vip().to_string(), "the victim's replies no longer come from the VIP");
+}
+
+/// Source ports of the malformed corpus: each frame has its own, so a capture
+/// at the endpoints names what got through.
+const CORPUS_PORTS: u16 = 50000;
+
+/// Frames aimed at a frontend that the kernel's `ip_rcv` (or TCP) would
+/// drop, each from its own source port: every truncation of a SYN carrying
+/// data, IP lengths that lie, TCP header lengths that lie, IHL below 5, bad
+/// header checksums, fragments, VLAN tags, and other hosts' MACs.
+fn malformed_corpus(link: &RawLink, client: std::net::Ipv4Addr, dst: SocketAddrV4) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut port = CORPUS_PORTS;
+    let mut next = |what: String| {
+        port += 1;
+        (what, SocketAddrV4::new(client, port))
+    };
+    let syn = |src: SocketAddrV4| {
+        let mut t = Tcp::new(src, dst, TCP_SYN);
+        t.payload = vec![0x5a; 64];
+        t.packet()
+    };
+    let frame = |packet: &[u8]| ethernet(link.peer_mac, link.mac, None, packet);
+    // Rewrites bytes of the IP header and fixes its checksum.
+    let patched = |mut p: Vec<u8>, at: usize, bytes: &[u8]| {
+        p[at..at + bytes.len()].copy_from_slice(bytes);
+        p[10..12].copy_from_slice(&[0, 0]);
+        let c = checksum(&p[..20]);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        p
+    };
+    let full_len = frame(&syn(SocketAddrV4::new(client, 1))).len();
+    for cut in 14..full_len {
+        let (what, src) = next(format!("SYN frame cut to {cut} bytes"));
+        out.push((what, frame(&syn(src))[..cut].to_vec()));
+    }
+    // IP length shortened with the frame: the TCP header itself is cut.
+    for tcp_bytes in 4..20u16 {
+        let (what, src) = next(format!("IP length leaves {tcp_bytes} bytes of TCP header"));
+        let p = patched(syn(src), 2, &(20 + tcp_bytes).to_be_bytes());
+        out.push((what, frame(&p[..20 + tcp_bytes as usize])));
+    }
+    for len in [0u16, 10, 19, 200, 0xffff] {
+        let (what, src) = next(format!("IP total length {len}"));
+        out.push((what, frame(&patched(syn(src), 2, &len.to_be_bytes()))));
+    }
+    for doff in [0u8, 4, 15] {
+        // 15 claims 60 bytes of header where the segment has 20.
+        let (what, src) = next(format!("TCP data offset {doff}"));
+        let mut p = Tcp::new(src, dst, TCP_SYN).packet();
+        p[20 + 12] = doff << 4;
+        out.push((what, frame(&p)));
+    }
+    for ihl in 0..5u8 {
+        let (what, src) = next(format!("IHL {ihl}"));
+        out.push((what, frame(&patched(syn(src), 0, &[0x40 | ihl]))));
+    }
+    {
+        let (what, src) = next("bad IP header checksum".into());
+        let mut p = syn(src);
+        p[10] ^= 0x5a;
+        out.push((what, frame(&p)));
+    }
+    for (flags, offset, name) in [(0x20u8, 0u8, "more fragments"), (0, 1, "offset 8"), (0x20, 1, "middle fragment")] {
+        let (what, src) = next(format!("fragment: {name}"));
+        out.push((what, frame(&patched(syn(src), 6, &[flags, offset]))));
+    }
+    for vlan in [0u16, 10] {
+        let (what, src) = next(format!("VLAN tag {vlan}"));
+        out.push((what, ethernet(link.peer_mac, link.mac, Some(vlan), &syn(src))));
+    }
+    for (mac, name) in [([0x02, 0, 0, 0, 0, 0x01], "another host's MAC"), ([0xff; 6], "broadcast"), ([0x01, 0, 0x5e, 0, 0, 1], "multicast")] {
+        let (what, src) = next(format!("to {name}"));
+        out.push((what, ethernet(mac, link.mac, None, &syn(src))));
+    }
+    out
+}
+
+/// Nothing the kernel would drop reaches an endpoint through a frontend, and
+/// a live connection rides it out; a well-formed SYN among them does get through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_to_a_frontend_are_never_forwarded() {
+    let mut t = Topo::new("fm", Spec::T1).unwrap();
+    t.start_ws_peers().unwrap();
+    let agent = Agent::start(&t.node, &t.dir, SEED_CONFIG, &[]).unwrap();
+    let (mut victim, _) = ws_connect(&t.client, t.clients[0], t.vip()).await.unwrap();
+    still_echoes(&mut victim, "connecting").await;
+    let filter = format!("tcp and src portrange {CORPUS_PORTS}-{}", CORPUS_PORTS + 999);
+    let caps: Vec<Capture> =
+        t.backends.iter().map(|b| Capture::filtered(&b.ns, "e0", &t, &format!("{}-corpus", b.name), &filter)).collect();
+    let link = RawLink::open(&t.client, "c0", &t.node, "n0").unwrap();
+    let before = agent.stats().unwrap();
+    let client = t.clients[1];
+    let mut sent = Vec::new();
+    for dst in [t.vip(), t.node_port()] {
+        for (what, frame) in malformed_corpus(&link, client, dst) {
+            link.send(&frame).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+            sent.push((what, dst));
+        }
+    }
+    // The control: one well-formed SYN, from the last port of the range.
+    let control = Tcp::new(SocketAddrV4::new(client, CORPUS_PORTS + 999), t.vip(), TCP_SYN);
+    link.send_ip(&control.packet()).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let reached: Vec<String> = caps.into_iter().flat_map(Capture::stop).collect();
+    // The control's SYN (the client's stack then resets the SYN-ACK it never asked for).
+    let control = format!("{client}.{} >", CORPUS_PORTS + 999);
+    let control_seen = reached.iter().filter(|l| l.contains(&control) && l.contains("Flags [S]")).count();
+    assert_eq!(control_seen, 1, "the well-formed SYN did not reach an endpoint, so the capture proves nothing: {reached:?}");
+    let leaked: Vec<&String> = reached.iter().filter(|l| !l.contains(&control)).collect();
+    assert!(leaked.is_empty(), "{} of {} malformed frames reached an endpoint: {leaked:#?}", leaked.len(), sent.len());
+    still_echoes(&mut victim, "the malformed frames").await;
+
+    let c = agent.stats().unwrap().since(&before);
+    for reason in ["drop-bad-ip-header", "drop-bad-ip-checksum", "drop-truncated-l4", "pass-vlan", "pass-not-for-host"] {
+        assert!(c[reason] > 0, "nothing counted as {reason}: {c:?}");
+    }
 }

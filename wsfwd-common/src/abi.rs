@@ -233,9 +233,21 @@ pub enum Counter {
     /// port) belongs to a live flow through another frontend: dropped, so the
     /// live flow keeps its replies.
     DropTupleClash,
+    /// For a frontend, an IPv4 header the kernel rejects: a total length
+    /// shorter than the header or longer than the frame.
+    DropBadIpHeader,
+    /// For a frontend, a wrong IPv4 header checksum.
+    DropBadIpChecksum,
+    /// For a frontend, a TCP or UDP header cut short of its stated length.
+    DropTruncatedL4,
+    /// A frame the link layer did not address to this host (`pkt_type` other
+    /// than host: promiscuous mode, a bridge port, flooding): passed untouched.
+    PassNotForHost,
+    /// A VLAN-tagged frame: passed untouched (the tag is not ours to strip).
+    PassVlan,
 }
 
-pub const COUNTER_COUNT: u32 = Counter::DropTupleClash as u32 + 1;
+pub const COUNTER_COUNT: u32 = Counter::PassVlan as u32 + 1;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -262,6 +274,11 @@ impl Counter {
         Counter::DropError,
         Counter::IcmpFragNeededGso,
         Counter::DropTupleClash,
+        Counter::DropBadIpHeader,
+        Counter::DropBadIpChecksum,
+        Counter::DropTruncatedL4,
+        Counter::PassNotForHost,
+        Counter::PassVlan,
     ];
 
     /// Stable names for logs, `wsfwd stats` and tests.
@@ -290,6 +307,11 @@ impl Counter {
             Counter::DropError => "drop-error",
             Counter::IcmpFragNeededGso => "icmp-frag-needed-gso",
             Counter::DropTupleClash => "drop-tuple-clash",
+            Counter::DropBadIpHeader => "drop-bad-ip-header",
+            Counter::DropBadIpChecksum => "drop-bad-ip-checksum",
+            Counter::DropTruncatedL4 => "drop-truncated-l4",
+            Counter::PassNotForHost => "pass-not-for-host",
+            Counter::PassVlan => "pass-vlan",
         }
     }
 }

@@ -24,6 +24,11 @@ pub fn handle(ctx: &TcContext) -> i32 {
             return TC_ACT_OK as i32;
         }
     };
+    // The kernel routed it here, so it has checked it; but never rewrite what it would not send.
+    if let Some(c) = p.invalid {
+        count(c);
+        return TC_ACT_OK as i32;
+    }
     // Cheap filter first: is the source an endpoint at all?
     let endpoint = RevNatKey { addr: p.saddr, port: p.sport, proto: p.proto, _pad: 0 };
     // SAFETY: the value is copied out before any other map call.

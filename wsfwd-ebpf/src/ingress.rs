@@ -48,6 +48,18 @@ pub fn handle(ctx: &TcContext) -> i32 {
 
 #[inline(always)]
 fn run(ctx: &TcContext) -> Result<i32, Verdict> {
+    // SAFETY: ctx.skb points at the live __sk_buff.
+    let (pkt_type, vlan) = unsafe { ((*ctx.skb.skb).pkt_type, (*ctx.skb.skb).vlan_present) };
+    // Frames for another host's MAC (promiscuous mode, a bridge port) are
+    // not ours even when they carry a frontend address; the kernel drops them.
+    if pkt_type != PACKET_HOST {
+        return Err(Verdict::Pass(Counter::PassNotForHost));
+    }
+    // The tag sits in the skb's metadata: forwarding the packet would carry
+    // it to the endpoint. Tagged traffic belongs to whatever owns the VLAN.
+    if vlan != 0 {
+        return Err(Verdict::Pass(Counter::PassVlan));
+    }
     let p = match parse::parse(ctx) {
         Ok(p) => p,
         Err(Counter::PassIcmpNotOurs) => return icmp::at_ingress(ctx).map_err(Verdict::Drop),
@@ -55,11 +67,20 @@ fn run(ctx: &TcContext) -> Result<i32, Verdict> {
     };
     let frontend = ServiceKey { addr: p.daddr, port: p.dport, proto: p.proto, _pad: 0 };
     // SAFETY: the value is copied out before any other map call.
-    match unsafe { SERVICES.get(&frontend) }.copied() {
+    let svc = unsafe { SERVICES.get(&frontend) }.copied();
+    if let Some(reason) = p.invalid {
+        // What the kernel would drop is never translated: dropped (and
+        // counted) when addressed to a frontend, else left to the kernel.
+        return Err(if svc.is_some() { Verdict::Drop(reason) } else { Verdict::Pass(Counter::PassNotOurs) });
+    }
+    match svc {
         Some(svc) => to_endpoint(ctx, &p, &svc),
         None => to_client(ctx, &p),
     }
 }
+
+/// `skb->pkt_type` of a frame addressed to this host's MAC.
+const PACKET_HOST: u32 = 0;
 
 /// A packet for a frontend.
 #[inline(always)]

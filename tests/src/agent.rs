@@ -167,7 +167,8 @@ pub struct Flow {
     pub destination: String,
     pub new_source: String,
     pub new_destination: String,
-    pub flags: u8,
+    /// "handshake", "fin", "rst", "liberal".
+    pub state: Vec<String>,
     pub idle_ms: u64,
 }
 

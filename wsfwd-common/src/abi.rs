@@ -3,6 +3,8 @@
 //! in network byte order, exactly as they sit in the packet, so the datapath
 //! never converts them.
 
+use crate::tcp::TcpWindow;
+
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
@@ -98,10 +100,10 @@ impl FlowKey {
     #[inline(always)]
     pub const fn counterpart(&self, entry: &FlowEntry) -> FlowKey {
         FlowKey {
-            saddr: entry.daddr,
-            daddr: entry.saddr,
-            sport: entry.dport,
-            dport: entry.sport,
+            saddr: entry.to.daddr,
+            daddr: entry.to.saddr,
+            sport: entry.to.dport,
+            dport: entry.to.sport,
             proto: self.proto,
             dir: self.dir ^ 1,
             _pad: [0; 2],
@@ -109,47 +111,93 @@ impl FlowKey {
     }
 }
 
-/// The reply direction seen: the flow is established.
-pub const CT_F_REPLIED: u8 = 1;
-/// FIN seen from the client / from the endpoint.
-pub const CT_F_FIN_ORIGINAL: u8 = 2;
-pub const CT_F_FIN_REPLY: u8 = 4;
-/// RST seen in either direction.
-pub const CT_F_RST: u8 = 8;
-/// The flow is over; its entries linger only for stray packets.
-pub const CT_F_CLOSED_MASK: u8 = CT_F_RST;
-pub const CT_F_FIN_BOTH: u8 = CT_F_FIN_ORIGINAL | CT_F_FIN_REPLY;
+/// What a packet of one direction becomes: `saddr:sport -> daddr:dport`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rewrite {
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+}
 
-/// `CONNTRACK` and `NAT` value: what a packet of this direction becomes.
-/// Gateway flows change one side (the destination of requests, the source of
-/// replies); full-NAT flows change both.
+/// What one direction of a flow has shown. One byte per fact: each is set
+/// with a plain store by whichever CPU sees it, never read-modify-write, so
+/// two CPUs recording different facts at once cannot undo each other.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowState {
+    /// This side's part of the TCP handshake is done: the responder's SYN-ACK
+    /// acknowledged the SYN, or the opener acknowledged the SYN-ACK.
+    pub handshake: u8,
+    /// A FIN that continues this side's stream.
+    pub fin: u8,
+    /// A RST at exactly the next sequence number.
+    pub rst: u8,
+    /// Picked up mid-stream (its entries had been lost): the TCP window is not
+    /// known, so segments are not checked against it.
+    pub liberal: u8,
+}
+
+/// `CONNTRACK` and `NAT` value: what a packet of this direction becomes, and
+/// what this direction's sender has shown. Gateway flows change one side
+/// (the destination of requests, the source of replies); full-NAT flows
+/// change both.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowEntry {
     /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the last packet in this direction.
     pub last_seen_ns: u64,
-    pub saddr: [u8; 4],
-    pub daddr: [u8; 4],
-    pub sport: [u8; 2],
-    pub dport: [u8; 2],
-    pub flags: u8,
-    pub _pad: [u8; 3],
+    pub to: Rewrite,
+    pub state: FlowState,
+    /// TCP only: this direction's sender, as the window tracker sees it.
+    pub tcp: TcpWindow,
 }
 
-/// Whether flow flags say the flow is over (RST, or FIN both ways).
-pub const fn is_closing(flags: u8) -> bool {
-    flags & CT_F_CLOSED_MASK != 0 || flags & CT_F_FIN_BOTH == CT_F_FIN_BOTH
+/// A flow, judged from both of its entries (either may be missing).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowStatus {
+    /// Both sides did their part of the handshake (or the flow was picked up
+    /// mid-stream, when nothing is known and it is assumed).
+    pub established: bool,
+    /// A RST, or a FIN from both sides.
+    pub closing: bool,
+}
+
+impl FlowStatus {
+    pub fn of(a: &FlowState, b: Option<&FlowState>) -> Self {
+        let liberal = a.liberal != 0 || b.is_some_and(|b| b.liberal != 0);
+        let (a_hs, b_hs) = (a.handshake != 0, b.is_some_and(|b| b.handshake != 0));
+        let rst = a.rst != 0 || b.is_some_and(|b| b.rst != 0);
+        let fins = a.fin != 0 && b.is_some_and(|b| b.fin != 0);
+        FlowStatus { established: liberal || (a_hs && b_hs), closing: rst || fins }
+    }
 }
 
 impl FlowEntry {
     /// A fresh entry: packets of this direction become `saddr:sport -> daddr:dport`.
     #[inline(always)]
     pub const fn new(saddr: [u8; 4], sport: [u8; 2], daddr: [u8; 4], dport: [u8; 2], now: u64) -> Self {
-        FlowEntry { last_seen_ns: now, saddr, daddr, sport, dport, flags: 0, _pad: [0; 3] }
+        FlowEntry {
+            last_seen_ns: now,
+            to: Rewrite { saddr, daddr, sport, dport },
+            state: FlowState { handshake: 0, fin: 0, rst: 0, liberal: 0 },
+            tcp: TcpWindow { end: 0, maxend: 0, maxwin: 0, scale: 0, _pad: [0; 3] },
+        }
     }
 
-    pub const fn is_closing(&self) -> bool {
-        is_closing(self.flags)
+    /// The same entry, for a flow picked up mid-stream.
+    #[inline(always)]
+    pub const fn liberal(mut self) -> Self {
+        self.state.liberal = 1;
+        self
+    }
+
+    /// The same entry, with its sender's TCP state.
+    #[inline(always)]
+    pub const fn with_tcp(mut self, tcp: TcpWindow) -> Self {
+        self.tcp = tcp;
+        self
     }
 }
 
@@ -245,9 +293,12 @@ pub enum Counter {
     PassNotForHost,
     /// A VLAN-tagged frame: passed untouched (the tag is not ours to strip).
     PassVlan,
+    /// A TCP segment outside its flow's window (or a RST or FIN that does not
+    /// fit the stream): forwarded, but it changed nothing in the flow's state.
+    TcpOutOfWindow,
 }
 
-pub const COUNTER_COUNT: u32 = Counter::PassVlan as u32 + 1;
+pub const COUNTER_COUNT: u32 = Counter::TcpOutOfWindow as u32 + 1;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -279,6 +330,7 @@ impl Counter {
         Counter::DropTruncatedL4,
         Counter::PassNotForHost,
         Counter::PassVlan,
+        Counter::TcpOutOfWindow,
     ];
 
     /// Stable names for logs, `wsfwd stats` and tests.
@@ -312,6 +364,7 @@ impl Counter {
             Counter::DropTruncatedL4 => "drop-truncated-l4",
             Counter::PassNotForHost => "pass-not-for-host",
             Counter::PassVlan => "pass-vlan",
+            Counter::TcpOutOfWindow => "tcp-out-of-window",
         }
     }
 }
@@ -323,7 +376,10 @@ const _: () = {
     assert!(size_of::<ServiceEntry>() == 16);
     assert!(size_of::<Backend>() == 12);
     assert!(size_of::<FlowKey>() == 16);
-    assert!(size_of::<FlowEntry>() == 24);
+    assert!(size_of::<Rewrite>() == 12);
+    assert!(size_of::<FlowState>() == 4);
+    assert!(size_of::<TcpWindow>() == 16);
+    assert!(size_of::<FlowEntry>() == 40);
     assert!(size_of::<RevNatKey>() == 8);
     assert!(size_of::<RevNatEntry>() == 12);
     assert!(Counter::ALL.len() == COUNTER_COUNT as usize);
@@ -338,6 +394,7 @@ mod pod {
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowEntry {}
+    unsafe impl aya::Pod for Rewrite {}
     unsafe impl aya::Pod for RevNatKey {}
     unsafe impl aya::Pod for RevNatEntry {}
 }

@@ -7,5 +7,6 @@
 
 pub mod abi;
 pub mod hash;
+pub mod tcp;
 
 pub use hash::{DEFAULT_HASH_SEED, hash_client, hash_flow};

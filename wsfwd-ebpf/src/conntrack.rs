@@ -3,13 +3,14 @@
 //! full-NAT flows in `NAT` (never evicted). Entries age out in the agent's
 //! collector; the datapath only records what it sees.
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
-use wsfwd_common::abi::{
-    Backend, CT_F_FIN_ORIGINAL, Counter, CT_F_FIN_REPLY, CT_F_REPLIED, CT_F_RST, DIR_ORIGINAL, DIR_REPLY, FlowEntry,
-    FlowKey,
+use wsfwd_common::{
+    abi::{Backend, Counter, DIR_ORIGINAL, DIR_REPLY, FlowEntry, FlowKey, FlowState, FlowStatus, PROTO_TCP, Rewrite},
+    tcp::{self, Seen, TcpWindow},
 };
 
 use crate::{
-    maps::{CONNTRACK, NAT},
+    counters::count,
+    maps::{CONNTRACK, NAT, NEW_FLOW},
     parse::{Packet, TCP_FIN, TCP_RST},
 };
 
@@ -42,6 +43,33 @@ pub fn key(p: &Packet, dir: u8) -> FlowKey {
     FlowKey { saddr: p.saddr, daddr: p.daddr, sport: p.sport, dport: p.dport, proto: p.proto, dir, _pad: [0; 2] }
 }
 
+/// The two entries of a new flow, built in a per-CPU scratch slot (off the
+/// 512-byte eBPF stack): what packets to the endpoint become (`out`) and
+/// what its replies become (`back`). A SYN starts the opener's window; any
+/// other TCP packet (a flow whose entries were lost, picked up mid-stream)
+/// makes both sides liberal.
+#[inline(always)]
+pub fn opening(p: &Packet, out: Rewrite, back: Rewrite, now: u64) -> Option<(&'static mut FlowEntry, &'static mut FlowEntry)> {
+    let (o, b) = (NEW_FLOW.get_ptr_mut(0)?, NEW_FLOW.get_ptr_mut(1)?);
+    // SAFETY: this CPU's two slots, distinct; nothing else runs on this CPU meanwhile.
+    let (o, b) = unsafe { (&mut *o, &mut *b) };
+    for (e, to) in [(&mut *o, out), (&mut *b, back)] {
+        e.last_seen_ns = now;
+        e.to = to;
+        e.state = FlowState::default();
+        e.tcp = TcpWindow::default();
+    }
+    if p.proto == PROTO_TCP {
+        if p.is_syn() {
+            o.tcp = tcp::open(&p.tcp);
+        } else {
+            o.state.liberal = 1;
+            b.state.liberal = 1;
+        }
+    }
+    Some((o, b))
+}
+
 /// Records a new gateway flow (the client address is kept) in both directions.
 ///
 /// The reply key (endpoint -> client) does not name the frontend, so the same
@@ -52,51 +80,72 @@ pub fn key(p: &Packet, dir: u8) -> FlowKey {
 /// new flow is refused (`Err(DropTupleClash)`) rather than taking it over —
 /// a SYN forged with a victim's address must not redirect the victim's replies.
 #[inline(always)]
-pub fn create_gateway(p: &Packet, backend: &Backend, now: u64) -> Result<FlowEntry, Counter> {
+pub fn create_gateway(p: &Packet, backend: &Backend, now: u64) -> Result<Rewrite, Counter> {
     let original = key(p, DIR_ORIGINAL);
-    let to_endpoint = FlowEntry::new(p.saddr, p.sport, backend.addr, backend.port, now);
-    let reply = original.counterpart(&to_endpoint);
-    let to_client = FlowEntry::new(p.daddr, p.dport, p.saddr, p.sport, now);
+    let out = Rewrite { saddr: p.saddr, sport: p.sport, daddr: backend.addr, dport: backend.port };
+    let back = Rewrite { saddr: p.daddr, sport: p.dport, daddr: p.saddr, dport: p.sport };
+    let reply = FlowKey { saddr: out.daddr, daddr: out.saddr, sport: out.dport, dport: out.sport, proto: p.proto, dir: DIR_REPLY, _pad: [0; 2] };
     let flags = match CONNTRACK.get_ptr(&reply) {
         // SAFETY: a pointer into a map value, valid for this run.
-        Some(theirs) if unsafe { (*theirs).saddr != p.daddr || (*theirs).sport != p.dport } => {
+        Some(theirs) if unsafe { (*theirs).to.saddr != p.daddr || (*theirs).to.sport != p.dport } => {
             return Err(Counter::DropTupleClash);
         }
         Some(_) => 0,
         None => BPF_NOEXIST as u64,
     };
+    let (to_endpoint, to_client) = opening(p, out, back, now).ok_or(Counter::DropError)?;
     // Two SYNs racing for a free reply key: only one claims it.
-    CONNTRACK.insert(&reply, &to_client, flags).map_err(|_| Counter::DropTupleClash)?;
+    CONNTRACK.insert(&reply, to_client, flags).map_err(|_| Counter::DropTupleClash)?;
     // LRU inserts do not fail for want of room; any other failure means the
     // next packet simply tries again.
-    let _ = CONNTRACK.insert(&original, &to_endpoint, 0);
-    Ok(to_endpoint)
+    let _ = CONNTRACK.insert(&original, to_endpoint, 0);
+    Ok(out)
+}
+
+/// The flow's status from both of its entries (`key` and `e` are one of them).
+#[inline(always)]
+pub fn status(table: Table, e: &FlowEntry, key: &FlowKey) -> FlowStatus {
+    let other = table.get(&key.counterpart(e));
+    // SAFETY: a pointer into a map value, valid for this program run.
+    FlowStatus::of(&e.state, other.map(|o| unsafe { &(*o).state }))
 }
 
 /// Notes a packet of an existing flow (`key` is its own direction's): its
-/// time, and FIN/RST in both entries so the collector can end the flow after
-/// a short linger.
+/// time, and for TCP what the segment shows, if it fits the flow's window
+/// (see `wsfwd_common::tcp`). Each fact is written to this direction's own
+/// entry only, one byte each: no update races another CPU's.
 #[inline(always)]
 pub fn seen(table: Table, e: *mut FlowEntry, key: &FlowKey, p: &Packet, now: u64) {
     // SAFETY: a pointer into a map value, valid for this program run.
     let e = unsafe { &mut *e };
     e.last_seen_ns = now;
-    if key.dir == DIR_REPLY && e.flags & CT_F_REPLIED == 0 {
-        e.flags |= CT_F_REPLIED;
-    }
-    if !p.ends_flow() {
+    if p.proto != PROTO_TCP {
         return;
     }
-    let mut flags = 0;
-    if p.tcp_flags & TCP_RST != 0 {
-        flags |= CT_F_RST;
+    let Some(other) = table.get(&key.counterpart(e)) else {
+        // The other direction's entry is gone (evicted): nothing to check against.
+        return;
+    };
+    // SAFETY: as above; the two keys differ, so the entries do.
+    let other = unsafe { &mut *other };
+    let (handshake, fin, rst) = if e.state.liberal != 0 || other.state.liberal != 0 {
+        (false, p.tcp_flags & TCP_FIN != 0, p.tcp_flags & TCP_RST != 0)
+    } else {
+        match tcp::track(&mut e.tcp, &mut other.tcp, &p.tcp) {
+            Seen::InWindow { handshake, fin, rst } => (handshake, fin, rst),
+            Seen::OutOfWindow => {
+                count(Counter::TcpOutOfWindow);
+                return;
+            }
+        }
+    };
+    if handshake && e.state.handshake == 0 {
+        e.state.handshake = 1;
     }
-    if p.tcp_flags & TCP_FIN != 0 {
-        flags |= if key.dir == DIR_ORIGINAL { CT_F_FIN_ORIGINAL } else { CT_F_FIN_REPLY };
+    if fin && e.state.fin == 0 {
+        e.state.fin = 1;
     }
-    e.flags |= flags;
-    if let Some(o) = table.get(&key.counterpart(e)) {
-        // SAFETY: as above.
-        unsafe { (*o).flags |= flags };
+    if rst && e.state.rst == 0 {
+        e.state.rst = 1;
     }
 }

@@ -4,7 +4,7 @@ use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     programs::TcContext,
 };
-use wsfwd_common::abi::{Counter, DIR_REPLY, FlowEntry, REVNAT_F_UNIQUE, RevNatKey};
+use wsfwd_common::abi::{Counter, DIR_REPLY, REVNAT_F_UNIQUE, RevNatKey, Rewrite};
 
 use crate::{
     conntrack::{self, Table},
@@ -42,12 +42,12 @@ pub fn handle(ctx: &TcContext) -> i32 {
         Some(e) => {
             conntrack::seen(Table::Conntrack, e, &key, &p, now);
             // SAFETY: a pointer into a map value, valid for this run.
-            unsafe { *e }
+            unsafe { (*e).to }
         }
         // Evicted: an endpoint of exactly one frontend still says where it belongs.
         None if revnat.flags & REVNAT_F_UNIQUE != 0 => {
             count(Counter::ReplyFromRevNat);
-            FlowEntry::new(revnat.addr, revnat.port, p.daddr, p.dport, now)
+            Rewrite { saddr: revnat.addr, sport: revnat.port, daddr: p.daddr, dport: p.dport }
         }
         None => {
             count(Counter::PassReplyUnknown);

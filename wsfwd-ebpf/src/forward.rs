@@ -11,7 +11,7 @@ use aya_ebpf::{
     helpers::{bpf_redirect, generated::bpf_fib_lookup as fib_lookup, generated::bpf_redirect_neigh},
     programs::TcContext,
 };
-use wsfwd_common::abi::{Counter, FlowEntry};
+use wsfwd_common::abi::{Counter, Rewrite};
 
 
 const AF_INET: u8 = 2;
@@ -36,7 +36,7 @@ pub enum NoRoute {
 /// `e`'s addresses. `headers` is its IP + L4 header length, to check the
 /// segments of a GSO packet against the MTU.
 #[inline(always)]
-pub fn route(ctx: &TcContext, proto: u8, e: &FlowEntry, headers: u32) -> Result<Route, NoRoute> {
+pub fn route(ctx: &TcContext, proto: u8, e: &Rewrite, headers: u32) -> Result<Route, NoRoute> {
     // SAFETY: bpf_fib_lookup is plain data; all-zero is a valid start.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.family = AF_INET;

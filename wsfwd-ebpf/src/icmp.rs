@@ -10,7 +10,7 @@
 //! IP header, the quoted IP header, the quoted L4 checksum where the quote
 //! holds it, and the ICMP checksum over all of it.
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
-use wsfwd_common::abi::{Counter, DIR_ORIGINAL, DIR_REPLY, FlowEntry, FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use wsfwd_common::abi::{Counter, DIR_ORIGINAL, DIR_REPLY, FlowKey, Rewrite, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 
 use crate::{
     conntrack::Table,
@@ -160,12 +160,12 @@ fn rewrite(ctx: &TcContext, err: &Error, from: [u8; 4], to: [u8; 4], src: ([u8; 
 /// The flow the error is about, found from the quoted packet: an answer to
 /// the quote travels in direction `dir` of some flow in one of `tables`.
 #[inline(always)]
-fn flow(err: &Error, dir: u8, tables: &[Table]) -> Option<FlowEntry> {
+fn flow(err: &Error, dir: u8, tables: &[Table]) -> Option<Rewrite> {
     let key = err.key(dir);
     for t in tables {
         if let Some(e) = t.get(&key) {
             // SAFETY: a pointer into a map value, valid for this run.
-            return Some(unsafe { *e });
+            return Some(unsafe { (*e).to });
         }
     }
     None
@@ -174,7 +174,7 @@ fn flow(err: &Error, dir: u8, tables: &[Table]) -> Option<FlowEntry> {
 /// Translates `err` about the flow whose entry `e` produced the quoted
 /// packet's answer: the quote becomes what its sender really sent.
 #[inline(always)]
-fn translate(ctx: &TcContext, err: &Error, e: &FlowEntry) -> Result<([u8; 4], [u8; 4]), ()> {
+fn translate(ctx: &TcContext, err: &Error, e: &Rewrite) -> Result<([u8; 4], [u8; 4]), ()> {
     // The quoted packet, as its sender sent it: the reverse of `e`'s output.
     let src = (e.daddr, e.dport);
     let dst = (e.saddr, e.sport);
@@ -211,7 +211,7 @@ pub fn at_ingress(ctx: &TcContext) -> Result<i32, Counter> {
         return Ok(TC_ACT_OK as i32);
     }
     let (from, to) = translate(ctx, &err, &e).map_err(|_| Counter::DropError)?;
-    let route = match forward::route(ctx, PROTO_ICMP, &FlowEntry::new(from, [0; 2], to, [0; 2], 0), 0) {
+    let route = match forward::route(ctx, PROTO_ICMP, &Rewrite { saddr: from, daddr: to, sport: [0; 2], dport: [0; 2] }, 0) {
         Ok(r) => r,
         Err(NoRoute::Drop(c)) => return Err(c),
         Err(NoRoute::FragNeeded { .. }) => return Err(Counter::DropFragNeeded),

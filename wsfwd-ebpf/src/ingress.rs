@@ -5,7 +5,7 @@ use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     programs::TcContext,
 };
-use wsfwd_common::abi::{BACKEND_F_SNAT, Counter, DIR_ORIGINAL, DIR_REPLY, FlowEntry, PROTO_TCP, ServiceEntry, ServiceKey};
+use wsfwd_common::abi::{BACKEND_F_SNAT, Counter, DIR_ORIGINAL, DIR_REPLY, PROTO_TCP, Rewrite, ServiceEntry, ServiceKey};
 
 use crate::{
     conntrack::{self, Table},
@@ -97,37 +97,62 @@ fn to_endpoint(ctx: &TcContext, p: &Packet, svc: &ServiceEntry) -> Result<i32, V
             break;
         }
     }
-    let e = match found {
-        // A new SYN on a closed flow's tuple is a new connection: choose again.
+    let to = match found {
+        // A new SYN on a closed flow's tuple is a new connection: choose
+        // again. Only a RST or FINs that fit the window close a flow, so a
+        // forged one cannot get a live flow re-chosen.
         // SAFETY: a pointer into a map value, valid for this run.
-        Some((table, e)) if !(p.is_syn() && unsafe { (*e).is_closing() }) => {
+        Some((table, e)) if !(p.is_syn() && conntrack::status(table, unsafe { &*e }, &key).closing) => {
             conntrack::seen(table, e, &key, p, now);
-            unsafe { *e }
+            unsafe { (*e).to }
         }
         // New, or evicted from the LRU map: Maglev gives the same endpoint
         // again as long as the service's endpoints have not changed.
-        _ => new_flow(p, svc, now)?,
+        _ => {
+            let mut to = Rewrite::default();
+            match new_flow(p, svc, now, &mut to) {
+                NewFlow::Created => to,
+                NewFlow::Drop(c) => return Err(Verdict::Drop(c)),
+                NewFlow::Refuse(c) => return Err(Verdict::Refuse(c)),
+            }
+        }
     };
-    forward(ctx, p, &e, Counter::Redirected)
+    forward(ctx, p, &to, Counter::Redirected)
+}
+
+/// How creating a flow went; plain data, so it can cross a BPF function call.
+#[repr(u32)]
+enum NewFlow {
+    Created,
+    Drop(Counter),
+    Refuse(Counter),
 }
 
 #[inline(always)]
-fn new_flow(p: &Packet, svc: &ServiceEntry, now: u64) -> Result<FlowEntry, Verdict> {
-    let backend = select::pick(svc, p).ok_or(Verdict::Refuse(Counter::DropNoEndpoint))?;
-    let e = if backend.flags & BACKEND_F_SNAT != 0 {
+fn new_flow(p: &Packet, svc: &ServiceEntry, now: u64, to: &mut Rewrite) -> NewFlow {
+    let Some(backend) = select::pick(svc, p) else { return NewFlow::Refuse(Counter::DropNoEndpoint) };
+    let created = if backend.flags & BACKEND_F_SNAT != 0 {
         // Unlike a gateway flow, a full-NAT flow cannot be rebuilt mid-stream:
         // the endpoint never saw a connection from a new mapping.
         if p.proto == PROTO_TCP && !p.is_syn() {
-            return Err(Verdict::Drop(Counter::DropNoNatFlow));
+            return NewFlow::Drop(Counter::DropNoNatFlow);
         }
-        let e = snat::allocate(p, &backend, now).map_err(Verdict::Refuse)?;
-        count(Counter::SnatAllocated);
-        e
+        match snat::allocate(p, &backend, now) {
+            Ok(r) => {
+                count(Counter::SnatAllocated);
+                r
+            }
+            Err(c) => return NewFlow::Refuse(c),
+        }
     } else {
-        conntrack::create_gateway(p, &backend, now).map_err(Verdict::Drop)?
+        match conntrack::create_gateway(p, &backend, now) {
+            Ok(r) => r,
+            Err(c) => return NewFlow::Drop(c),
+        }
     };
     count(Counter::FlowCreated);
-    Ok(e)
+    *to = created;
+    NewFlow::Created
 }
 
 /// Not for a frontend: a full-NAT reply (to a SNAT address and port), or not ours.
@@ -145,13 +170,13 @@ fn to_client(ctx: &TcContext, p: &Packet) -> Result<i32, Verdict> {
     }
     conntrack::seen(Table::Nat, e, &key, p, conntrack::now());
     // SAFETY: a pointer into a map value, valid for this run.
-    let e = unsafe { *e };
-    forward(ctx, p, &e, Counter::SnatReplyRedirected)
+    let to = unsafe { (*e).to };
+    forward(ctx, p, &to, Counter::SnatReplyRedirected)
 }
 
 /// Translates and redirects; the packet never goes back to the kernel.
 #[inline(always)]
-fn forward(ctx: &TcContext, p: &Packet, e: &FlowEntry, done: Counter) -> Result<i32, Verdict> {
+fn forward(ctx: &TcContext, p: &Packet, e: &Rewrite, done: Counter) -> Result<i32, Verdict> {
     let route = match forward::route(ctx, p.proto, e, p.headers) {
         Ok(r) => r,
         Err(NoRoute::Drop(c)) => return Err(Verdict::Drop(c)),

@@ -36,6 +36,14 @@ pub static SNAT_IPS: Array<[u8; 4]> = Array::with_max_entries(MAX_SNAT_IPS, 0);
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
 
+/// The two entries of a flow being created: scratch space off the small eBPF stack.
+#[map]
+pub static NEW_FLOW: PerCpuArray<FlowEntry> = PerCpuArray::with_max_entries(2, 0);
+
+/// The packet being handled, parsed: scratch space off the small eBPF stack.
+#[map]
+pub static PACKET: PerCpuArray<crate::parse::Packet> = PerCpuArray::with_max_entries(1, 0);
+
 // Set by the agent at load time; volatile reads keep the compiler from
 // folding in these placeholders.
 #[unsafe(no_mangle)]

@@ -5,7 +5,7 @@ use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::TcContext,
 };
-use wsfwd_common::abi::{FlowEntry, PROTO_UDP};
+use wsfwd_common::abi::{PROTO_UDP, Rewrite};
 
 use crate::parse::{IP_OFF, L4_OFF, Packet};
 
@@ -63,7 +63,7 @@ fn rewrite(
 /// Rewrites the packet into what its flow entry says it becomes: the
 /// destination (DNAT), the source (SNAT, or un-DNAT of a reply), or both.
 #[inline(always)]
-pub fn translate(ctx: &TcContext, p: &Packet, e: &FlowEntry) -> Result<(), Error> {
+pub fn translate(ctx: &TcContext, p: &Packet, e: &Rewrite) -> Result<(), Error> {
     if e.daddr != p.daddr || e.dport != p.dport {
         rewrite(ctx, p, IP_DST_OFF, (p.daddr, e.daddr), L4_DPORT_OFF, (p.dport, e.dport))?;
     }

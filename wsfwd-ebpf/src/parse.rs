@@ -3,11 +3,16 @@
 use core::mem::size_of;
 
 use aya_ebpf::programs::TcContext;
+
+use crate::maps::PACKET;
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::Ipv4Hdr,
 };
-use wsfwd_common::abi::{Counter, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use wsfwd_common::{
+    abi::{Counter, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
+    tcp::{NO_SCALE, Segment},
+};
 
 pub const ETH_LEN: usize = size_of::<EthHdr>();
 pub const IP_OFF: usize = ETH_LEN;
@@ -20,8 +25,14 @@ pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
-/// Bytes of the transport header we read: ports, and for TCP the flags at byte 13.
-const TCP_READ: usize = 14;
+/// Bytes of the transport header we read: for TCP the whole fixed header
+/// (ports, sequence numbers, flags, window).
+const TCP_READ: usize = 20;
+/// The most TCP option bytes a header can hold.
+const TCP_OPTIONS_MAX: usize = 40;
+const TCPOPT_EOL: u8 = 0;
+const TCPOPT_NOP: u8 = 1;
+const TCPOPT_WINDOW: u8 = 3;
 const UDP_READ: usize = 8;
 
 #[derive(Clone, Copy)]
@@ -34,6 +45,8 @@ pub struct Packet {
     pub ttl: u8,
     /// TCP flags byte; 0 for UDP.
     pub tcp_flags: u8,
+    /// TCP: what the window tracker reads.
+    pub tcp: Segment,
     /// IP + L4 header length.
     pub headers: u32,
     /// Set when the kernel would drop this packet (`ip_rcv` and the
@@ -48,10 +61,6 @@ impl Packet {
         self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
     }
 
-    #[inline(always)]
-    pub fn ends_flow(&self) -> bool {
-        self.tcp_flags & (TCP_FIN | TCP_RST) != 0
-    }
 }
 
 #[inline(always)]
@@ -79,8 +88,11 @@ pub fn read<const N: usize>(ctx: &TcContext, off: usize) -> Option<[u8; N]> {
 /// the counter that says why, and must be passed untouched. A packet whose
 /// addresses and ports can be read but that the kernel would drop comes back
 /// with `invalid` set.
+///
+/// The result lives in a per-CPU scratch slot, not on the 512-byte eBPF
+/// stack: every path borrows it instead of copying it.
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Result<Packet, Counter> {
+pub fn parse(ctx: &TcContext) -> Result<&'static Packet, Counter> {
     let eth: [u8; ETH_LEN] = bytes_at(ctx, 0).ok_or(Counter::PassUnparsed)?;
     if u16::from_ne_bytes([eth[12], eth[13]]) != EtherType::Ipv4 as u16 {
         return Err(Counter::PassNotIpv4L4);
@@ -103,30 +115,45 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, Counter> {
     if proto == PROTO_ICMP {
         return Err(Counter::PassIcmpNotOurs);
     }
-    let (ports, tcp_flags, l4_len) = if proto == PROTO_TCP {
-        let l4: [u8; TCP_READ] = read(ctx, L4_OFF).ok_or(Counter::PassUnparsed)?;
-        ([l4[0], l4[1], l4[2], l4[3]], l4[13], (l4[12] >> 4) as u32 * 4)
-    } else {
-        let l4: [u8; UDP_READ] = read(ctx, L4_OFF).ok_or(Counter::PassUnparsed)?;
-        ([l4[0], l4[1], l4[2], l4[3]], 0, u16::from_be_bytes([l4[4], l4[5]]) as u32)
-    };
     let mut ip_len = u16::from_be_bytes([ip[2], ip[3]]) as u32;
     // SAFETY: ctx.skb points at the live __sk_buff.
     if ip_len == 0 && unsafe { (*ctx.skb.skb).gso_size } != 0 {
         // A GSO packet beyond 64 KiB (BIG TCP) says 0; its length is the skb's.
         ip_len = ctx.len().saturating_sub(ETH_LEN as u32);
     }
-    Ok(Packet {
-        saddr: [ip[12], ip[13], ip[14], ip[15]],
-        daddr: [ip[16], ip[17], ip[18], ip[19]],
-        sport: [ports[0], ports[1]],
-        dport: [ports[2], ports[3]],
-        proto,
-        ttl: ip[8],
-        tcp_flags,
-        headers: IP_LEN as u32 + if proto == PROTO_TCP { l4_len } else { UDP_READ as u32 },
-        invalid: check(ctx, &ip, ip_len, proto, l4_len),
-    })
+    let mut tcp = Segment::default();
+    let (ports, tcp_flags, l4_len) = if proto == PROTO_TCP {
+        let l4: [u8; TCP_READ] = read(ctx, L4_OFF).ok_or(Counter::PassUnparsed)?;
+        let doff = (l4[12] >> 4) as u32 * 4;
+        let word = |at: usize| u32::from_be_bytes([l4[at], l4[at + 1], l4[at + 2], l4[at + 3]]);
+        tcp = Segment {
+            seq: word(4),
+            ack: word(8),
+            flags: l4[13],
+            window: u16::from_be_bytes([l4[14], l4[15]]),
+            len: ip_len.saturating_sub(IP_LEN as u32 + doff),
+            wscale: if l4[13] & 0x02 != 0 { window_scale(ctx, doff) } else { NO_SCALE },
+        };
+        ([l4[0], l4[1], l4[2], l4[3]], l4[13], doff)
+    } else {
+        let l4: [u8; UDP_READ] = read(ctx, L4_OFF).ok_or(Counter::PassUnparsed)?;
+        ([l4[0], l4[1], l4[2], l4[3]], 0, u16::from_be_bytes([l4[4], l4[5]]) as u32)
+    };
+    let slot = PACKET.get_ptr_mut(0).ok_or(Counter::PassUnparsed)?;
+    // SAFETY: this CPU's slot; a program run is not preempted by another on
+    // the same CPU, and every field is written before it is read.
+    let p = unsafe { &mut *slot };
+    p.saddr = [ip[12], ip[13], ip[14], ip[15]];
+    p.daddr = [ip[16], ip[17], ip[18], ip[19]];
+    p.sport = [ports[0], ports[1]];
+    p.dport = [ports[2], ports[3]];
+    p.proto = proto;
+    p.ttl = ip[8];
+    p.tcp_flags = tcp_flags;
+    p.tcp = tcp;
+    p.headers = IP_LEN as u32 + if proto == PROTO_TCP { l4_len } else { UDP_READ as u32 };
+    p.invalid = check(ctx, &ip, ip_len, proto, l4_len);
+    Ok(p)
 }
 
 /// What `ip_rcv` and TCP/UDP would reject. `l4_len` is TCP's header length
@@ -168,4 +195,31 @@ fn ip_checksum(ip: &[u8; IP_LEN]) -> u32 {
     }
     sum = (sum & 0xffff) + (sum >> 16);
     (sum & 0xffff) + (sum >> 16)
+}
+
+/// The window scale option of a SYN or SYN-ACK whose TCP header is `doff`
+/// bytes long, or `NO_SCALE`. Reads the options in place, a byte at a time
+/// (no copy on the small eBPF stack).
+#[inline(always)]
+fn window_scale(ctx: &TcContext, doff: u32) -> u8 {
+    let len = (doff as usize).saturating_sub(TCP_READ);
+    if len > TCP_OPTIONS_MAX {
+        return NO_SCALE;
+    }
+    let at = L4_OFF + TCP_READ;
+    let mut i = 0;
+    while i < TCP_OPTIONS_MAX {
+        if i + 2 >= len {
+            break;
+        }
+        let Some([kind, size, value]) = bytes_at::<3>(ctx, at + i) else { break };
+        match kind {
+            TCPOPT_EOL => break,
+            TCPOPT_NOP => i += 1,
+            TCPOPT_WINDOW if size == 3 => return value,
+            _ if size < 2 => break,
+            _ => i += size as usize,
+        }
+    }
+    NO_SCALE
 }

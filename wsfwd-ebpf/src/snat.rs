@@ -3,10 +3,10 @@
 //! so two flows can never share one; it is freed only by the agent, after
 //! the flow ended and a quarantine longer than TIME_WAIT.
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32};
-use wsfwd_common::abi::{Backend, Counter, DIR_ORIGINAL, FlowEntry, FlowKey};
+use wsfwd_common::abi::{Backend, Counter, DIR_ORIGINAL, FlowKey, Rewrite};
 
 use crate::{
-    conntrack::key,
+    conntrack::{key, opening},
     maps::{NAT, SNAT_IPS, snat_ports},
     parse::Packet,
 };
@@ -17,7 +17,7 @@ use crate::{
 const MAX_TRIES: u32 = 64;
 
 #[inline(always)]
-pub fn allocate(p: &Packet, backend: &Backend, now: u64) -> Result<FlowEntry, Counter> {
+pub fn allocate(p: &Packet, backend: &Backend, now: u64) -> Result<Rewrite, Counter> {
     let (port_min, port_count) = snat_ports();
     let ips = backend.snat_count as u32;
     if ips == 0 || port_count == 0 {
@@ -28,7 +28,7 @@ pub fn allocate(p: &Packet, backend: &Backend, now: u64) -> Result<FlowEntry, Co
     let start = unsafe { bpf_get_prandom_u32() } % port_count;
     let original = key(p, DIR_ORIGINAL);
     // What the endpoint's replies become: from the frontend, to the client.
-    let to_client = FlowEntry::new(p.daddr, p.dport, p.saddr, p.sport, now);
+    let back = Rewrite { saddr: p.daddr, sport: p.dport, daddr: p.saddr, dport: p.sport };
     for i in 0..MAX_TRIES {
         if i >= total {
             break;
@@ -44,14 +44,15 @@ pub fn allocate(p: &Packet, backend: &Backend, now: u64) -> Result<FlowEntry, Co
             dir: wsfwd_common::abi::DIR_REPLY,
             _pad: [0; 2],
         };
-        if NAT.insert(&reply, &to_client, BPF_NOEXIST as u64).is_ok() {
-            let to_endpoint = FlowEntry::new(*ip, reply.dport, backend.addr, backend.port, now);
-            if NAT.insert(&original, &to_endpoint, 0).is_err() {
+        let out = Rewrite { saddr: *ip, sport: reply.dport, daddr: backend.addr, dport: backend.port };
+        let (to_endpoint, to_client) = opening(p, out, back, now).ok_or(Counter::DropError)?;
+        if NAT.insert(&reply, to_client, BPF_NOEXIST as u64).is_ok() {
+            if NAT.insert(&original, to_endpoint, 0).is_err() {
                 // The map is full: give the claimed port back.
                 let _ = NAT.remove(&reply);
                 return Err(Counter::DropSnatExhausted);
             }
-            return Ok(to_endpoint);
+            return Ok(out);
         }
     }
     Err(Counter::DropSnatExhausted)

@@ -294,7 +294,7 @@ fn conntrack_cmd(bpffs: &std::path::Path, json: bool) -> anyhow::Result<()> {
         for f in flows {
             writeln!(
                 out,
-                "{:<9} {:<8} {} {} -> {} => {} -> {} flags={:#x} idle={}ms",
+                "{:<9} {:<8} {} {} -> {} => {} -> {} state=[{}] idle={}ms",
                 f.table,
                 f.direction,
                 f.protocol,
@@ -302,7 +302,7 @@ fn conntrack_cmd(bpffs: &std::path::Path, json: bool) -> anyhow::Result<()> {
                 f.destination,
                 f.new_source,
                 f.new_destination,
-                f.flags,
+                f.state.join(","),
                 f.idle_ms
             )?;
         }

@@ -170,13 +170,23 @@ fn collect(dp: &mut Datapath, timeouts: &gc::Timeouts, quarantine: Duration) {
 
 fn sweep(name: &str, map: &mut datapath::FlowMap, now: u64, timeouts: &gc::Timeouts, hold: Duration) {
     let entries: Vec<_> = map.iter().filter_map(Result::ok).collect();
-    let gone = gc::expired(&entries, now, timeouts, hold);
-    for key in &gone {
-        // Already gone (evicted, or removed with its pair) is fine.
-        let _ = map.remove(key);
+    let (mut removed, mut kept) = (0, 0);
+    for flow in gc::expired(&entries, now, timeouts, hold) {
+        // Decided from a snapshot: delete only what still holds the values
+        // decided on. A packet since, or a new flow on the tuple, keeps it.
+        let unchanged = flow.iter().all(|(key, was)| map.get(key, 0).is_ok_and(|now| now == *was));
+        if !unchanged {
+            kept += 1;
+            continue;
+        }
+        for (key, _) in &flow {
+            // Already gone (evicted) is fine.
+            let _ = map.remove(key);
+        }
+        removed += flow.len();
     }
-    if !gone.is_empty() {
-        log::debug!("{name}: removed {} expired entries of {}", gone.len(), entries.len());
+    if removed + kept > 0 {
+        log::debug!("{name}: removed {removed} expired entries of {}; {kept} flows changed since and kept", entries.len());
     }
 }
 

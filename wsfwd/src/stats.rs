@@ -40,7 +40,8 @@ pub struct Flow {
     /// ...and as it leaves.
     pub new_source: String,
     pub new_destination: String,
-    pub flags: u8,
+    /// What this direction has shown: "handshake", "fin", "rst", "liberal".
+    pub state: Vec<&'static str>,
     pub idle_ms: u64,
 }
 
@@ -61,9 +62,18 @@ pub fn flows(dir: &Path) -> anyhow::Result<Vec<Flow>> {
                 protocol: if k.proto == PROTO_TCP { "TCP" } else { "UDP" },
                 source: addr(k.saddr, k.sport),
                 destination: addr(k.daddr, k.dport),
-                new_source: addr(v.saddr, v.sport),
-                new_destination: addr(v.daddr, v.dport),
-                flags: v.flags,
+                new_source: addr(v.to.saddr, v.to.sport),
+                new_destination: addr(v.to.daddr, v.to.dport),
+                state: [
+                    (v.state.handshake, "handshake"),
+                    (v.state.fin, "fin"),
+                    (v.state.rst, "rst"),
+                    (v.state.liberal, "liberal"),
+                ]
+                .into_iter()
+                .filter(|(set, _)| *set != 0)
+                .map(|(_, name)| name)
+                .collect(),
                 idle_ms: now.saturating_sub(v.last_seen_ns) / 1_000_000,
             });
         }

@@ -1,16 +1,16 @@
 //! The conntrack collector. The datapath only records when each direction of
 //! a flow was last seen and how TCP ended; here flows whose time is up are
 //! removed, both directions together.
-use std::{collections::HashSet, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
-use wsfwd_common::abi::{CT_F_REPLIED, DIR_ORIGINAL, DIR_REPLY, FlowEntry, FlowKey, PROTO_UDP, is_closing};
+use wsfwd_common::abi::{FlowEntry, FlowKey, FlowStatus, PROTO_UDP};
 
 /// How long a flow may stay idle, by state.
 #[derive(Clone, Copy, Debug)]
 pub struct Timeouts {
     /// Established TCP.
     pub tcp: Duration,
-    /// TCP that never saw a reply.
+    /// TCP whose handshake has not completed.
     pub tcp_syn: Duration,
     /// TCP after RST, or after FIN both ways.
     pub tcp_fin: Duration,
@@ -18,12 +18,12 @@ pub struct Timeouts {
 }
 
 impl Timeouts {
-    fn for_flow(&self, proto: u8, flags: u8) -> Duration {
+    fn for_flow(&self, proto: u8, status: FlowStatus) -> Duration {
         if proto == PROTO_UDP {
             self.udp
-        } else if is_closing(flags) {
+        } else if status.closing {
             self.tcp_fin
-        } else if flags & CT_F_REPLIED == 0 {
+        } else if !status.established {
             self.tcp_syn
         } else {
             self.tcp
@@ -31,12 +31,20 @@ impl Timeouts {
     }
 }
 
-/// The keys to delete: both directions of every flow idle for longer than its
-/// timeout plus `hold` (the SNAT quarantine for full-NAT flows). A flow's idle
-/// time runs from the last packet in either direction.
-pub fn expired(entries: &[(FlowKey, FlowEntry)], now_ns: u64, t: &Timeouts, hold: Duration) -> Vec<FlowKey> {
-    let index: std::collections::HashMap<FlowKey, FlowEntry> = entries.iter().copied().collect();
-    let mut done: HashSet<FlowKey> = HashSet::new();
+/// A flow the collector decided to delete: its entries (one, or both
+/// directions) with the values it decided on. It is deleted only if every
+/// entry still holds that value: a packet since, or a new flow on the same
+/// tuple, changes one and keeps the flow.
+pub type Expired = Vec<(FlowKey, FlowEntry)>;
+
+/// The entries to delete: both directions of every flow idle for longer than
+/// its timeout (plus `hold`, the SNAT quarantine, for a full-NAT flow that was
+/// established: a port that never carried a connection returns at once). A
+/// flow's idle time runs from the last packet in either direction, and its
+/// state comes from both entries (each direction records what it saw).
+pub fn expired(entries: &[(FlowKey, FlowEntry)], now_ns: u64, t: &Timeouts, hold: Duration) -> Vec<Expired> {
+    let index: HashMap<FlowKey, FlowEntry> = entries.iter().copied().collect();
+    let mut done: std::collections::HashSet<FlowKey> = std::collections::HashSet::new();
     let mut out = Vec::new();
     for (key, entry) in entries {
         if done.contains(key) {
@@ -46,23 +54,20 @@ pub fn expired(entries: &[(FlowKey, FlowEntry)], now_ns: u64, t: &Timeouts, hold
         // Paired only when each names the other: a reused client tuple can
         // leave an old reply entry pointing at a newer flow.
         let other = index.get(&other_key).filter(|o| other_key.counterpart(o) == *key);
-        let (last, flags) = match other {
-            Some(o) => (entry.last_seen_ns.max(o.last_seen_ns), entry.flags | o.flags),
-            None => (entry.last_seen_ns, entry.flags),
-        };
+        let status = FlowStatus::of(&entry.state, other.map(|o| &o.state));
+        let last = other.map_or(entry.last_seen_ns, |o| entry.last_seen_ns.max(o.last_seen_ns));
         let idle = Duration::from_nanos(now_ns.saturating_sub(last));
         done.insert(*key);
         if other.is_some() {
             done.insert(other_key);
         }
-        if idle > t.for_flow(key.proto, flags) + hold {
-            out.push(*key);
-            if other.is_some() {
-                out.push(other_key);
-            }
+        let hold = if status.established { hold } else { Duration::ZERO };
+        if idle > t.for_flow(key.proto, status) + hold {
+            let mut flow = vec![(*key, *entry)];
+            flow.extend(other.map(|o| (other_key, *o)));
+            out.push(flow);
         }
     }
-    debug_assert!(out.iter().all(|k| k.dir == DIR_ORIGINAL || k.dir == DIR_REPLY));
     out
 }
 
@@ -77,7 +82,7 @@ pub fn monotonic_ns() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wsfwd_common::abi::{CT_F_FIN_ORIGINAL, CT_F_FIN_REPLY, CT_F_RST, PROTO_TCP};
+    use wsfwd_common::abi::{DIR_ORIGINAL, FlowState, PROTO_TCP};
 
     const S: u64 = 1_000_000_000;
     const T: Timeouts = Timeouts {
@@ -87,71 +92,90 @@ mod tests {
         udp: Duration::from_secs(30),
     };
 
-    /// A flow client:1000 -> vip:80 on endpoint:8080, last seen at `orig`/`reply`
-    /// seconds, with `flags` as the datapath leaves them: FIN and RST on both
-    /// entries, "replied" only on the reply entry (only a reply sets it).
-    fn flow(proto: u8, orig: u64, reply: Option<u64>, flags: u8) -> Vec<(FlowKey, FlowEntry)> {
+    /// What each direction records, as the datapath writes it: each side its own facts.
+    #[derive(Clone, Copy, Default)]
+    struct Sides {
+        client: FlowState,
+        endpoint: FlowState,
+    }
+
+    const HANDSHAKE: FlowState = FlowState { handshake: 1, fin: 0, rst: 0, liberal: 0 };
+    const ESTABLISHED: Sides = Sides { client: HANDSHAKE, endpoint: HANDSHAKE };
+
+    /// A flow client:1000 -> vip:80 on endpoint:8080, last seen at `orig`/`reply` seconds.
+    fn flow(proto: u8, orig: u64, reply: Option<u64>, sides: Sides) -> Vec<(FlowKey, FlowEntry)> {
         let (client, vip, ep) = ([10, 0, 1, 2], [192, 168, 0, 150], [10, 244, 1, 10]);
         let o = FlowKey { saddr: client, daddr: vip, sport: 1000u16.to_be_bytes(), dport: 80u16.to_be_bytes(), proto, dir: DIR_ORIGINAL, _pad: [0; 2] };
-        let oe = FlowEntry {
-            flags: flags & !CT_F_REPLIED,
-            ..FlowEntry::new(client, 1000u16.to_be_bytes(), ep, 8080u16.to_be_bytes(), orig * S)
-        };
+        let oe = FlowEntry { state: sides.client, ..FlowEntry::new(client, 1000u16.to_be_bytes(), ep, 8080u16.to_be_bytes(), orig * S) };
         let mut v = vec![(o, oe)];
         if let Some(r) = reply {
             let rk = o.counterpart(&oe);
-            let re = FlowEntry { flags, ..FlowEntry::new(vip, 80u16.to_be_bytes(), client, 1000u16.to_be_bytes(), r * S) };
+            let re = FlowEntry { state: sides.endpoint, ..FlowEntry::new(vip, 80u16.to_be_bytes(), client, 1000u16.to_be_bytes(), r * S) };
             v.push((rk, re));
         }
         v
     }
 
-    #[test]
-    fn a_flow_is_judged_by_both_entries_flags_in_any_order() {
-        // Replied, idle past the SYN timeout but not the established one: kept,
-        // whichever entry the map lists first.
-        let mut entries = flow(PROTO_TCP, 1000 - 50, Some(1000 - 50), CT_F_REPLIED);
-        assert_eq!(entries[0].1.flags, 0, "the original entry never carries \"replied\"");
-        assert!(expired(&entries, 1000 * S, &T, Duration::ZERO).is_empty());
-        entries.reverse();
-        assert!(expired(&entries, 1000 * S, &T, Duration::ZERO).is_empty());
-        // Never replied: gone after the SYN timeout.
-        let entries = flow(PROTO_TCP, 1000 - 50, Some(1000 - 50), 0);
-        assert_eq!(expired(&entries, 1000 * S, &T, Duration::ZERO).len(), 2);
+    fn with(mut sides: Sides, f: impl Fn(&mut FlowState)) -> Sides {
+        f(&mut sides.client);
+        sides
     }
 
     #[test]
     fn counterparts_pair_up() {
-        let f = flow(PROTO_TCP, 0, Some(0), 0);
+        let f = flow(PROTO_TCP, 0, Some(0), ESTABLISHED);
         assert_eq!(f[0].0.counterpart(&f[0].1), f[1].0);
         assert_eq!(f[1].0.counterpart(&f[1].1), f[0].0);
     }
 
     #[test]
-    fn quarantine_holds_a_flow_past_its_timeout() {
-        let entries = flow(PROTO_TCP, 1000 - 6, Some(1000 - 6), CT_F_REPLIED | CT_F_RST);
+    fn a_flow_is_judged_by_both_entries_in_any_order() {
+        // Established only through both sides' facts; idle past the SYN
+        // timeout but not the established one: kept, whichever entry comes first.
+        let mut entries = flow(PROTO_TCP, 1000 - 50, Some(1000 - 50), ESTABLISHED);
+        assert!(expired(&entries, 1000 * S, &T, Duration::ZERO).is_empty());
+        entries.reverse();
+        assert!(expired(&entries, 1000 * S, &T, Duration::ZERO).is_empty());
+        // The endpoint answered (SYN-ACK) but the client never completed the handshake.
+        let half = Sides { client: FlowState::default(), endpoint: HANDSHAKE };
+        assert_eq!(expired(&flow(PROTO_TCP, 1000 - 50, Some(1000 - 50), half), 1000 * S, &T, Duration::ZERO).concat().len(), 2);
+        // A FIN from one side only is no close; from both it is.
+        let fin_client = with(ESTABLISHED, |s| s.fin = 1);
+        assert!(expired(&flow(PROTO_TCP, 1000 - 6, Some(1000 - 6), fin_client), 1000 * S, &T, Duration::ZERO).is_empty());
+        let both = Sides { client: fin_client.client, endpoint: FlowState { fin: 1, ..HANDSHAKE } };
+        assert_eq!(expired(&flow(PROTO_TCP, 1000 - 6, Some(1000 - 6), both), 1000 * S, &T, Duration::ZERO).concat().len(), 2);
+    }
+
+    #[test]
+    fn quarantine_holds_only_flows_that_were_established() {
+        let reset = with(ESTABLISHED, |s| s.rst = 1);
+        let entries = flow(PROTO_TCP, 1000 - 6, Some(1000 - 6), reset);
         assert!(expired(&entries, 1000 * S, &T, Duration::from_secs(120)).is_empty());
-        assert_eq!(expired(&entries, (1000 + 120) * S, &T, Duration::from_secs(120)).len(), 2);
+        assert_eq!(expired(&entries, (1000 + 120) * S, &T, Duration::from_secs(120)).concat().len(), 2);
+        // Never established (unanswered SYN): its port returns without the quarantine.
+        let syn_only = flow(PROTO_TCP, 1000 - 21, Some(1000 - 21), Sides::default());
+        assert_eq!(expired(&syn_only, 1000 * S, &T, Duration::from_secs(120)).concat().len(), 2);
     }
 
     #[test]
     fn timeouts_by_state() {
         let now = 1000;
+        let rst = with(ESTABLISHED, |s| s.rst = 1);
+        let liberal = Sides { client: FlowState { liberal: 1, ..FlowState::default() }, endpoint: FlowState::default() };
         let cases = [
-            // (proto, original seen, reply seen, flags, expired?)
-            (PROTO_UDP, now - 31, Some(now - 31), 0, true),
-            (PROTO_UDP, now - 31, Some(now - 29), 0, false), // a reply keeps it alive
-            (PROTO_TCP, now - 99, Some(now - 99), CT_F_REPLIED, false),
-            (PROTO_TCP, now - 101, Some(now - 101), CT_F_REPLIED, true),
-            (PROTO_TCP, now - 21, None, 0, true), // SYN never answered
-            (PROTO_TCP, now - 6, Some(now - 6), CT_F_REPLIED | CT_F_RST, true),
-            (PROTO_TCP, now - 6, Some(now - 6), CT_F_REPLIED | CT_F_FIN_ORIGINAL | CT_F_FIN_REPLY, true),
-            (PROTO_TCP, now - 6, Some(now - 6), CT_F_REPLIED | CT_F_FIN_ORIGINAL, false), // half-closed
-            (PROTO_TCP, now - 4, Some(now - 4), CT_F_REPLIED | CT_F_RST, false),
+            // (proto, original seen, reply seen, sides, expired?)
+            (PROTO_UDP, now - 31, Some(now - 31), Sides::default(), true),
+            (PROTO_UDP, now - 31, Some(now - 29), Sides::default(), false), // a reply keeps it alive
+            (PROTO_TCP, now - 99, Some(now - 99), ESTABLISHED, false),
+            (PROTO_TCP, now - 101, Some(now - 101), ESTABLISHED, true),
+            (PROTO_TCP, now - 21, None, Sides::default(), true), // SYN never answered
+            (PROTO_TCP, now - 21, Some(now - 21), liberal, false), // picked up mid-stream: assumed established
+            (PROTO_TCP, now - 6, Some(now - 6), rst, true),
+            (PROTO_TCP, now - 4, Some(now - 4), rst, false),
         ];
-        for (i, (proto, o, r, flags, want)) in cases.into_iter().enumerate() {
-            let entries = flow(proto, o, r, flags);
-            let gone = expired(&entries, now * S, &T, Duration::ZERO);
+        for (i, (proto, o, r, sides, want)) in cases.into_iter().enumerate() {
+            let entries = flow(proto, o, r, sides);
+            let gone = expired(&entries, now * S, &T, Duration::ZERO).concat();
             let expect = if want { entries.len() } else { 0 };
             assert_eq!(gone.len(), expect, "case {i}");
         }

@@ -6,6 +6,10 @@ use aya_build::Toolchain;
 
 fn main() -> anyhow::Result<()> {
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?;
+    // aya-build watches the eBPF crate; the programs also compile the shared
+    // ABI, hash and TCP tracker, so a change there must rebuild them too.
+    let common = PathBuf::from(&manifest_dir).join("../wsfwd-common");
+    println!("cargo:rerun-if-changed={}", common.display());
     let root = PathBuf::from(manifest_dir).join("../wsfwd-ebpf");
     let root = root
         .to_str()

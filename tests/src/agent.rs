@@ -169,7 +169,17 @@ pub struct Flow {
     pub new_destination: String,
     /// "handshake", "fin", "rst", "liberal".
     pub state: Vec<String>,
+    pub tcp: Option<TcpView>,
     pub idle_ms: u64,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpView {
+    pub end: u32,
+    pub max_end: u32,
+    pub max_window: u32,
+    pub scale: Option<u8>,
 }
 
 /// Counters by name, as `wsfwd stats --json` printed them. Indexing a name

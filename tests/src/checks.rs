@@ -50,7 +50,7 @@ impl Capture {
     /// Captures only what matches the pcap `filter`.
     pub fn filtered(ns: &Netns, iface: &str, t: &Topo, name: &str, filter: &str) -> Self {
         let mut p = Proc::spawn(
-            ns.command("tcpdump").args(["-i", iface, "-n", "-l", "-U", filter]),
+            ns.command("tcpdump").args(["-i", iface, "-n", "-S", "-l", "-U", filter]),
             &t.dir.join(format!("{name}.pcap.txt")),
         )
         .unwrap();

@@ -11,9 +11,9 @@ use tokio_tungstenite::tungstenite::Message;
 use wsfwd_tests::{
     agent::Agent,
     checks::Capture,
-    client::{Ws, echo, ws_connect},
-    forge::{RawLink, TCP_SYN, Tcp, checksum, ethernet},
-    topo::{NODE_PORT, SEED_CONFIG, Spec, Topo},
+    client::{Ws, echo, tcp_connect, ws_connect},
+    forge::{RawLink, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, Tcp, checksum, ethernet},
+    topo::{NODE_PORT, SEED_CONFIG, Spec, Topo, upstream_config},
 };
 
 /// The seed's Services with the NodePort one hashed by client address too, so
@@ -185,4 +185,169 @@ async fn malformed_frames_to_a_frontend_are_never_forwarded() {
     for reason in ["drop-bad-ip-header", "drop-bad-ip-checksum", "drop-truncated-l4", "pass-vlan", "pass-not-for-host"] {
         assert!(c[reason] > 0, "nothing counted as {reason}: {c:?}");
     }
+}
+
+/// The client's next sequence number and acknowledgement on the wire, from a
+/// capture (`tcpdump -S`) of what it sent.
+fn next_seq_ack(lines: &[String]) -> (u32, u32) {
+    let last = lines.iter().rev().find(|l| l.contains(", seq ")).unwrap_or_else(|| panic!("no data segment in {lines:#?}"));
+    let field = |name: &str| -> &str {
+        let rest = &last[last.find(name).unwrap_or_else(|| panic!("no {name} in {last}")) + name.len()..];
+        rest.split(|c: char| c == ',' || c == ' ').next().unwrap()
+    };
+    let end = field(", seq ").split(':').nth(1).unwrap_or_else(|| panic!("no seq range in {last}"));
+    (end.parse().unwrap(), field(", ack ").parse().unwrap())
+}
+
+fn endpoints(t: &Topo) -> Vec<std::net::Ipv4Addr> {
+    t.backends.iter().map(|b| b.addr).collect()
+}
+
+/// Segments forged with a live connection's addresses and ports, none at
+/// its exact next sequence number: RSTs outside the window and inside it,
+/// a FIN after a gap, data far ahead followed by a RST where that data would
+/// end, a SYN on the live tuple, a RST then a SYN. The connection must keep
+/// its endpoint (and, in full NAT, its mapping), and the flow must not be
+/// marked closed — with second-long FIN timeouts and collection, a flow
+/// wrongly closed would be gone by the time the victim speaks again.
+async fn forged_segments_leave_the_victim_alone(name: &str, spec: Spec) {
+    let mut t = Topo::new(name, spec).unwrap();
+    t.start_ws_peers().unwrap();
+    let full_nat = t.switch.is_some();
+    let config = if full_nat { upstream_config(&endpoints(&t), "Cluster") } else { SEED_CONFIG.to_owned() };
+    let mut flags = vec!["--tcp-fin-timeout", "1", "--gc-interval", "1"];
+    if full_nat {
+        flags.extend(["--snat-quarantine", "0"]);
+    }
+    let agent = Agent::start(&t.node, &t.dir, &config, &flags).unwrap();
+    let (mut victim, _) = ws_connect(&t.client, t.clients[0], t.vip()).await.unwrap();
+    let me = local(&victim);
+    let cap = Capture::filtered(&t.client, "c0", &t, "victim", &format!("tcp and src host {} and src port {}", me.ip(), me.port()));
+    still_echoes(&mut victim, "connecting").await;
+    let (next, ack) = next_seq_ack(&cap.stop());
+    let mine = |f: &wsfwd_tests::agent::Flow| f.source == me.to_string() && f.direction == "original";
+    let before = agent.flows().unwrap().into_iter().find(mine).expect("the victim's flow");
+    assert_eq!(before.tcp.as_ref().map(|w| w.end), Some(next), "the tracker's idea of the client's stream differs from the wire: {before:?}");
+
+    let link = RawLink::open(&t.client, "c0", &t.node, "n0").unwrap();
+    let forged = |seq: u32, flags: u8, payload: usize| {
+        let mut s = Tcp::new(me, t.vip(), flags);
+        s.seq = seq;
+        s.ack = if flags & TCP_ACK != 0 { ack } else { 0 };
+        s.payload = vec![0x66; payload];
+        s.packet()
+    };
+    let far = next.wrapping_add(0x4000_0000);
+    let attacks = [
+        ("a RST far outside the window", forged(next.wrapping_add(0x8000_0000), TCP_RST, 0)),
+        ("a RST inside the window, not at the next sequence number", forged(next.wrapping_add(1000), TCP_RST, 0)),
+        ("a RST+ACK behind the window", forged(next.wrapping_sub(300_000), TCP_RST | TCP_ACK, 0)),
+        ("a FIN after a gap", forged(next.wrapping_add(5000), TCP_FIN | TCP_ACK, 0)),
+        ("data far ahead", forged(far, TCP_PSH | TCP_ACK, 100)),
+        ("a RST where that data would end", forged(far.wrapping_add(100), TCP_RST, 0)),
+        ("a SYN on the live tuple", forged(0x1234_5678, TCP_SYN, 0)),
+        ("a blind RST", forged(next.wrapping_add(777), TCP_RST, 0)),
+        ("a SYN after it", forged(0x8765_4321, TCP_SYN, 0)),
+    ];
+    let at_start = agent.stats().unwrap();
+    for (what, packet) in &attacks {
+        link.send_ip(packet).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+    }
+    // Longer than the FIN timeout plus a collection.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let after = agent.flows().unwrap().into_iter().find(mine).expect("the victim's flow was collected");
+    assert!(!after.state.iter().any(|s| s == "rst" || s == "fin"), "forged segments closed the flow: {after:?}");
+    assert_eq!((&after.new_source, &after.new_destination), (&before.new_source, &before.new_destination), "the flow moved");
+    still_echoes(&mut victim, "the forged segments").await;
+    let c = agent.stats().unwrap().since(&at_start);
+    assert_eq!(c["flow-created"], 0, "a forged segment got the flow chosen again: {c:?}");
+    assert!(c["tcp-out-of-window"] >= attacks.len() as u64, "{c:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_rst_fin_syn_and_data_leave_the_victim_alone_gateway_t1() {
+    forged_segments_leave_the_victim_alone("fg", Spec::T1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_rst_fin_syn_and_data_leave_the_victim_alone_full_nat_t2() {
+    forged_segments_leave_the_victim_alone("fn", Spec::T2).await;
+}
+
+/// SYNs from one (spoofed, silent) address whose SYN-ACKs are never
+/// answered: full NAT gives that address at most its half-open budget of an
+/// endpoint's SNAT ports; the rest are refused and counted, and every other
+/// client still connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_syn_flood_from_one_address_cannot_take_the_snat_ports() {
+    const PORTS: u16 = 200;
+    let mut t = Topo::new("sf", Spec::T2).unwrap();
+    t.start_ws_peers().unwrap();
+    let config = upstream_config(&endpoints(&t), "Cluster");
+    let range = format!("40000-{}", 40000 + PORTS - 1);
+    let agent = Agent::start(&t.node, &t.dir, &config, &["--snat-ports", &range]).unwrap();
+    let budget = (PORTS / 8) as u64; // the default: an eighth of the ports
+    assert!(agent.log().contains(&format!("at most {budget} half-open flows per client address")), "{}", agent.log());
+    let (mut victim, _) = ws_connect(&t.client, t.clients[0], t.vip()).await.unwrap();
+
+    let link = RawLink::open(&t.client, "c0", &t.node, "n0").unwrap();
+    let spoofed = std::net::Ipv4Addr::new(10, 0, 2, 200);
+    let at_start = agent.stats().unwrap();
+    const SYNS: u16 = 2000;
+    for i in 0..SYNS {
+        let syn = Tcp::new(SocketAddrV4::new(spoofed, 20000 + i), t.vip(), TCP_SYN);
+        link.send_ip(&syn.packet()).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let flood = agent.stats().unwrap().since(&at_start);
+    assert!(flood["snat-allocated"] <= budget, "the flood got {} mappings: {flood:?}", flood["snat-allocated"]);
+    assert_eq!(flood["drop-half-open-budget"] + flood["snat-allocated"], SYNS as u64, "{flood:?}");
+
+    still_echoes(&mut victim, "a SYN flood").await;
+    for &src in &t.clients[1..] {
+        let (mut ws, _) = ws_connect(&t.client, src, t.vip()).await.unwrap_or_else(|e| panic!("{src} after the flood: {e:#}"));
+        still_echoes(&mut ws, "a SYN flood from another address").await;
+    }
+}
+
+/// SYNs from 2,000 spoofed addresses, one each, fill a small NAT table with
+/// flows that never complete a handshake. Established connections are never
+/// evicted or disturbed; new clients are refused (with a RST) while it is
+/// full; and within the SYN timeout of the flood stopping they connect again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spoofed_syn_flood_fills_the_nat_table_and_recovers_within_the_syn_timeout() {
+    let mut t = Topo::new("sm", Spec::T2).unwrap();
+    t.start_ws_peers().unwrap();
+    let config = upstream_config(&endpoints(&t), "Cluster");
+    let agent =
+        Agent::start(&t.node, &t.dir, &config, &["--nat-size", "512", "--tcp-syn-timeout", "2", "--gc-interval", "1"]).unwrap();
+    let (mut victim, _) = ws_connect(&t.client, t.clients[0], t.vip()).await.unwrap();
+    still_echoes(&mut victim, "connecting").await;
+
+    let link = RawLink::open(&t.client, "c0", &t.node, "n0").unwrap();
+    for i in 0..2000u32 {
+        let spoofed = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(172, 16, 0, 0)) + i);
+        link.send_ip(&Tcp::new(SocketAddrV4::new(spoofed, 33000), t.vip(), TCP_SYN).packet()).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let full = agent.flows().unwrap().into_iter().filter(|f| f.table == "nat").count();
+    assert!(full >= 500, "the flood did not fill the NAT table ({full} of 512 entries)");
+    let refused = tcp_connect(&t.client, t.clients[1], t.vip()).await.expect_err("a new client got a mapping in a full table");
+    let kind = refused.downcast_ref::<std::io::Error>().map(std::io::Error::kind);
+    assert_eq!(kind, Some(std::io::ErrorKind::ConnectionRefused), "{refused:#}");
+    still_echoes(&mut victim, "the flood").await;
+
+    // SYN timeout (2 s) plus a collection, and a little slack.
+    let stopped = std::time::Instant::now();
+    loop {
+        match ws_connect(&t.client, t.clients[1], t.vip()).await {
+            Ok((mut ws, _)) => {
+                still_echoes(&mut ws, "the flood ended").await;
+                break;
+            }
+            Err(e) => assert!(stopped.elapsed() < Duration::from_secs(5), "still refused {:?} after the flood: {e:#}", stopped.elapsed()),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    still_echoes(&mut victim, "the recovery").await;
 }

@@ -19,7 +19,8 @@ pub mod map_names {
     pub const NAT: &str = "NAT";
     pub const SNAT_IPS: &str = "SNAT_IPS";
     pub const COUNTERS: &str = "COUNTERS";
-    pub const ALL: [&str; 8] = [SERVICES, BACKENDS, MAGLEV, CONNTRACK, REVNAT, NAT, SNAT_IPS, COUNTERS];
+    pub const HALF_OPEN: &str = "HALF_OPEN";
+    pub const ALL: [&str; 9] = [SERVICES, BACKENDS, MAGLEV, CONNTRACK, REVNAT, NAT, SNAT_IPS, COUNTERS, HALF_OPEN];
 }
 
 /// Globals the agent sets at load time.
@@ -29,6 +30,8 @@ pub mod globals {
     /// First SNAT port and how many there are (u32 each).
     pub const SNAT_PORT_MIN: &str = "SNAT_PORT_MIN";
     pub const SNAT_PORT_COUNT: &str = "SNAT_PORT_COUNT";
+    /// Full-NAT TCP flows one client address may hold before their handshake completes (u32).
+    pub const HALF_OPEN_MAX: &str = "HALF_OPEN_MAX";
 }
 
 /// Capacity of `SNAT_IPS`.
@@ -296,9 +299,13 @@ pub enum Counter {
     /// A TCP segment outside its flow's window (or a RST or FIN that does not
     /// fit the stream): forwarded, but it changed nothing in the flow's state.
     TcpOutOfWindow,
+    /// Full NAT: a SYN from a client address that already holds its budget of
+    /// flows whose handshake has not completed: refused with a RST, so one
+    /// address cannot take an endpoint's SNAT ports.
+    DropHalfOpenBudget,
 }
 
-pub const COUNTER_COUNT: u32 = Counter::TcpOutOfWindow as u32 + 1;
+pub const COUNTER_COUNT: u32 = Counter::DropHalfOpenBudget as u32 + 1;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -331,6 +338,7 @@ impl Counter {
         Counter::PassNotForHost,
         Counter::PassVlan,
         Counter::TcpOutOfWindow,
+        Counter::DropHalfOpenBudget,
     ];
 
     /// Stable names for logs, `wsfwd stats` and tests.
@@ -365,6 +373,7 @@ impl Counter {
             Counter::PassNotForHost => "pass-not-for-host",
             Counter::PassVlan => "pass-vlan",
             Counter::TcpOutOfWindow => "tcp-out-of-window",
+            Counter::DropHalfOpenBudget => "drop-half-open-budget",
         }
     }
 }

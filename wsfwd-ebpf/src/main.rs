@@ -2,6 +2,9 @@
 //! logic lives in one module per concern.
 #![no_std]
 #![no_main]
+// The BPF target has no atomic types; the atomic add comes from the intrinsic.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod conntrack;
 mod counters;

@@ -33,6 +33,12 @@ pub static NAT: HashMap<FlowKey, FlowEntry> = HashMap::with_max_entries(1, 0);
 #[map]
 pub static SNAT_IPS: Array<[u8; 4]> = Array::with_max_entries(MAX_SNAT_IPS, 0);
 
+/// Full-NAT TCP flows per client address whose handshake has not completed.
+/// Counted up here, recounted from `NAT` by the agent's collector; LRU so a
+/// flood of addresses cannot fill it.
+#[map]
+pub static HALF_OPEN: LruHashMap<[u8; 4], u64> = LruHashMap::with_max_entries(1, 0);
+
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
 
@@ -52,6 +58,8 @@ static HASH_SEED: u32 = 0;
 static SNAT_PORT_MIN: u32 = 0;
 #[unsafe(no_mangle)]
 static SNAT_PORT_COUNT: u32 = 0;
+#[unsafe(no_mangle)]
+static HALF_OPEN_MAX: u32 = 0;
 
 #[inline(always)]
 fn global(g: &u32) -> u32 {
@@ -68,4 +76,10 @@ pub fn hash_seed() -> u32 {
 #[inline(always)]
 pub fn snat_ports() -> (u32, u32) {
     (global(&SNAT_PORT_MIN), global(&SNAT_PORT_COUNT))
+}
+
+/// Unestablished full-NAT flows one client address may hold.
+#[inline(always)]
+pub fn half_open_max() -> u32 {
+    global(&HALF_OPEN_MAX)
 }

@@ -134,6 +134,12 @@ struct RunCli {
     /// evicted: when full, new full-NAT flows are refused.
     #[arg(long, value_name = "N", default_value_t = 1 << 17, value_parser = clap::value_parser!(u32).range(16..))]
     nat_size: u32,
+    /// Full-NAT TCP flows one client address may hold before their handshakes
+    /// complete; further SYNs from it are refused with a RST. Default: an
+    /// eighth of the SNAT ports or of the NAT table, whichever is smaller
+    /// (at least 16), so one address cannot take what other clients need.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    half_open_per_client: Option<u32>,
     /// How often expired flows are removed, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     gc_interval: u64,
@@ -248,6 +254,7 @@ fn run_cmd(a: RunCli) -> ExitCode {
         snat_ports: a.snat_ports,
         snat_quarantine: Duration::from_secs(a.snat_quarantine),
         nat_size: a.nat_size,
+        half_open_per_client: a.half_open_per_client,
     };
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,

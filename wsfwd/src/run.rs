@@ -4,6 +4,8 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
+use wsfwd_common::abi::{FlowEntry, FlowKey};
+
 use crate::{
     config,
     datapath::{self, Datapath, gc},
@@ -22,6 +24,16 @@ pub struct RunArgs {
     pub snat_ports: Option<(u16, u16)>,
     pub snat_quarantine: Duration,
     pub nat_size: u32,
+    /// `None`: an eighth of what full NAT can hold (see `default_half_open`).
+    pub half_open_per_client: Option<u32>,
+}
+
+/// Half-open full-NAT flows one client address may hold by default: an
+/// eighth of an endpoint's SNAT ports or of the NAT table, whichever is
+/// smaller, and at least 16. A flood from one address then takes at most an
+/// eighth of what other clients need.
+pub fn default_half_open(port_count: u32, nat_size: u32) -> u32 {
+    (port_count.min(nat_size / 2) / 8).max(16)
 }
 
 /// Linux's TIME_WAIT: the shortest safe SNAT quarantine.
@@ -113,11 +125,14 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         log::warn!("net.ipv4.ip_forward is 0 here: new flows are dropped (no route) and replies are not forwarded");
     }
 
+    let port_count = u32::from(port_max) - u32::from(port_min) + 1;
+    let half_open_max = args.half_open_per_client.unwrap_or_else(|| default_half_open(port_count, args.nat_size));
     let opts = datapath::Options {
         ct_size: args.ct_size,
         nat_size: args.nat_size,
         hash_seed: args.hash_seed,
         snat_ports: (u32::from(port_min), u32::from(port_max) - u32::from(port_min) + 1),
+        half_open_max,
         bpffs: &args.bpffs,
     };
     let mut dp = Datapath::start(&contents, &ifaces, &opts)?;
@@ -125,7 +140,10 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         log::info!("{line}");
     }
     if !contents.snat_ips.is_empty() {
-        log::info!("full NAT: SNAT ports {port_min}-{port_max}, quarantine {:?}", args.snat_quarantine);
+        log::info!(
+            "full NAT: SNAT ports {port_min}-{port_max}, quarantine {:?}, at most {half_open_max} half-open flows per client address",
+            args.snat_quarantine
+        );
         if args.snat_quarantine < TIME_WAIT {
             log::warn!(
                 "--snat-quarantine {:?} is shorter than TIME_WAIT ({TIME_WAIT:?}): a port may be handed to a new \
@@ -161,17 +179,25 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
 
 fn collect(dp: &mut Datapath, timeouts: &gc::Timeouts, quarantine: Duration) {
     let now = gc::monotonic_ns();
-    for (name, map, hold) in [("conntrack", dp.conntrack(), Duration::ZERO)] {
-        sweep(name, map, now, timeouts, hold);
-    }
+    sweep("conntrack", dp.conntrack(), now, timeouts, Duration::ZERO);
     // SNAT ports stay reserved for the quarantine after their flow ended.
-    sweep("nat", dp.nat(), now, timeouts, quarantine);
+    let (nat, half_open) = dp.nat_and_half_open();
+    let (entries, gone) = sweep("nat", nat, now, timeouts, quarantine);
+    recount_half_open(half_open, &gc::half_open(&entries, &gone));
 }
 
-fn sweep(name: &str, map: &mut datapath::FlowMap, now: u64, timeouts: &gc::Timeouts, hold: Duration) {
+/// Removes expired flows; returns the snapshot it decided from and what it decided.
+fn sweep(
+    name: &str,
+    map: &mut datapath::FlowMap,
+    now: u64,
+    timeouts: &gc::Timeouts,
+    hold: Duration,
+) -> (Vec<(FlowKey, FlowEntry)>, Vec<gc::Expired>) {
     let entries: Vec<_> = map.iter().filter_map(Result::ok).collect();
+    let gone = gc::expired(&entries, now, timeouts, hold);
     let (mut removed, mut kept) = (0, 0);
-    for flow in gc::expired(&entries, now, timeouts, hold) {
+    for flow in &gone {
         // Decided from a snapshot: delete only what still holds the values
         // decided on. A packet since, or a new flow on the tuple, keeps it.
         let unchanged = flow.iter().all(|(key, was)| map.get(key, 0).is_ok_and(|now| now == *was));
@@ -179,7 +205,7 @@ fn sweep(name: &str, map: &mut datapath::FlowMap, now: u64, timeouts: &gc::Timeo
             kept += 1;
             continue;
         }
-        for (key, _) in &flow {
+        for (key, _) in flow {
             // Already gone (evicted) is fine.
             let _ = map.remove(key);
         }
@@ -187,6 +213,21 @@ fn sweep(name: &str, map: &mut datapath::FlowMap, now: u64, timeouts: &gc::Timeo
     }
     if removed + kept > 0 {
         log::debug!("{name}: removed {removed} expired entries of {}; {kept} flows changed since and kept", entries.len());
+    }
+    (entries, gone)
+}
+
+/// Replaces the datapath's running counts of half-open flows per client
+/// (which only ever go up there) with the true ones.
+fn recount_half_open(map: &mut datapath::HalfOpenMap, counts: &std::collections::HashMap<[u8; 4], u64>) {
+    let stale: Vec<[u8; 4]> = map.keys().filter_map(Result::ok).filter(|k| !counts.contains_key(k)).collect();
+    for k in stale {
+        let _ = map.remove(&k);
+    }
+    for (k, n) in counts {
+        if let Err(e) = map.insert(k, n, 0) {
+            log::debug!("half-open count of {}: {e}", std::net::Ipv4Addr::from(*k));
+        }
     }
 }
 

@@ -4,7 +4,10 @@ use std::{net::Ipv4Addr, path::Path};
 use anyhow::{Context as _, anyhow};
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use serde::Serialize;
-use wsfwd_common::abi::{Counter, DIR_ORIGINAL, FlowEntry, FlowKey, PROTO_TCP, map_names as names};
+use wsfwd_common::{
+    abi::{Counter, DIR_ORIGINAL, FlowEntry, FlowKey, PROTO_TCP, map_names as names},
+    tcp::NO_SCALE,
+};
 
 use crate::datapath::gc::monotonic_ns;
 
@@ -42,7 +45,25 @@ pub struct Flow {
     pub new_destination: String,
     /// What this direction has shown: "handshake", "fin", "rst", "liberal".
     pub state: Vec<&'static str>,
+    /// TCP: this direction's sender as the window tracker sees it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpView>,
     pub idle_ms: u64,
+}
+
+/// A direction's TCP window, as tracked (sequence numbers as on the wire).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpView {
+    /// The next sequence number expected from this sender.
+    pub end: u32,
+    /// The highest sequence number the peer allows it.
+    pub max_end: u32,
+    /// The largest window it advertised, scaled.
+    pub max_window: u32,
+    /// Its window scale; absent when it offered none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale: Option<u8>,
 }
 
 /// Both directions of every gateway flow (`CONNTRACK`) and full-NAT flow (`NAT`).
@@ -74,6 +95,12 @@ pub fn flows(dir: &Path) -> anyhow::Result<Vec<Flow>> {
                 .filter(|(set, _)| *set != 0)
                 .map(|(_, name)| name)
                 .collect(),
+                tcp: (k.proto == PROTO_TCP && v.tcp.known()).then(|| TcpView {
+                    end: v.tcp.end,
+                    max_end: v.tcp.maxend,
+                    max_window: v.tcp.maxwin,
+                    scale: (v.tcp.scale != NO_SCALE).then_some(v.tcp.scale),
+                }),
                 idle_ms: now.saturating_sub(v.last_seen_ns) / 1_000_000,
             });
         }

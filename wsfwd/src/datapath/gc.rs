@@ -3,7 +3,7 @@
 //! removed, both directions together.
 use std::{collections::HashMap, time::Duration};
 
-use wsfwd_common::abi::{FlowEntry, FlowKey, FlowStatus, PROTO_UDP};
+use wsfwd_common::abi::{DIR_ORIGINAL, FlowEntry, FlowKey, FlowStatus, PROTO_TCP, PROTO_UDP};
 
 /// How long a flow may stay idle, by state.
 #[derive(Clone, Copy, Debug)]
@@ -71,6 +71,26 @@ pub fn expired(entries: &[(FlowKey, FlowEntry)], now_ns: u64, t: &Timeouts, hold
     out
 }
 
+/// Half-open TCP flows (handshake not complete, not closing) by client
+/// address: the original direction's source, for flows that `expired` keeps.
+pub fn half_open(entries: &[(FlowKey, FlowEntry)], gone: &[Expired]) -> HashMap<[u8; 4], u64> {
+    let index: HashMap<FlowKey, FlowEntry> = entries.iter().copied().collect();
+    let removed: std::collections::HashSet<FlowKey> = gone.iter().flatten().map(|(k, _)| *k).collect();
+    let mut out: HashMap<[u8; 4], u64> = HashMap::new();
+    for (key, entry) in entries {
+        if key.dir != DIR_ORIGINAL || key.proto != PROTO_TCP || removed.contains(key) {
+            continue;
+        }
+        let other_key = key.counterpart(entry);
+        let other = index.get(&other_key).filter(|o| other_key.counterpart(o) == *key);
+        let status = FlowStatus::of(&entry.state, other.map(|o| &o.state));
+        if !status.established && !status.closing {
+            *out.entry(key.saddr).or_default() += 1;
+        }
+    }
+    out
+}
+
 /// CLOCK_MONOTONIC, the clock `bpf_ktime_get_ns` reads.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -82,7 +102,7 @@ pub fn monotonic_ns() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wsfwd_common::abi::{DIR_ORIGINAL, FlowState, PROTO_TCP};
+    use wsfwd_common::abi::FlowState;
 
     const S: u64 = 1_000_000_000;
     const T: Timeouts = Timeouts {
@@ -104,13 +124,18 @@ mod tests {
 
     /// A flow client:1000 -> vip:80 on endpoint:8080, last seen at `orig`/`reply` seconds.
     fn flow(proto: u8, orig: u64, reply: Option<u64>, sides: Sides) -> Vec<(FlowKey, FlowEntry)> {
-        let (client, vip, ep) = ([10, 0, 1, 2], [192, 168, 0, 150], [10, 244, 1, 10]);
-        let o = FlowKey { saddr: client, daddr: vip, sport: 1000u16.to_be_bytes(), dport: 80u16.to_be_bytes(), proto, dir: DIR_ORIGINAL, _pad: [0; 2] };
-        let oe = FlowEntry { state: sides.client, ..FlowEntry::new(client, 1000u16.to_be_bytes(), ep, 8080u16.to_be_bytes(), orig * S) };
+        flow_from(1000, proto, orig, reply, sides)
+    }
+
+    /// The same from client port `port`.
+    fn flow_from(port: u16, proto: u8, orig: u64, reply: Option<u64>, sides: Sides) -> Vec<(FlowKey, FlowEntry)> {
+        let (client, vip, ep, port) = ([10, 0, 1, 2], [192, 168, 0, 150], [10, 244, 1, 10], port.to_be_bytes());
+        let o = FlowKey { saddr: client, daddr: vip, sport: port, dport: 80u16.to_be_bytes(), proto, dir: DIR_ORIGINAL, _pad: [0; 2] };
+        let oe = FlowEntry { state: sides.client, ..FlowEntry::new(client, port, ep, 8080u16.to_be_bytes(), orig * S) };
         let mut v = vec![(o, oe)];
         if let Some(r) = reply {
             let rk = o.counterpart(&oe);
-            let re = FlowEntry { state: sides.endpoint, ..FlowEntry::new(vip, 80u16.to_be_bytes(), client, 1000u16.to_be_bytes(), r * S) };
+            let re = FlowEntry { state: sides.endpoint, ..FlowEntry::new(vip, 80u16.to_be_bytes(), client, port, r * S) };
             v.push((rk, re));
         }
         v
@@ -155,6 +180,18 @@ mod tests {
         // Never established (unanswered SYN): its port returns without the quarantine.
         let syn_only = flow(PROTO_TCP, 1000 - 21, Some(1000 - 21), Sides::default());
         assert_eq!(expired(&syn_only, 1000 * S, &T, Duration::from_secs(120)).concat().len(), 2);
+    }
+
+    #[test]
+    fn half_open_counts_only_unfinished_handshakes_by_client() {
+        let mut entries = flow(PROTO_TCP, 999, Some(999), Sides::default());
+        // Another flow of the same client, established.
+        entries.extend(flow_from(1001, PROTO_TCP, 999, Some(999), ESTABLISHED));
+        let counts = half_open(&entries, &[]);
+        assert_eq!(counts.get(&[10, 0, 1, 2]), Some(&1), "{counts:?}");
+        // Flows the collector removes no longer count.
+        let gone = expired(&entries, (1000 + 30) * S, &T, Duration::ZERO);
+        assert!(half_open(&entries, &gone).is_empty());
     }
 
     #[test]

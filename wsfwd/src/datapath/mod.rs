@@ -33,16 +33,21 @@ pub struct Options<'a> {
     pub hash_seed: u32,
     /// First SNAT port and how many.
     pub snat_ports: (u32, u32),
+    /// Full-NAT TCP flows one client address may hold before their handshakes complete.
+    pub half_open_max: u32,
     pub bpffs: &'a Path,
 }
 
 pub type FlowMap = HashMap<MapData, FlowKey, FlowEntry>;
+/// Half-open full-NAT flows by client address.
+pub type HalfOpenMap = HashMap<MapData, [u8; 4], u64>;
 
 pub struct Datapath {
     // Field order is drop order: detach the programs, then unpin the maps.
     ebpf: Ebpf,
     conntrack: FlowMap,
     nat: FlowMap,
+    half_open: HalfOpenMap,
     _pins: PinDir,
 }
 
@@ -58,12 +63,15 @@ impl Datapath {
             .override_global(globals::HASH_SEED, &opts.hash_seed, true)
             .override_global(globals::SNAT_PORT_MIN, &opts.snat_ports.0, true)
             .override_global(globals::SNAT_PORT_COUNT, &opts.snat_ports.1, true)
+            .override_global(globals::HALF_OPEN_MAX, &opts.half_open_max, true)
             .map_max_entries(names::SERVICES, capacity(contents.services.len()))
             .map_max_entries(names::BACKENDS, capacity(contents.backends.len()))
             .map_max_entries(names::MAGLEV, capacity(contents.maglev.len()))
             .map_max_entries(names::REVNAT, capacity(contents.revnat.len()))
             .map_max_entries(names::CONNTRACK, opts.ct_size)
             .map_max_entries(names::NAT, opts.nat_size)
+            // One per client address with half-open flows: at most one per flow.
+            .map_max_entries(names::HALF_OPEN, (opts.nat_size / 2).max(64))
             .load(OBJECT)
             .map_err(|e| anyhow!("loading the eBPF programs: {e} (this needs root: CAP_BPF and CAP_NET_ADMIN)"))?;
         fill(&mut ebpf, contents)?;
@@ -73,8 +81,10 @@ impl Datapath {
         }
         let conntrack = HashMap::try_from(ebpf.take_map(names::CONNTRACK).ok_or_else(|| anyhow!("no CONNTRACK map"))?)?;
         let nat = HashMap::try_from(ebpf.take_map(names::NAT).ok_or_else(|| anyhow!("no NAT map"))?)?;
+        let half_open =
+            HashMap::try_from(ebpf.take_map(names::HALF_OPEN).ok_or_else(|| anyhow!("no HALF_OPEN map"))?)?;
         // From here on, dropping `this` detaches whatever got attached.
-        let mut this = Self { ebpf, conntrack, nat, _pins: pins };
+        let mut this = Self { ebpf, conntrack, nat, half_open, _pins: pins };
         for (prog, hook) in [(INGRESS, TcAttachType::Ingress), (EGRESS, TcAttachType::Egress)] {
             let p: &mut SchedClassifier = this
                 .ebpf
@@ -97,6 +107,11 @@ impl Datapath {
     /// Full-NAT flows (never evicted; collected by the agent).
     pub fn nat(&mut self) -> &mut FlowMap {
         &mut self.nat
+    }
+
+    /// Full-NAT flows and the per-client count of those still half-open.
+    pub fn nat_and_half_open(&mut self) -> (&mut FlowMap, &mut HalfOpenMap) {
+        (&mut self.nat, &mut self.half_open)
     }
 }
 

@@ -121,6 +121,12 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let node = placement::resolve(&cfg.services, &ifaces, &args.snat_ips).map_err(anyhow::Error::msg)?;
     let contents = datapath::contents::compile(&cfg.services, &node, args.hash_seed).map_err(anyhow::Error::msg)?;
     let (port_min, port_max) = snat_ports(&args, &cfg.services)?;
+    if args.hash_seed == wsfwd_common::DEFAULT_HASH_SEED {
+        log::warn!(
+            "--hash-seed is the published default: anyone can compute which endpoint a client address \
+             lands on and aim traffic at one endpoint; give every node the same secret seed"
+        );
+    }
     if netif::ip_forward_enabled() == Some(false) {
         log::warn!("net.ipv4.ip_forward is 0 here: new flows are dropped (no route) and replies are not forwarded");
     }

@@ -1,5 +1,7 @@
 """UDP echo server for the end-to-end tests: answers each datagram with
-`NAME CLIENT-ADDRESS-IT-SEES PAYLOAD`."""
+`NAME CLIENT-ADDRESS-IT-SEES PAYLOAD`, or, for a payload starting with
+`len `, with `NAME CLIENT-ADDRESS-IT-SEES len=N` (N: the payload's length), so
+a test can send big datagrams and get small answers."""
 import socket
 import sys
 
@@ -9,4 +11,7 @@ s.bind(("0.0.0.0", port))
 print("listening", flush=True)
 while True:
     data, addr = s.recvfrom(65535)
-    s.sendto(f"{name} {addr[0]} ".encode() + data, addr)
+    if data.startswith(b"len "):
+        s.sendto(f"{name} {addr[0]} len={len(data)}".encode(), addr)
+    else:
+        s.sendto(f"{name} {addr[0]} ".encode() + data, addr)

@@ -79,7 +79,34 @@ pub async fn echo(ws: &mut Ws, msg: Message) -> anyhow::Result<Message> {
 
 /// Sends a datagram from `src` and returns the reply as text.
 pub async fn udp_exchange(ns: &Netns, src: Ipv4Addr, dst: SocketAddrV4, payload: &[u8]) -> anyhow::Result<String> {
+    udp_exchange_with(ns, src, dst, payload, None).await
+}
+
+/// As `udp_exchange`, with Don't Fragment forced on or off (`IP_MTU_DISCOVER`).
+pub async fn udp_exchange_with(
+    ns: &Netns,
+    src: Ipv4Addr,
+    dst: SocketAddrV4,
+    payload: &[u8],
+    df: Option<bool>,
+) -> anyhow::Result<String> {
     let sock = ns.socket(socket2::Type::DGRAM, socket2::Protocol::UDP)?;
+    if let Some(df) = df {
+        let mode: libc::c_int = if df { libc::IP_PMTUDISC_PROBE } else { libc::IP_PMTUDISC_DONT };
+        // SAFETY: a valid socket and an int option of the right size.
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&sock),
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                (&mode as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            bail!("IP_MTU_DISCOVER: {}", std::io::Error::last_os_error());
+        }
+    }
     sock.set_nonblocking(true)?;
     sock.bind(&SocketAddr::from((src, 0)).into())?;
     let sock = UdpSocket::from_std(std::net::UdpSocket::from(sock))?;

@@ -5,7 +5,7 @@ use std::net::SocketAddrV4;
 use tokio_tungstenite::tungstenite::Message;
 use wsfwd_tests::{
     agent::Agent,
-    client::{echo, next, send, udp_expect_refused, ws_connect},
+    client::{echo, next, send, udp_exchange_with, udp_expect_refused, ws_connect},
     topo::{SEED_CONFIG, Spec, Topo, UDP_SERVICE, VIP, upstream_config, upstream_udp_config},
 };
 
@@ -116,4 +116,32 @@ async fn frag_needed_from_the_vip_when_the_endpoint_link_is_narrower() {
         }
     }
     assert_eq!(t.csum_errors().unwrap(), before);
+}
+
+/// A UDP datagram too large for the node's link to its endpoint: without DF
+/// it is fragmented on the way (as a router would) and arrives whole; with DF
+/// the client is told the path MTU by the VIP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_without_df_is_fragmented_with_df_gets_frag_needed() {
+    let mut t = Topo::new("uf", Spec { narrow_backend_links: true, ..Spec::T1 }).unwrap();
+    t.start_udp_peers().unwrap();
+    let agent = Agent::start(&t.node, &t.dir, &format!("{SEED_CONFIG}\n---\n{UDP_SERVICE}"), &[]).unwrap();
+    let dst = SocketAddrV4::new(VIP, 9080);
+    let big = format!("len {}", "x".repeat(1396));
+    let before = agent.stats().unwrap();
+    let reply = udp_exchange_with(&t.client, t.clients[0], dst, big.as_bytes(), Some(false)).await.unwrap();
+    assert!(reply.ends_with(&format!(" {} len={}", t.clients[0], big.len())), "{reply}");
+    let c = agent.stats().unwrap().since(&before);
+    assert!(c["fragmented-by-kernel"] >= 1, "{c:?}");
+    assert_eq!(c["icmp-frag-needed-sent"], 0, "{c:?}");
+
+    // With DF: "fragmentation needed" from the VIP; the client learns 1280.
+    let src = t.clients[1];
+    let before = agent.stats().unwrap();
+    let _ = udp_exchange_with(&t.client, src, dst, big.as_bytes(), Some(true)).await;
+    let c = agent.stats().unwrap().since(&before);
+    assert!(c["icmp-frag-needed-sent"] >= 1, "{c:?}");
+    assert_eq!(c["fragmented-by-kernel"], 0, "{c:?}");
+    let route = t.client.ip(&["route", "get", &VIP.to_string(), "from", &src.to_string()]).unwrap();
+    assert!(route.contains("mtu 1280"), "the client did not learn the path MTU: {route}");
 }

@@ -303,9 +303,12 @@ pub enum Counter {
     /// flows whose handshake has not completed: refused with a RST, so one
     /// address cannot take an endpoint's SNAT ports.
     DropHalfOpenBudget,
+    /// A gateway packet without DF, too large for its endpoint's link:
+    /// translated and handed to the kernel, which fragments it as it forwards.
+    FragmentedByKernel,
 }
 
-pub const COUNTER_COUNT: u32 = Counter::DropHalfOpenBudget as u32 + 1;
+pub const COUNTER_COUNT: u32 = Counter::FragmentedByKernel as u32 + 1;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -339,6 +342,7 @@ impl Counter {
         Counter::PassVlan,
         Counter::TcpOutOfWindow,
         Counter::DropHalfOpenBudget,
+        Counter::FragmentedByKernel,
     ];
 
     /// Stable names for logs, `wsfwd stats` and tests.
@@ -374,6 +378,7 @@ impl Counter {
             Counter::PassVlan => "pass-vlan",
             Counter::TcpOutOfWindow => "tcp-out-of-window",
             Counter::DropHalfOpenBudget => "drop-half-open-budget",
+            Counter::FragmentedByKernel => "fragmented-by-kernel",
         }
     }
 }

@@ -34,17 +34,22 @@ pub enum NoRoute {
 
 /// Looks up the route for a packet of protocol `proto` once translated to
 /// `e`'s addresses. `headers` is its IP + L4 header length, to check the
-/// segments of a GSO packet against the MTU.
+/// segments of a GSO packet against the MTU; `ip_len` its IP length, which
+/// the kernel checks against the MTU whether or not the next hop's neighbour
+/// is resolved (0: let the kernel check the skb, only on success).
 #[inline(always)]
-pub fn route(ctx: &TcContext, proto: u8, e: &Rewrite, headers: u32) -> Result<Route, NoRoute> {
+pub fn route(ctx: &TcContext, proto: u8, e: &Rewrite, headers: u32, ip_len: u32) -> Result<Route, NoRoute> {
     // SAFETY: bpf_fib_lookup is plain data; all-zero is a valid start.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
     params.l4_protocol = proto;
     params.sport = u16::from_ne_bytes(e.sport);
     params.dport = u16::from_ne_bytes(e.dport);
-    // tot_len 0: the kernel checks the skb itself, GSO included.
-    params.__bindgen_anon_1.tot_len = 0;
+    // SAFETY: ctx.skb points at the live __sk_buff.
+    let gso = unsafe { (*ctx.skb.skb).gso_size };
+    // A GSO packet's length is that of all its segments: the kernel then
+    // checks the skb itself (and we its segments, below).
+    params.__bindgen_anon_1.tot_len = if gso == 0 { ip_len as u16 } else { 0 };
     // SAFETY: ctx.skb points at the live __sk_buff.
     params.ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
     params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(e.saddr);
@@ -61,8 +66,6 @@ pub fn route(ctx: &TcContext, proto: u8, e: &Rewrite, headers: u32) -> Result<Ro
         BPF_FIB_LKUP_RET_SUCCESS => {
             // The kernel passes GSO packets whatever their segment size;
             // the segments must fit as they would when forwarded.
-            // SAFETY: ctx.skb points at the live __sk_buff.
-            let gso = unsafe { (*ctx.skb.skb).gso_size };
             if gso != 0 && gso + headers > mtu as u32 {
                 return Err(NoRoute::FragNeeded { mtu, gso: true });
             }

@@ -211,7 +211,7 @@ pub fn at_ingress(ctx: &TcContext) -> Result<i32, Counter> {
         return Ok(TC_ACT_OK as i32);
     }
     let (from, to) = translate(ctx, &err, &e).map_err(|_| Counter::DropError)?;
-    let route = match forward::route(ctx, PROTO_ICMP, &Rewrite { saddr: from, daddr: to, sport: [0; 2], dport: [0; 2] }, 0) {
+    let route = match forward::route(ctx, PROTO_ICMP, &Rewrite { saddr: from, daddr: to, sport: [0; 2], dport: [0; 2] }, 0, 0) {
         Ok(r) => r,
         Err(NoRoute::Drop(c)) => return Err(c),
         Err(NoRoute::FragNeeded { .. }) => return Err(Counter::DropFragNeeded),

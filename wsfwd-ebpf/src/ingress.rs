@@ -177,9 +177,18 @@ fn to_client(ctx: &TcContext, p: &Packet) -> Result<i32, Verdict> {
 /// Translates and redirects; the packet never goes back to the kernel.
 #[inline(always)]
 fn forward(ctx: &TcContext, p: &Packet, e: &Rewrite, done: Counter) -> Result<i32, Verdict> {
-    let route = match forward::route(ctx, p.proto, e, p.headers) {
+    let route = match forward::route(ctx, p.proto, e, p.headers, p.ip_len) {
         Ok(r) => r,
         Err(NoRoute::Drop(c)) => return Err(Verdict::Drop(c)),
+        // Without DF the sender wants it fragmented, as a router would: the
+        // kernel does that when it forwards the translated packet. Only for
+        // a gateway flow, whose source is the client's (a full-NAT source is
+        // the node's own address, which the kernel refuses as martian).
+        Err(NoRoute::FragNeeded { gso: false, .. }) if !p.df && e.saddr == p.saddr && e.sport == p.sport => {
+            nat::translate(ctx, p, e).map_err(|_| Verdict::Drop(Counter::DropError))?;
+            count(Counter::FragmentedByKernel);
+            return Ok(TC_ACT_OK as i32);
+        }
         // Never dropped silently: the sender learns the path MTU.
         Err(NoRoute::FragNeeded { mtu, gso }) => {
             let verdict = icmp::frag_needed(ctx, p, mtu).map_err(|_| Verdict::Drop(Counter::DropFragNeeded))?;

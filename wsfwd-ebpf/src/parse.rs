@@ -49,6 +49,10 @@ pub struct Packet {
     pub tcp: Segment,
     /// IP + L4 header length.
     pub headers: u32,
+    /// The IP total length.
+    pub ip_len: u32,
+    /// Don't Fragment set: the sender wants "fragmentation needed", not fragments.
+    pub df: bool,
     /// Set when the kernel would drop this packet (`ip_rcv` and the
     /// transport's own checks): it must never be translated or forwarded.
     pub invalid: Option<Counter>,
@@ -149,6 +153,8 @@ pub fn parse(ctx: &TcContext) -> Result<&'static Packet, Counter> {
     p.dport = [ports[2], ports[3]];
     p.proto = proto;
     p.ttl = ip[8];
+    p.ip_len = ip_len;
+    p.df = ip[6] & 0x40 != 0;
     p.tcp_flags = tcp_flags;
     p.tcp = tcp;
     p.headers = IP_LEN as u32 + if proto == PROTO_TCP { l4_len } else { UDP_READ as u32 };

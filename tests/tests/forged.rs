@@ -182,7 +182,7 @@ async fn malformed_frames_to_a_frontend_are_never_forwarded() {
     still_echoes(&mut victim, "the malformed frames").await;
 
     let c = agent.stats().unwrap().since(&before);
-    for reason in ["drop-bad-ip-header", "drop-bad-ip-checksum", "drop-truncated-l4", "pass-vlan", "pass-not-for-host"] {
+    for reason in ["drop-bad-ip-header", "drop-bad-ip-checksum", "drop-truncated-l4", "drop-tcp-fragment", "pass-vlan", "pass-not-for-host"] {
         assert!(c[reason] > 0, "nothing counted as {reason}: {c:?}");
     }
 }

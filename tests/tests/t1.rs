@@ -341,3 +341,30 @@ async fn t1_10_sigterm_removes_everything_and_bad_config_attaches_nothing() {
     node_has_nothing("after a failed attach");
     assert!(!t.dir.join("bpf4").join("CONNTRACK").exists());
 }
+
+/// A datagram larger than the links' MTU leaves the client in fragments, and
+/// the endpoint's answer comes back in fragments: the later fragments, which
+/// carry no ports, must follow their flow both ways (translated, never
+/// leaking the endpoint's address).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t1_12_udp_fragments_follow_their_flow_both_ways() {
+    let mut t = Topo::new("uf", Spec::T1).unwrap();
+    t.start_udp_peers().unwrap();
+    let config_yaml = format!("{SEED_CONFIG}\n---\n{UDP_SERVICE}");
+    let agent = Agent::start(&t.node, &t.dir, &config_yaml, &[]).unwrap();
+    let cap = Capture::filtered(&t.client, "c0", &t, "client", "ip[6:2] & 0x3fff != 0");
+    let before = agent.stats().unwrap();
+    for &src in &t.clients[..4] {
+        let want = predicted_for_client(&config_yaml, "testim-udp", DEFAULT_HASH_SEED, src);
+        let want = t.backend_by_addr(&want).unwrap().name.clone();
+        let payload: String = (0..4000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+        let reply = udp_exchange(&t.client, src, std::net::SocketAddrV4::new(VIP, 9080), payload.as_bytes()).await.unwrap();
+        assert_eq!(reply, format!("{want} {src} {payload}"), "{src}");
+    }
+    let fragments = cap.stop();
+    assert!(fragments.len() >= 4 * 2 * 3, "too few fragments on the client's link: {fragments:#?}");
+    let leaked: Vec<_> = fragments.iter().filter(|l| l.contains(" IP 10.244.")).collect();
+    assert!(leaked.is_empty(), "fragments with an endpoint's address reached the client: {leaked:#?}");
+    let c = agent.stats().unwrap().since(&before);
+    assert_eq!(c["pass-fragment-unknown"], 0, "{c:?}");
+}

@@ -217,3 +217,24 @@ async fn t2_05_udp_through_full_nat_keeps_its_predicted_endpoint() {
     assert_eq!(used.len(), 2, "{used:?}");
     assert!(agent.stats().unwrap()["snat-allocated"] >= 48);
 }
+
+/// Full NAT with fragments both ways: the client's fragments get the SNAT
+/// address and the endpoint's fragments get the frontend's, later fragments
+/// included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t2_06_udp_fragments_through_full_nat() {
+    let mut t = Topo::new("ff", Spec::T2).unwrap();
+    t.start_udp_peers().unwrap();
+    let config = upstream_udp_config(&endpoints(&t));
+    let agent = Agent::start(&t.node, &t.dir, &config, &[]).unwrap();
+    let before = agent.stats().unwrap();
+    for &src in &t.clients[..4] {
+        let want = predicted_for_client(&config, "testim-service", DEFAULT_HASH_SEED, src);
+        let want = t.backend_by_addr(&want).unwrap().name.clone();
+        let payload = "z".repeat(4000);
+        let reply = udp_exchange(&t.client, src, std::net::SocketAddrV4::new(VIP, 9080), payload.as_bytes()).await.unwrap();
+        assert_eq!(reply, format!("{want} {} {payload}", t.node_addr), "{src}");
+    }
+    let c = agent.stats().unwrap().since(&before);
+    assert_eq!(c["pass-fragment-unknown"], 0, "{c:?}");
+}

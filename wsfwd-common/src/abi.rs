@@ -204,6 +204,19 @@ impl FlowEntry {
     }
 }
 
+/// `FRAGMENTS` key: a fragmented datagram as it arrives (addresses, IP
+/// identification, protocol). The value is the ports its first fragment
+/// carried, so later fragments, which carry none, follow the same flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    pub id: [u8; 2],
+    pub proto: u8,
+    pub _pad: u8,
+}
+
 /// `REVNAT` key: an endpoint, as the source of replies.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -306,9 +319,15 @@ pub enum Counter {
     /// A gateway packet without DF, too large for its endpoint's link:
     /// translated and handed to the kernel, which fragments it as it forwards.
     FragmentedByKernel,
+    /// A later fragment whose first fragment was not seen (lost, reordered,
+    /// or not ours): passed untouched.
+    PassFragmentUnknown,
+    /// A fragment of a TCP packet to a frontend: dropped (TCP senders
+    /// segment, never fragment; UDP fragments are forwarded).
+    DropTcpFragment,
 }
 
-pub const COUNTER_COUNT: u32 = Counter::FragmentedByKernel as u32 + 1;
+pub const COUNTER_COUNT: u32 = Counter::DropTcpFragment as u32 + 1;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -343,6 +362,8 @@ impl Counter {
         Counter::TcpOutOfWindow,
         Counter::DropHalfOpenBudget,
         Counter::FragmentedByKernel,
+        Counter::PassFragmentUnknown,
+        Counter::DropTcpFragment,
     ];
 
     /// Stable names for logs, `wsfwd stats` and tests.
@@ -379,6 +400,8 @@ impl Counter {
             Counter::TcpOutOfWindow => "tcp-out-of-window",
             Counter::DropHalfOpenBudget => "drop-half-open-budget",
             Counter::FragmentedByKernel => "fragmented-by-kernel",
+            Counter::PassFragmentUnknown => "pass-fragment-unknown",
+            Counter::DropTcpFragment => "drop-tcp-fragment",
         }
     }
 }
@@ -395,6 +418,7 @@ const _: () = {
     assert!(size_of::<TcpWindow>() == 16);
     assert!(size_of::<FlowEntry>() == 40);
     assert!(size_of::<RevNatKey>() == 8);
+    assert!(size_of::<FragKey>() == 12);
     assert!(size_of::<RevNatEntry>() == 12);
     assert!(Counter::ALL.len() == COUNTER_COUNT as usize);
 };

@@ -11,7 +11,7 @@ use wsfwd_common::{
 use crate::{
     counters::count,
     maps::{CONNTRACK, NAT, NEW_FLOW},
-    parse::{Packet, TCP_FIN, TCP_RST},
+    parse::{Frag, Packet, TCP_FIN, TCP_RST},
 };
 
 /// Which map a flow lives in.
@@ -119,7 +119,8 @@ pub fn seen(table: Table, e: *mut FlowEntry, key: &FlowKey, p: &Packet, now: u64
     // SAFETY: a pointer into a map value, valid for this program run.
     let e = unsafe { &mut *e };
     e.last_seen_ns = now;
-    if p.proto != PROTO_TCP {
+    // Fragments are not tracked: a later one has no TCP header at all.
+    if p.proto != PROTO_TCP || p.frag != Frag::Whole {
         return;
     }
     let Some(other) = table.get(&key.counterpart(e)) else {

@@ -11,7 +11,8 @@ use crate::{
     counters::count,
     icmp,
     maps::REVNAT,
-    nat, parse,
+    frag, nat,
+    parse::{self, Frag, Packet},
 };
 
 #[inline(always)]
@@ -29,6 +30,14 @@ pub fn handle(ctx: &TcContext) -> i32 {
         count(c);
         return TC_ACT_OK as i32;
     }
+    // A later fragment of a reply whose first fragment we translated; any
+    // other (most often a packet we already translated at ingress and
+    // redirected out of this interface) is not ours here.
+    if p.frag == Frag::Later && !frag::recall(p) {
+        count(Counter::PassNotOurs);
+        return TC_ACT_OK as i32;
+    }
+    let p: &Packet = p;
     // Cheap filter first: is the source an endpoint at all?
     let endpoint = RevNatKey { addr: p.saddr, port: p.sport, proto: p.proto, _pad: 0 };
     // SAFETY: the value is copied out before any other map call.
@@ -36,11 +45,11 @@ pub fn handle(ctx: &TcContext) -> i32 {
         count(Counter::PassNotOurs);
         return TC_ACT_OK as i32;
     };
-    let key = conntrack::key(&p, DIR_REPLY);
+    let key = conntrack::key(p, DIR_REPLY);
     let now = conntrack::now();
     let e = match Table::Conntrack.get(&key) {
         Some(e) => {
-            conntrack::seen(Table::Conntrack, e, &key, &p, now);
+            conntrack::seen(Table::Conntrack, e, &key, p, now);
             // SAFETY: a pointer into a map value, valid for this run.
             unsafe { (*e).to }
         }
@@ -54,7 +63,10 @@ pub fn handle(ctx: &TcContext) -> i32 {
             return TC_ACT_OK as i32;
         }
     };
-    if nat::translate(ctx, &p, &e).is_err() {
+    if p.frag == Frag::First {
+        frag::remember(p);
+    }
+    if nat::translate(ctx, p, &e).is_err() {
         count(Counter::DropError);
         return TC_ACT_SHOT as i32;
     }

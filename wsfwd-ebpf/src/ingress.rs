@@ -14,7 +14,8 @@ use crate::{
     icmp,
     maps::{SERVICES, snat_ports},
     nat,
-    parse::{self, Packet},
+    frag,
+    parse::{self, Frag, Packet},
     reply, select, snat,
 };
 
@@ -65,6 +66,10 @@ fn run(ctx: &TcContext) -> Result<i32, Verdict> {
         Err(Counter::PassIcmpNotOurs) => return icmp::at_ingress(ctx).map_err(Verdict::Drop),
         Err(c) => return Err(Verdict::Pass(c)),
     };
+    if p.frag == Frag::Later && !frag::recall(p) {
+        return Err(Verdict::Pass(Counter::PassFragmentUnknown));
+    }
+    let p: &Packet = p;
     let frontend = ServiceKey { addr: p.daddr, port: p.dport, proto: p.proto, _pad: 0 };
     // SAFETY: the value is copied out before any other map call.
     let svc = unsafe { SERVICES.get(&frontend) }.copied();
@@ -72,6 +77,12 @@ fn run(ctx: &TcContext) -> Result<i32, Verdict> {
         // What the kernel would drop is never translated: dropped (and
         // counted) when addressed to a frontend, else left to the kernel.
         return Err(if svc.is_some() { Verdict::Drop(reason) } else { Verdict::Pass(Counter::PassNotOurs) });
+    }
+    // TCP is never fragmented by a well-behaved sender (it sets DF and
+    // segments itself); a fragmented TCP packet to a frontend is an attack
+    // on the endpoint's reassembly, and could not be window-checked.
+    if svc.is_some() && p.proto == PROTO_TCP && p.frag != Frag::Whole {
+        return Err(Verdict::Drop(Counter::DropTcpFragment));
     }
     match svc {
         Some(svc) => to_endpoint(ctx, &p, &svc),
@@ -117,6 +128,9 @@ fn to_endpoint(ctx: &TcContext, p: &Packet, svc: &ServiceEntry) -> Result<i32, V
             }
         }
     };
+    if p.frag == Frag::First {
+        frag::remember(p);
+    }
     forward(ctx, p, &to, Counter::Redirected)
 }
 
@@ -171,6 +185,9 @@ fn to_client(ctx: &TcContext, p: &Packet) -> Result<i32, Verdict> {
     conntrack::seen(Table::Nat, e, &key, p, conntrack::now());
     // SAFETY: a pointer into a map value, valid for this run.
     let to = unsafe { (*e).to };
+    if p.frag == Frag::First {
+        frag::remember(p);
+    }
     forward(ctx, p, &to, Counter::SnatReplyRedirected)
 }
 

@@ -10,6 +10,7 @@ mod conntrack;
 mod counters;
 mod egress;
 mod forward;
+mod frag;
 mod icmp;
 mod ingress;
 mod maps;

@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use wsfwd_common::abi::{
-    Backend, COUNTER_COUNT, FlowEntry, FlowKey, MAX_SNAT_IPS, RevNatEntry, RevNatKey, ServiceEntry, ServiceKey,
+    Backend, COUNTER_COUNT, FlowEntry, FlowKey, FragKey, MAX_SNAT_IPS, RevNatEntry, RevNatKey, ServiceEntry, ServiceKey,
 };
 
 #[map]
@@ -41,6 +41,10 @@ pub static HALF_OPEN: LruHashMap<[u8; 4], u64> = LruHashMap::with_max_entries(1,
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+
+/// First fragments' ports, for the fragments that follow (see `frag`).
+#[map]
+pub static FRAGMENTS: LruHashMap<FragKey, [u8; 4]> = LruHashMap::with_max_entries(16384, 0);
 
 /// The two entries of a flow being created: scratch space off the small eBPF stack.
 #[map]

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use wsfwd_common::abi::{PROTO_UDP, Rewrite};
 
-use crate::parse::{IP_OFF, L4_OFF, Packet};
+use crate::parse::{Frag, IP_OFF, L4_OFF, Packet};
 
 const IP_TTL_OFF: usize = IP_OFF + 8;
 const IP_CSUM_OFF: usize = IP_OFF + 10;
@@ -48,11 +48,16 @@ fn rewrite(
     let csum = l4_csum_off(p);
     let flags = l4_flags(p);
     let (from, to) = (u32::from_ne_bytes(old_addr) as u64, u32::from_ne_bytes(new_addr) as u64);
+    // A later fragment has no L4 header: only its IP header changes (the
+    // first fragment's L4 checksum covers the whole datagram).
+    let l4 = p.frag != Frag::Later;
     // The address is in the L4 pseudo-header and the IP header; the port only in L4.
-    ctx.l4_csum_replace(csum, from, to, flags | BPF_F_PSEUDO_HDR as u64 | 4)?;
+    if l4 {
+        ctx.l4_csum_replace(csum, from, to, flags | BPF_F_PSEUDO_HDR as u64 | 4)?;
+    }
     ctx.l3_csum_replace(IP_CSUM_OFF, from, to, 4)?;
     ctx.store(addr_off, &new_addr, 0)?;
-    if old_port != new_port {
+    if l4 && old_port != new_port {
         let (from, to) = (u16::from_ne_bytes(old_port) as u64, u16::from_ne_bytes(new_port) as u64);
         ctx.l4_csum_replace(csum, from, to, flags | 2)?;
         ctx.store(port_off, &new_port, 0)?;

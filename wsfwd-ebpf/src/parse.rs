@@ -53,9 +53,25 @@ pub struct Packet {
     pub ip_len: u32,
     /// Don't Fragment set: the sender wants "fragmentation needed", not fragments.
     pub df: bool,
+    /// Which piece of a fragmented datagram this is, if any.
+    pub frag: Frag,
+    /// The IP identification (network order): what ties fragments together.
+    pub ip_id: [u8; 2],
     /// Set when the kernel would drop this packet (`ip_rcv` and the
     /// transport's own checks): it must never be translated or forwarded.
     pub invalid: Option<Counter>,
+}
+
+/// A packet's place in a fragmented datagram.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Frag {
+    /// Not fragmented.
+    Whole,
+    /// The first fragment: it carries the L4 header (ports, checksum).
+    First,
+    /// A later fragment: IP header and payload only; its ports come from
+    /// the first fragment, remembered in `FRAGMENTS`.
+    Later,
 }
 
 impl Packet {
@@ -96,7 +112,7 @@ pub fn read<const N: usize>(ctx: &TcContext, off: usize) -> Option<[u8; N]> {
 /// The result lives in a per-CPU scratch slot, not on the 512-byte eBPF
 /// stack: every path borrows it instead of copying it.
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Result<&'static Packet, Counter> {
+pub fn parse(ctx: &TcContext) -> Result<&'static mut Packet, Counter> {
     let eth: [u8; ETH_LEN] = bytes_at(ctx, 0).ok_or(Counter::PassUnparsed)?;
     if u16::from_ne_bytes([eth[12], eth[13]]) != EtherType::Ipv4 as u16 {
         return Err(Counter::PassNotIpv4L4);
@@ -111,10 +127,9 @@ pub fn parse(ctx: &TcContext) -> Result<&'static Packet, Counter> {
     if ip[0] != 0x45 {
         return Err(Counter::PassUnparsed);
     }
-    // More-fragments flag or a fragment offset: ports are not in every piece.
-    if (ip[6] & 0x3f) != 0 || ip[7] != 0 {
-        return Err(Counter::PassUnparsed);
-    }
+    // More-fragments flag or a fragment offset: ports are in the first piece only.
+    let offset = (u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff) != 0;
+    let frag = if offset { Frag::Later } else if ip[6] & 0x20 != 0 { Frag::First } else { Frag::Whole };
     // ICMP has its own path (icmp.rs); this error says "look there".
     if proto == PROTO_ICMP {
         return Err(Counter::PassIcmpNotOurs);
@@ -126,7 +141,10 @@ pub fn parse(ctx: &TcContext) -> Result<&'static Packet, Counter> {
         ip_len = ctx.len().saturating_sub(ETH_LEN as u32);
     }
     let mut tcp = Segment::default();
-    let (ports, tcp_flags, l4_len) = if proto == PROTO_TCP {
+    let (ports, tcp_flags, l4_len) = if frag == Frag::Later {
+        // No L4 header here: the caller fills the ports in from the first fragment.
+        ([0; 4], 0, 0)
+    } else if proto == PROTO_TCP {
         let l4: [u8; TCP_READ] = read(ctx, L4_OFF).ok_or(Counter::PassUnparsed)?;
         let doff = (l4[12] >> 4) as u32 * 4;
         let word = |at: usize| u32::from_be_bytes([l4[at], l4[at + 1], l4[at + 2], l4[at + 3]]);
@@ -155,17 +173,19 @@ pub fn parse(ctx: &TcContext) -> Result<&'static Packet, Counter> {
     p.ttl = ip[8];
     p.ip_len = ip_len;
     p.df = ip[6] & 0x40 != 0;
+    p.frag = frag;
+    p.ip_id = [ip[4], ip[5]];
     p.tcp_flags = tcp_flags;
     p.tcp = tcp;
     p.headers = IP_LEN as u32 + if proto == PROTO_TCP { l4_len } else { UDP_READ as u32 };
-    p.invalid = check(ctx, &ip, ip_len, proto, l4_len);
+    p.invalid = check(ctx, &ip, ip_len, proto, l4_len, frag);
     Ok(p)
 }
 
 /// What `ip_rcv` and TCP/UDP would reject. `l4_len` is TCP's header length
 /// or UDP's length field.
 #[inline(always)]
-fn check(ctx: &TcContext, ip: &[u8; IP_LEN], ip_len: u32, proto: u8, l4_len: u32) -> Option<Counter> {
+fn check(ctx: &TcContext, ip: &[u8; IP_LEN], ip_len: u32, proto: u8, l4_len: u32, frag: Frag) -> Option<Counter> {
     // The IP length must cover the header and fit in the frame (a shorter
     // one leaves Ethernet padding, which the kernel trims). GSO packets carry
     // their whole length.
@@ -176,10 +196,12 @@ fn check(ctx: &TcContext, ip: &[u8; IP_LEN], ip_len: u32, proto: u8, l4_len: u32
         return Some(Counter::DropBadIpChecksum);
     }
     let room = ip_len - IP_LEN as u32;
-    let l4_ok = if proto == PROTO_TCP {
-        l4_len >= TCP_MIN as u32 && l4_len <= room
-    } else {
-        l4_len >= UDP_READ as u32 && l4_len <= room
+    let l4_ok = match (frag, proto) {
+        (Frag::Later, _) => true,
+        (_, PROTO_TCP) => l4_len >= TCP_MIN as u32 && l4_len <= room,
+        // A first fragment holds the UDP header; its length field covers the whole datagram.
+        (Frag::First, _) => room >= UDP_READ as u32 && l4_len >= UDP_READ as u32,
+        _ => l4_len >= UDP_READ as u32 && l4_len <= room,
     };
     if !l4_ok {
         return Some(Counter::DropTruncatedL4);

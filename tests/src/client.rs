@@ -24,9 +24,16 @@ pub struct Hello {
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
 pub async fn tcp_connect(ns: &Netns, src: Ipv4Addr, dst: SocketAddrV4) -> anyhow::Result<TcpStream> {
+    tcp_connect_from(ns, SocketAddrV4::new(src, 0), dst).await
+}
+
+/// `tcp_connect` from a given source port (0: any), reusable at once after
+/// a RST close (`SO_REUSEADDR`).
+pub async fn tcp_connect_from(ns: &Netns, src: SocketAddrV4, dst: SocketAddrV4) -> anyhow::Result<TcpStream> {
     let sock = ns.socket(socket2::Type::STREAM, socket2::Protocol::TCP)?;
     sock.set_nonblocking(true)?;
-    sock.bind(&SocketAddr::from((src, 0)).into())?;
+    sock.set_reuse_address(true)?;
+    sock.bind(&SocketAddr::from(src).into())?;
     let sock = TcpSocket::from_std_stream(std::net::TcpStream::from(sock));
     tokio::time::timeout(TIMEOUT, sock.connect(dst.into()))
         .await
@@ -36,7 +43,12 @@ pub async fn tcp_connect(ns: &Netns, src: Ipv4Addr, dst: SocketAddrV4) -> anyhow
 
 /// Connects, completes the WebSocket handshake and reads the greeting.
 pub async fn ws_connect(ns: &Netns, src: Ipv4Addr, dst: SocketAddrV4) -> anyhow::Result<(Ws, Hello)> {
-    let tcp = tcp_connect(ns, src, dst).await?;
+    ws_connect_from(ns, SocketAddrV4::new(src, 0), dst).await
+}
+
+/// `ws_connect` from a given source port (0: any).
+pub async fn ws_connect_from(ns: &Netns, src: SocketAddrV4, dst: SocketAddrV4) -> anyhow::Result<(Ws, Hello)> {
+    let tcp = tcp_connect_from(ns, src, dst).await?;
     let (mut ws, _resp) = tokio::time::timeout(TIMEOUT, client_async(format!("ws://{dst}/"), tcp))
         .await
         .context("WebSocket handshake timed out")?

@@ -10,7 +10,7 @@ use tokio_tungstenite::tungstenite::Message;
 use wsfwd_tests::{
     agent::Agent,
     checks::{Capture, affinity_checks, frame_checks, handshake_checks, predicted_for_client},
-    client::{echo, tcp_connect, udp_exchange, ws_connect},
+    client::{echo, tcp_connect, udp_exchange, ws_connect, ws_connect_from},
     topo::{Spec, Topo, VIP, upstream_config, upstream_udp_config},
 };
 use wsfwd_common::DEFAULT_HASH_SEED;
@@ -237,4 +237,46 @@ async fn t2_06_udp_fragments_through_full_nat() {
     }
     let c = agent.stats().unwrap().since(&before);
     assert_eq!(c["pass-fragment-unknown"], 0, "{c:?}");
+}
+
+/// A few client ports reused over and over — connect, WebSocket handshake,
+/// close with a RST, wait about as long as a closed flow lives, again — while
+/// the collector runs every second with second-long timeouts: a reconnect
+/// often lands just as the collector removes the old flow on the same tuple.
+/// Every handshake must complete (the collector must never delete the new
+/// flow's entries, nor leak the old one's port).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t2_07_reused_tuples_racing_the_collector_never_fail_a_handshake() {
+    const PORTS: u16 = 32;
+    const CYCLES: u32 = 20;
+    let mut t = Topo::new("tr", Spec::T2).unwrap();
+    t.start_ws_peers().unwrap();
+    let config = upstream_config(&endpoints(&t), "Cluster");
+    let agent = Agent::start(
+        &t.node,
+        &t.dir,
+        &config,
+        &["--gc-interval", "1", "--tcp-fin-timeout", "1", "--tcp-syn-timeout", "1", "--snat-quarantine", "0"],
+    )
+    .unwrap();
+    let t = &t;
+    let cycles = (0..PORTS).map(|i| async move {
+        let src = std::net::SocketAddrV4::new(t.clients[i as usize % t.clients.len()], 45000 + i);
+        for n in 0..CYCLES {
+            let (mut ws, _) = ws_connect_from(&t.client, src, t.vip())
+                .await
+                .unwrap_or_else(|e| panic!("{src}, cycle {n}: the handshake failed: {e:#}"));
+            let msg = Message::text(format!("{src} {n}"));
+            assert_eq!(echo(&mut ws, msg.clone()).await.unwrap(), msg);
+            socket2::SockRef::from(ws.get_ref()).set_linger(Some(Duration::ZERO)).unwrap();
+            drop(ws);
+            // Around the flow's remaining life (FIN timeout plus up to one collection).
+            let pause = 900 + (u64::from(i) * 37 + u64::from(n) * 101) % 1200;
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+    });
+    futures_util::future::join_all(cycles).await;
+    let c = agent.stats().unwrap();
+    assert_eq!(c["snat-allocated"], u64::from(PORTS) * u64::from(CYCLES), "{c:?}");
+    assert_eq!((c["drop-no-nat-flow"], c["drop-snat-exhausted"]), (0, 0), "{c:?}");
 }

@@ -351,3 +351,47 @@ async fn a_spoofed_syn_flood_fills_the_nat_table_and_recovers_within_the_syn_tim
     }
     still_echoes(&mut victim, "the recovery").await;
 }
+
+/// Gateway mode: 10,000 SYNs (each sent twice) from spoofed addresses against a 1,024-entry
+/// conntrack table. They wait in the handshake table, so the established,
+/// idle connections keep their entries — still tracked, not evicted and
+/// picked up again — and keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spoofed_syn_flood_never_evicts_established_gateway_flows() {
+    const FLOOD: u32 = 10_000;
+    let mut t = Topo::new("sg", Spec::T1).unwrap();
+    t.start_ws_peers().unwrap();
+    let agent = Agent::start(&t.node, &t.dir, SEED_CONFIG, &["--ct-size", "1024"]).unwrap();
+    let mut victims = Vec::new();
+    for &src in &t.clients[..8] {
+        let (mut ws, _) = ws_connect(&t.client, src, t.vip()).await.unwrap();
+        still_echoes(&mut ws, "connecting").await;
+        let me = local(&ws).to_string();
+        victims.push((ws, me));
+    }
+    let link = RawLink::open(&t.client, "c0", &t.node, "n0").unwrap();
+    let before = agent.stats().unwrap();
+    for i in 0..FLOOD {
+        let spoofed = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(172, 16, 0, 0)) + i);
+        // Twice, as a retransmitting SYN flood does: the LRU then sees the flood's flows in use.
+        let syn = Tcp::new(SocketAddrV4::new(spoofed, 33000), t.vip(), TCP_SYN).packet();
+        link.send_ip(&syn).unwrap();
+        link.send_ip(&syn).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let flows = agent.flows().unwrap();
+    for (ws, me) in &mut victims {
+        let mine: Vec<_> = flows.iter().filter(|f| f.source == *me || f.destination == *me).collect();
+        assert_eq!(mine.len(), 2, "{me}: {mine:?}");
+        for f in mine {
+            assert_eq!(f.table, "conntrack", "{me}: {f:?}");
+            assert!(f.state.iter().any(|s| s == "handshake") && !f.state.iter().any(|s| s == "liberal"), "{me}: {f:?}");
+        }
+        still_echoes(ws, "a SYN flood").await;
+    }
+    let created = agent.stats().unwrap().since(&before)["flow-created"];
+    assert_eq!(created, u64::from(FLOOD), "every spoofed SYN made one flow, and nothing else was re-made");
+    let waiting = flows.iter().filter(|f| f.table == "handshake").count();
+    // Ten flows' worth of entries in a 1,024-entry LRU table: it was churned through.
+    assert!(waiting >= 512, "the flood did not reach the handshake table ({waiting} entries)");
+}

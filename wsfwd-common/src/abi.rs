@@ -20,7 +20,9 @@ pub mod map_names {
     pub const SNAT_IPS: &str = "SNAT_IPS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const HALF_OPEN: &str = "HALF_OPEN";
-    pub const ALL: [&str; 9] = [SERVICES, BACKENDS, MAGLEV, CONNTRACK, REVNAT, NAT, SNAT_IPS, COUNTERS, HALF_OPEN];
+    pub const HANDSHAKES: &str = "HANDSHAKES";
+    pub const ALL: [&str; 10] =
+        [SERVICES, BACKENDS, MAGLEV, CONNTRACK, REVNAT, NAT, SNAT_IPS, COUNTERS, HALF_OPEN, HANDSHAKES];
 }
 
 /// Globals the agent sets at load time.

@@ -1,6 +1,7 @@
 //! Flow state. Each flow has two entries, one per direction, saying what a
-//! packet of that direction becomes. Gateway flows live in `CONNTRACK` (LRU),
-//! full-NAT flows in `NAT` (never evicted). Entries age out in the agent's
+//! packet of that direction becomes. Gateway flows live in `CONNTRACK` (LRU)
+//! once established, in `HANDSHAKES` (LRU) until then; full-NAT flows in
+//! `NAT` (never evicted). Entries age out in the agent's
 //! collector; the datapath only records what it sees.
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use wsfwd_common::{
@@ -10,7 +11,7 @@ use wsfwd_common::{
 
 use crate::{
     counters::count,
-    maps::{CONNTRACK, NAT, NEW_FLOW},
+    maps::{CONNTRACK, HANDSHAKES, NAT, NEW_FLOW},
     parse::{Frag, Packet, TCP_FIN, TCP_RST},
 };
 
@@ -18,6 +19,7 @@ use crate::{
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Table {
     Conntrack,
+    Handshakes,
     Nat,
 }
 
@@ -26,9 +28,37 @@ impl Table {
     pub fn get(self, key: &FlowKey) -> Option<*mut FlowEntry> {
         match self {
             Table::Conntrack => CONNTRACK.get_ptr_mut(key),
+            Table::Handshakes => HANDSHAKES.get_ptr_mut(key),
             Table::Nat => NAT.get_ptr_mut(key),
         }
     }
+
+    #[inline(always)]
+    fn insert(self, key: &FlowKey, e: &FlowEntry, flags: u64) -> Result<(), i32> {
+        match self {
+            Table::Conntrack => CONNTRACK.insert(key, e, flags),
+            Table::Handshakes => HANDSHAKES.insert(key, e, flags),
+            Table::Nat => NAT.insert(key, e, flags),
+        }
+    }
+
+    #[inline(always)]
+    fn remove(self, key: &FlowKey) {
+        let _ = match self {
+            Table::Conntrack => CONNTRACK.remove(key),
+            Table::Handshakes => HANDSHAKES.remove(key),
+            Table::Nat => NAT.remove(key),
+        };
+    }
+}
+
+/// Removes both entries of a flow (`key` and `e` are one of them), which
+/// must not be used after.
+#[inline(always)]
+pub fn forget(table: Table, e: &FlowEntry, key: &FlowKey) {
+    let other = key.counterpart(e);
+    table.remove(&other);
+    table.remove(key);
 }
 
 #[inline(always)]
@@ -85,20 +115,30 @@ pub fn create_gateway(p: &Packet, backend: &Backend, now: u64) -> Result<Rewrite
     let out = Rewrite { saddr: p.saddr, sport: p.sport, daddr: backend.addr, dport: backend.port };
     let back = Rewrite { saddr: p.daddr, sport: p.dport, daddr: p.saddr, dport: p.sport };
     let reply = FlowKey { saddr: out.daddr, daddr: out.saddr, sport: out.dport, dport: out.sport, proto: p.proto, dir: DIR_REPLY, _pad: [0; 2] };
-    let flags = match CONNTRACK.get_ptr(&reply) {
-        // SAFETY: a pointer into a map value, valid for this run.
-        Some(theirs) if unsafe { (*theirs).to.saddr != p.daddr || (*theirs).to.sport != p.dport } => {
-            return Err(Counter::DropTupleClash);
+    // A TCP SYN waits in `HANDSHAKES`; anything else (UDP, a TCP flow picked
+    // up mid-stream) is as established as it will get.
+    let table = if p.proto == PROTO_TCP && p.is_syn() { Table::Handshakes } else { Table::Conntrack };
+    let mut flags = BPF_NOEXIST as u64;
+    for t in [Table::Conntrack, Table::Handshakes] {
+        if let Some(theirs) = t.get(&reply) {
+            // SAFETY: a pointer into a map value, valid for this run.
+            if unsafe { (*theirs).to.saddr != p.daddr || (*theirs).to.sport != p.dport } {
+                return Err(Counter::DropTupleClash);
+            }
+            // This tuple's own stale reply entry: replaced.
+            if t == table {
+                flags = 0;
+            } else {
+                t.remove(&reply);
+            }
         }
-        Some(_) => 0,
-        None => BPF_NOEXIST as u64,
-    };
+    }
     let (to_endpoint, to_client) = opening(p, out, back, now).ok_or(Counter::DropError)?;
     // Two SYNs racing for a free reply key: only one claims it.
-    CONNTRACK.insert(&reply, to_client, flags).map_err(|_| Counter::DropTupleClash)?;
+    table.insert(&reply, to_client, flags).map_err(|_| Counter::DropTupleClash)?;
     // LRU inserts do not fail for want of room; any other failure means the
     // next packet simply tries again.
-    let _ = CONNTRACK.insert(&original, to_endpoint, 0);
+    let _ = table.insert(&original, to_endpoint, 0);
     Ok(out)
 }
 
@@ -142,6 +182,15 @@ pub fn seen(table: Table, e: *mut FlowEntry, key: &FlowKey, p: &Packet, now: u64
     };
     if handshake && e.state.handshake == 0 {
         e.state.handshake = 1;
+        if table == Table::Handshakes && other.state.handshake != 0 {
+            // Established: both entries move to `CONNTRACK`. The pointers
+            // are not used after this.
+            let other_key = key.counterpart(e);
+            let _ = CONNTRACK.insert(key, &*e, 0);
+            let _ = CONNTRACK.insert(&other_key, &*other, 0);
+            forget(Table::Handshakes, e, key);
+            return;
+        }
     }
     if fin && e.state.fin == 0 {
         e.state.fin = 1;

@@ -47,11 +47,17 @@ pub fn handle(ctx: &TcContext) -> i32 {
     };
     let key = conntrack::key(p, DIR_REPLY);
     let now = conntrack::now();
-    let e = match Table::Conntrack.get(&key) {
-        Some(e) => {
-            conntrack::seen(Table::Conntrack, e, &key, p, now);
+    let found = match Table::Conntrack.get(&key) {
+        Some(e) => Some((Table::Conntrack, e)),
+        None => Table::Handshakes.get(&key).map(|e| (Table::Handshakes, e)),
+    };
+    let e = match found {
+        Some((table, e)) => {
+            // Copied first: the entry may move to another map.
             // SAFETY: a pointer into a map value, valid for this run.
-            unsafe { (*e).to }
+            let to = unsafe { (*e).to };
+            conntrack::seen(table, e, &key, p, now);
+            to
         }
         // Evicted: an endpoint of exactly one frontend still says where it belongs.
         None if revnat.flags & REVNAT_F_UNIQUE != 0 => {

@@ -195,7 +195,7 @@ pub fn at_ingress(ctx: &TcContext) -> Result<i32, Counter> {
         count(Counter::PassIcmpNotOurs);
         return Ok(TC_ACT_OK as i32);
     };
-    let e = match flow(&err, DIR_ORIGINAL, &[Table::Conntrack, Table::Nat]) {
+    let e = match flow(&err, DIR_ORIGINAL, &[Table::Conntrack, Table::Nat, Table::Handshakes]) {
         Some(e) => e,
         None => match flow(&err, DIR_REPLY, &[Table::Nat]) {
             Some(e) => e,
@@ -230,7 +230,7 @@ pub fn at_egress(ctx: &TcContext) -> i32 {
         count(Counter::PassIcmpNotOurs);
         return TC_ACT_OK as i32;
     };
-    let Some(e) = flow(&err, DIR_REPLY, &[Table::Conntrack]) else {
+    let Some(e) = flow(&err, DIR_REPLY, &[Table::Conntrack, Table::Handshakes]) else {
         count(Counter::PassIcmpNotOurs);
         return TC_ACT_OK as i32;
     };

@@ -102,24 +102,36 @@ fn to_endpoint(ctx: &TcContext, p: &Packet, svc: &ServiceEntry) -> Result<i32, V
     let now = conntrack::now();
     let key = conntrack::key(p, DIR_ORIGINAL);
     let mut found = None;
-    for table in [Table::Conntrack, Table::Nat] {
+    for table in [Table::Conntrack, Table::Nat, Table::Handshakes] {
         if let Some(e) = table.get(&key) {
             found = Some((table, e));
             break;
         }
     }
-    let to = match found {
-        // A new SYN on a closed flow's tuple is a new connection: choose
-        // again. Only a RST or FINs that fit the window close a flow, so a
-        // forged one cannot get a live flow re-chosen.
+    // A new SYN on a closed flow's tuple is a new connection: choose again.
+    // Only a RST or FINs that fit the window close a flow, so a forged one
+    // cannot get a live flow re-chosen.
+    if let Some((table, e)) = found {
         // SAFETY: a pointer into a map value, valid for this run.
-        Some((table, e)) if !(p.is_syn() && conntrack::status(table, unsafe { &*e }, &key).closing) => {
+        if p.is_syn() && conntrack::status(table, unsafe { &*e }, &key).closing {
+            if table != Table::Nat {
+                // A gateway flow's entries would shadow the new ones in `HANDSHAKES`.
+                conntrack::forget(table, unsafe { &*e }, &key);
+            }
+            found = None;
+        }
+    }
+    let to = match found {
+        Some((table, e)) => {
+            // Copied first: the entry may move to another map.
+            // SAFETY: a pointer into a map value, valid for this run.
+            let to = unsafe { (*e).to };
             conntrack::seen(table, e, &key, p, now);
-            unsafe { (*e).to }
+            to
         }
         // New, or evicted from the LRU map: Maglev gives the same endpoint
         // again as long as the service's endpoints have not changed.
-        _ => {
+        None => {
             let mut to = Rewrite::default();
             match new_flow(p, svc, now, &mut to) {
                 NewFlow::Created => to,
@@ -182,9 +194,9 @@ fn to_client(ctx: &TcContext, p: &Packet) -> Result<i32, Verdict> {
     if p.ttl <= 1 {
         return Err(Verdict::Pass(Counter::PassTtlExpired));
     }
-    conntrack::seen(Table::Nat, e, &key, p, conntrack::now());
     // SAFETY: a pointer into a map value, valid for this run.
     let to = unsafe { (*e).to };
+    conntrack::seen(Table::Nat, e, &key, p, conntrack::now());
     if p.frag == Frag::First {
         frag::remember(p);
     }

@@ -186,6 +186,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
 fn collect(dp: &mut Datapath, timeouts: &gc::Timeouts, quarantine: Duration) {
     let now = gc::monotonic_ns();
     sweep("conntrack", dp.conntrack(), now, timeouts, Duration::ZERO);
+    sweep("handshakes", dp.handshakes(), now, timeouts, Duration::ZERO);
     // SNAT ports stay reserved for the quarantine after their flow ended.
     let (nat, half_open) = dp.nat_and_half_open();
     let (entries, gone) = sweep("nat", nat, now, timeouts, quarantine);

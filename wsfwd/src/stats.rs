@@ -33,7 +33,8 @@ pub fn counters(dir: &Path) -> anyhow::Result<Vec<(&'static str, u64)>> {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Flow {
-    /// "conntrack" (gateway flows) or "nat" (full-NAT flows).
+    /// "conntrack" (established gateway flows), "handshake" (gateway TCP
+    /// flows in their handshake) or "nat" (full-NAT flows).
     pub table: &'static str,
     pub direction: &'static str,
     pub protocol: &'static str,
@@ -66,12 +67,14 @@ pub struct TcpView {
     pub scale: Option<u8>,
 }
 
-/// Both directions of every gateway flow (`CONNTRACK`) and full-NAT flow (`NAT`).
+/// Both directions of every gateway flow (`CONNTRACK`, `HANDSHAKES`) and full-NAT flow (`NAT`).
 pub fn flows(dir: &Path) -> anyhow::Result<Vec<Flow>> {
     let now = monotonic_ns();
     let addr = |a: [u8; 4], p: [u8; 2]| format!("{}:{}", Ipv4Addr::from(a), u16::from_be_bytes(p));
     let mut out = Vec::new();
-    for (table, name, lru) in [("conntrack", names::CONNTRACK, true), ("nat", names::NAT, false)] {
+    for (table, name, lru) in
+        [("conntrack", names::CONNTRACK, true), ("handshake", names::HANDSHAKES, true), ("nat", names::NAT, false)]
+    {
         let data = open(dir, name)?;
         let map: HashMap<_, FlowKey, FlowEntry> =
             HashMap::try_from(if lru { Map::LruHashMap(data) } else { Map::HashMap(data) })?;

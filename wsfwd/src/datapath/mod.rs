@@ -46,9 +46,16 @@ pub struct Datapath {
     // Field order is drop order: detach the programs, then unpin the maps.
     ebpf: Ebpf,
     conntrack: FlowMap,
+    handshakes: FlowMap,
     nat: FlowMap,
     half_open: HalfOpenMap,
     _pins: PinDir,
+}
+
+/// Gateway flows in their handshake: a quarter of conntrack's size (at least
+/// 1,024 entries). A SYN flood churns only these.
+pub fn handshakes_size(ct_size: u32) -> u32 {
+    (ct_size / 4).max(1024)
 }
 
 /// Map capacity: room to grow (live updates come later), never zero.
@@ -69,6 +76,7 @@ impl Datapath {
             .map_max_entries(names::MAGLEV, capacity(contents.maglev.len()))
             .map_max_entries(names::REVNAT, capacity(contents.revnat.len()))
             .map_max_entries(names::CONNTRACK, opts.ct_size)
+            .map_max_entries(names::HANDSHAKES, handshakes_size(opts.ct_size))
             .map_max_entries(names::NAT, opts.nat_size)
             // One per client address with half-open flows: at most one per flow.
             .map_max_entries(names::HALF_OPEN, (opts.nat_size / 2).max(64))
@@ -80,11 +88,13 @@ impl Datapath {
             pins.pin(map, name)?;
         }
         let conntrack = HashMap::try_from(ebpf.take_map(names::CONNTRACK).ok_or_else(|| anyhow!("no CONNTRACK map"))?)?;
+        let handshakes =
+            HashMap::try_from(ebpf.take_map(names::HANDSHAKES).ok_or_else(|| anyhow!("no HANDSHAKES map"))?)?;
         let nat = HashMap::try_from(ebpf.take_map(names::NAT).ok_or_else(|| anyhow!("no NAT map"))?)?;
         let half_open =
             HashMap::try_from(ebpf.take_map(names::HALF_OPEN).ok_or_else(|| anyhow!("no HALF_OPEN map"))?)?;
         // From here on, dropping `this` detaches whatever got attached.
-        let mut this = Self { ebpf, conntrack, nat, half_open, _pins: pins };
+        let mut this = Self { ebpf, conntrack, handshakes, nat, half_open, _pins: pins };
         for (prog, hook) in [(INGRESS, TcAttachType::Ingress), (EGRESS, TcAttachType::Egress)] {
             let p: &mut SchedClassifier = this
                 .ebpf
@@ -99,9 +109,14 @@ impl Datapath {
         Ok(this)
     }
 
-    /// Gateway flows (LRU).
+    /// Established gateway flows (LRU).
     pub fn conntrack(&mut self) -> &mut FlowMap {
         &mut self.conntrack
+    }
+
+    /// Gateway TCP flows in their handshake (LRU).
+    pub fn handshakes(&mut self) -> &mut FlowMap {
+        &mut self.handshakes
     }
 
     /// Full-NAT flows (never evicted; collected by the agent).

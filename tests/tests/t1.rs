@@ -14,7 +14,7 @@ use wsfwd_tests::{
     client::{echo, tcp_connect, udp_exchange, ws_connect},
     peers,
     sys::run,
-    topo::{NODE_PORT, OTHER_SEED, SEED_CONFIG, Spec, Topo, UDP_SERVICE, VIP},
+    topo::{NODE_PORT, OTHER_SEED, SEED_CONFIG, Spec, Topo, UDP_SERVICE, VIP, upstream_config},
 };
 use wsfwd::{choose::Tuple, model::Protocol};
 use wsfwd_common::DEFAULT_HASH_SEED;
@@ -367,4 +367,28 @@ async fn t1_12_udp_fragments_follow_their_flow_both_ways() {
     assert!(leaked.is_empty(), "fragments with an endpoint's address reached the client: {leaked:#?}");
     let c = agent.stats().unwrap().since(&before);
     assert_eq!(c["pass-fragment-unknown"], 0, "{c:?}");
+}
+
+/// An endpoint on the node itself (a host-network pod): packets for it are
+/// translated and delivered by the node's own stack, its replies translated
+/// back at egress; it sees the client's address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t1_13_an_endpoint_on_the_node_itself() {
+    let mut t = Topo::new("hn", Spec::T1).unwrap();
+    let log = t.dir.join("node-ws.log");
+    let peer = peers::ws_echo(&t.node, "node", NODE_PORT, &log).unwrap();
+    t.peers.insert("node-ws".into(), peer);
+    let config = upstream_config(&[t.node_addr], "Cluster");
+    let agent = Agent::start(&t.node, &t.dir, &config, &[]).unwrap();
+    assert!(agent.log().contains(&format!("endpoint {}:{NODE_PORT}: behind the node", t.node_addr)), "{}", agent.log());
+    for &src in &t.clients[..4] {
+        let (mut ws, hello) = ws_connect(&t.client, src, t.vip()).await.unwrap_or_else(|e| panic!("{src}: {e:#}\n{:?}", agent.stats()));
+        assert_eq!((hello.backend.as_str(), hello.client), ("node", src.to_string()));
+        let msg = Message::binary(vec![3u8; 100_000]);
+        assert_eq!(echo(&mut ws, msg.clone()).await.unwrap(), msg);
+        ws.close(None).await.unwrap();
+    }
+    let c = agent.stats().unwrap();
+    assert!(c["delivered-locally"] > 0 && c["reply-translated"] > 0, "{c:?}");
+    assert_eq!(c["drop-no-route"], 0, "{c:?}");
 }

@@ -327,9 +327,12 @@ pub enum Counter {
     /// A fragment of a TCP packet to a frontend: dropped (TCP senders
     /// segment, never fragment; UDP fragments are forwarded).
     DropTcpFragment,
+    /// A frontend packet for an endpoint on this node (host network):
+    /// translated and handed to the kernel's stack for local delivery.
+    DeliveredLocally,
 }
 
-pub const COUNTER_COUNT: u32 = Counter::DropTcpFragment as u32 + 1;
+pub const COUNTER_COUNT: u32 = Counter::DeliveredLocally as u32 + 1;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -366,6 +369,7 @@ impl Counter {
         Counter::FragmentedByKernel,
         Counter::PassFragmentUnknown,
         Counter::DropTcpFragment,
+        Counter::DeliveredLocally,
     ];
 
     /// Stable names for logs, `wsfwd stats` and tests.
@@ -404,6 +408,7 @@ impl Counter {
             Counter::FragmentedByKernel => "fragmented-by-kernel",
             Counter::PassFragmentUnknown => "pass-fragment-unknown",
             Counter::DropTcpFragment => "drop-tcp-fragment",
+            Counter::DeliveredLocally => "delivered-locally",
         }
     }
 }

@@ -5,7 +5,8 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::{
-        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_REDIRECT,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS,
+        TC_ACT_REDIRECT,
         bpf_fib_lookup, bpf_redir_neigh,
     },
     helpers::{bpf_redirect, generated::bpf_fib_lookup as fib_lookup, generated::bpf_redirect_neigh},
@@ -29,6 +30,9 @@ pub enum NoRoute {
     /// Larger than the MTU of the link it would leave through; `gso` when it
     /// is a GSO packet whose segments would be.
     FragNeeded { mtu: u16, gso: bool },
+    /// The destination is this node itself (an endpoint on the host network):
+    /// delivered by the kernel's own stack, not forwarded.
+    Local,
     Drop(Counter),
 }
 
@@ -73,6 +77,7 @@ pub fn route(ctx: &TcContext, proto: u8, e: &Rewrite, headers: u32, ip_len: u32)
         }
         BPF_FIB_LKUP_RET_NO_NEIGH => Ok(Route { ifindex: params.ifindex, nexthop, macs: None }),
         BPF_FIB_LKUP_RET_FRAG_NEEDED => Err(NoRoute::FragNeeded { mtu, gso: false }),
+        BPF_FIB_LKUP_RET_NOT_FWDED => Err(NoRoute::Local),
         _ => Err(NoRoute::Drop(Counter::DropNoRoute)),
     }
 }

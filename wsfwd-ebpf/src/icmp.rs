@@ -215,6 +215,11 @@ pub fn at_ingress(ctx: &TcContext) -> Result<i32, Counter> {
         Ok(r) => r,
         Err(NoRoute::Drop(c)) => return Err(c),
         Err(NoRoute::FragNeeded { .. }) => return Err(Counter::DropFragNeeded),
+        // About a flow of an endpoint on this node: its own stack takes it.
+        Err(NoRoute::Local) => {
+            count(Counter::IcmpTranslated);
+            return Ok(TC_ACT_OK as i32);
+        }
     };
     nat::decrement_ttl(ctx, ttl, PROTO_ICMP).map_err(|_| Counter::DropError)?;
     let verdict = forward::redirect(ctx, &route)?;

@@ -209,6 +209,14 @@ fn forward(ctx: &TcContext, p: &Packet, e: &Rewrite, done: Counter) -> Result<i3
     let route = match forward::route(ctx, p.proto, e, p.headers, p.ip_len) {
         Ok(r) => r,
         Err(NoRoute::Drop(c)) => return Err(Verdict::Drop(c)),
+        // An endpoint on this node: translated, then delivered by the
+        // kernel's stack (its replies leave through egress, where they are
+        // translated back like any other).
+        Err(NoRoute::Local) => {
+            nat::translate(ctx, p, e).map_err(|_| Verdict::Drop(Counter::DropError))?;
+            count(Counter::DeliveredLocally);
+            return Ok(TC_ACT_OK as i32);
+        }
         // Without DF the sender wants it fragmented, as a router would: the
         // kernel does that when it forwards the translated packet. Only for
         // a gateway flow, whose source is the client's (a full-NAT source is

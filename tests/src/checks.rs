@@ -10,7 +10,7 @@ use tokio_tungstenite::tungstenite::{Bytes, Message};
 use wsfwd::{
     choose::{Tuple, choose},
     config,
-    datapath::contents::Node,
+    placement::Node,
     model::Protocol,
 };
 

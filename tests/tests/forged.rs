@@ -193,7 +193,7 @@ fn next_seq_ack(lines: &[String]) -> (u32, u32) {
     let last = lines.iter().rev().find(|l| l.contains(", seq ")).unwrap_or_else(|| panic!("no data segment in {lines:#?}"));
     let field = |name: &str| -> &str {
         let rest = &last[last.find(name).unwrap_or_else(|| panic!("no {name} in {last}")) + name.len()..];
-        rest.split(|c: char| c == ',' || c == ' ').next().unwrap()
+        rest.split([',', ' ']).next().unwrap()
     };
     let end = field(", seq ").split(':').nth(1).unwrap_or_else(|| panic!("no seq range in {last}"));
     (end.parse().unwrap(), field(", ack ").parse().unwrap())

@@ -56,9 +56,6 @@ pub static FRAGMENTS: LruHashMap<FragKey, [u8; 4]> = LruHashMap::with_max_entrie
 #[map]
 pub static NEW_FLOW: PerCpuArray<FlowEntry> = PerCpuArray::with_max_entries(2, 0);
 
-/// The packet being handled, parsed: scratch space off the small eBPF stack.
-#[map]
-pub static PACKET: PerCpuArray<crate::parse::Packet> = PerCpuArray::with_max_entries(1, 0);
 
 // Set by the agent at load time; volatile reads keep the compiler from
 // folding in these placeholders.

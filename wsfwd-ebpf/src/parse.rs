@@ -2,9 +2,7 @@
 //! packet, so later helper calls (which invalidate packet pointers) are safe.
 use core::mem::size_of;
 
-use aya_ebpf::programs::TcContext;
-
-use crate::maps::PACKET;
+use aya_ebpf::{macros::map, maps::PerCpuArray, programs::TcContext};
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::Ipv4Hdr,
@@ -61,6 +59,10 @@ pub struct Packet {
     /// transport's own checks): it must never be translated or forwarded.
     pub invalid: Option<Counter>,
 }
+
+/// The packet being handled, parsed: scratch space off the small eBPF stack.
+#[map]
+static PACKET: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
 
 /// A packet's place in a fragmented datagram.
 #[derive(Clone, Copy, PartialEq, Eq)]

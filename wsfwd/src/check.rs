@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::{
     choose::ServiceTable,
-    datapath::contents::Node,
+    placement::Node,
     model::{Endpoint, Frontend, HashInput, Protocol, Service, TrafficPolicy},
 };
 

@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use wsfwd_common::{hash_client, hash_flow};
 
 use crate::{
-    datapath::contents::{Node, serves},
+    placement::{Node, serves},
     maglev,
     model::{HashInput, Protocol, Service},
 };

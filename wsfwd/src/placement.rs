@@ -1,9 +1,42 @@
 //! Where each endpoint sits: behind the node (its route leaves through an
 //! interface that is not external) or out on the external side, where it
 //! needs full NAT so that its replies come back through the node.
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
-use crate::{datapath::contents::Node, model::Service, netif::Iface, route};
+use crate::{
+    model::{Endpoint, Service, TrafficPolicy},
+    netif::Iface,
+    route,
+};
+
+/// The node as the datapath needs to know it.
+#[derive(Clone, Debug, Default)]
+pub struct Node {
+    /// Addresses NodePorts are served on (those of the external interfaces).
+    pub addrs: Vec<Ipv4Addr>,
+    /// Endpoints that are *not* behind the node (their route leaves through
+    /// an external interface), with the source address of that route.
+    /// Endpoints not listed are behind the node.
+    pub external: BTreeMap<Ipv4Addr, Ipv4Addr>,
+    /// `--snat-ip`: when given, the SNAT addresses of every full-NAT endpoint.
+    pub snat_ips: Vec<Ipv4Addr>,
+}
+
+impl Node {
+    pub fn is_behind(&self, e: &Endpoint) -> bool {
+        !self.external.contains_key(&e.address)
+    }
+}
+
+/// Whether `e` takes new flows of `svc` on `node`: ready, and with
+/// `externalTrafficPolicy: Local` behind the node too.
+pub fn serves(svc: &Service, node: &Node, e: &Endpoint) -> bool {
+    e.takes_new_flows() && (svc.external_traffic_policy == TrafficPolicy::Cluster || node.is_behind(e))
+}
+
 
 /// Builds the node's view: its external addresses, and which endpoints are
 /// not behind it, by asking the routing table about each endpoint.

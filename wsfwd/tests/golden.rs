@@ -11,7 +11,7 @@ use std::{fmt::Write as _, net::Ipv4Addr, path::Path};
 use wsfwd::{
     choose::{Tuple, choose, flow_hash},
     config,
-    datapath::contents::Node,
+    placement::Node,
     maglev,
     model::{HashInput, Protocol},
 };

@@ -13,33 +13,9 @@ use wsfwd_common::abi::{
 
 use crate::{
     choose::ServiceTable,
-    model::{Endpoint, Frontend, HashInput, Service, TrafficPolicy},
+    model::{Frontend, HashInput, Service, TrafficPolicy},
+    placement::Node,
 };
-
-/// The node as the datapath needs to know it.
-#[derive(Clone, Debug, Default)]
-pub struct Node {
-    /// Addresses NodePorts are served on (those of the external interfaces).
-    pub addrs: Vec<Ipv4Addr>,
-    /// Endpoints that are *not* behind the node (their route leaves through
-    /// an external interface), with the source address of that route.
-    /// Endpoints not listed are behind the node.
-    pub external: BTreeMap<Ipv4Addr, Ipv4Addr>,
-    /// `--snat-ip`: when given, the SNAT addresses of every full-NAT endpoint.
-    pub snat_ips: Vec<Ipv4Addr>,
-}
-
-impl Node {
-    pub fn is_behind(&self, e: &Endpoint) -> bool {
-        !self.external.contains_key(&e.address)
-    }
-}
-
-/// Whether `e` takes new flows of `svc` on `node`: ready, and with
-/// `externalTrafficPolicy: Local` behind the node too.
-pub fn serves(svc: &Service, node: &Node, e: &Endpoint) -> bool {
-    e.takes_new_flows() && (svc.external_traffic_policy == TrafficPolicy::Cluster || node.is_behind(e))
-}
 
 #[derive(Debug, Default, PartialEq)]
 pub struct Contents {

@@ -98,7 +98,9 @@ struct RunCli {
     /// recently used entries are evicted; see the README for what that costs.
     #[arg(long, value_name = "N", default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(16..))]
     ct_size: u32,
-    /// Seed of the flow hash; every node of a deployment must use the same one.
+    /// Seed of the flow hash; every node of a deployment must use the same
+    /// one. The default is published (the agent warns): give a secret one, so
+    /// no one can compute which endpoint a client lands on.
     #[arg(long, value_name = "N", default_value_t = wsfwd_common::DEFAULT_HASH_SEED)]
     hash_seed: u32,
     /// Idle timeout of an established TCP flow, in seconds (Cilium: 21600;

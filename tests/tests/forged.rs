@@ -205,7 +205,7 @@ fn endpoints(t: &Topo) -> Vec<std::net::Ipv4Addr> {
 
 /// Segments forged with a live connection's addresses and ports, none at
 /// its exact next sequence number: RSTs outside the window and inside it,
-/// a FIN after a gap, data far ahead followed by a RST where that data would
+/// a FIN outside the window, data far ahead followed by a RST where that data would
 /// end, a SYN on the live tuple, a RST then a SYN. The connection must keep
 /// its endpoint (and, in full NAT, its mapping), and the flow must not be
 /// marked closed — with second-long FIN timeouts and collection, a flow
@@ -242,7 +242,7 @@ async fn forged_segments_leave_the_victim_alone(name: &str, spec: Spec) {
         ("a RST far outside the window", forged(next.wrapping_add(0x8000_0000), TCP_RST, 0)),
         ("a RST inside the window, not at the next sequence number", forged(next.wrapping_add(1000), TCP_RST, 0)),
         ("a RST+ACK behind the window", forged(next.wrapping_sub(300_000), TCP_RST | TCP_ACK, 0)),
-        ("a FIN after a gap", forged(next.wrapping_add(5000), TCP_FIN | TCP_ACK, 0)),
+        ("a FIN outside the window", forged(next.wrapping_add(0x6000_0000), TCP_FIN | TCP_ACK, 0)),
         ("data far ahead", forged(far, TCP_PSH | TCP_ACK, 100)),
         ("a RST where that data would end", forged(far.wrapping_add(100), TCP_RST, 0)),
         ("a SYN on the live tuple", forged(0x1234_5678, TCP_SYN, 0)),
@@ -352,8 +352,8 @@ async fn a_spoofed_syn_flood_fills_the_nat_table_and_recovers_within_the_syn_tim
     still_echoes(&mut victim, "the recovery").await;
 }
 
-/// Gateway mode: 10,000 SYNs (each sent twice) from spoofed addresses against a 1,024-entry
-/// conntrack table. They wait in the handshake table, so the established,
+/// Gateway mode: 10,000 SYNs (each sent twice) and 10,000 ACKs from spoofed
+/// addresses against a 1,024-entry conntrack table. They wait in the handshake table, so the established,
 /// idle connections keep their entries — still tracked, not evicted and
 /// picked up again — and keep working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -377,6 +377,10 @@ async fn a_spoofed_syn_flood_never_evicts_established_gateway_flows() {
         let syn = Tcp::new(SocketAddrV4::new(spoofed, 33000), t.vip(), TCP_SYN).packet();
         link.send_ip(&syn).unwrap();
         link.send_ip(&syn).unwrap();
+        // And an ACK from another spoofed address: a flow "picked up
+        // mid-stream", which the endpoint answers only with a RST.
+        let ack = Tcp::new(SocketAddrV4::new(spoofed, 34000), t.vip(), TCP_ACK).packet();
+        link.send_ip(&ack).unwrap();
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let flows = agent.flows().unwrap();
@@ -390,7 +394,7 @@ async fn a_spoofed_syn_flood_never_evicts_established_gateway_flows() {
         still_echoes(ws, "a SYN flood").await;
     }
     let created = agent.stats().unwrap().since(&before)["flow-created"];
-    assert_eq!(created, u64::from(FLOOD), "every spoofed SYN made one flow, and nothing else was re-made");
+    assert_eq!(created, 2 * u64::from(FLOOD), "every spoofed SYN and ACK made one flow, and nothing else was re-made");
     let waiting = flows.iter().filter(|f| f.table == "handshake").count();
     // Ten flows' worth of entries in a 1,024-entry LRU table: it was churned through.
     assert!(waiting >= 512, "the flood did not reach the handshake table ({waiting} entries)");

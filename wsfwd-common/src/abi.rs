@@ -172,7 +172,9 @@ pub struct FlowStatus {
 impl FlowStatus {
     pub fn of(a: &FlowState, b: Option<&FlowState>) -> Self {
         let liberal = a.liberal != 0 || b.is_some_and(|b| b.liberal != 0);
-        let (a_hs, b_hs) = (a.handshake != 0, b.is_some_and(|b| b.handshake != 0));
+        // An entry alone (its pair evicted, or replaced by a new flow on the
+        // tuple) is judged by its own side.
+        let (a_hs, b_hs) = (a.handshake != 0, b.is_none_or(|b| b.handshake != 0));
         let rst = a.rst != 0 || b.is_some_and(|b| b.rst != 0);
         let fins = a.fin != 0 && b.is_some_and(|b| b.fin != 0);
         FlowStatus { established: liberal || (a_hs && b_hs), closing: rst || fins }

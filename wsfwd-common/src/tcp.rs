@@ -11,7 +11,8 @@
 //!   SYN-ACK acknowledges the SYN and the opener then acknowledges the SYN-ACK;
 //! - a RST ends the flow only at exactly the next sequence number the peer
 //!   expects (RFC 5961's rule), so a blind RST must guess 32 bits;
-//! - a FIN counts only when it continues the sender's stream without a gap.
+//! - a FIN counts only inside the window, and a flow closes only on FINs
+//!   from both sides.
 //!
 //! What is not checked: SACK blocks, timestamps (PAWS), and urgent data; a
 //! flow picked up mid-stream (its entries lost) is tracked liberally.
@@ -23,6 +24,8 @@ pub const MAX_SCALE: u8 = 14;
 /// netfilter's MAXACKWINCONST: acknowledgements may trail by this much before
 /// the peer's window is known.
 const MIN_ACK_WINDOW: u32 = 66_000;
+/// The most data a SYN may carry (TCP Fast Open) that a SYN-ACK may decline.
+const SYN_DATA_MAX: u32 = 65_535;
 
 pub const FIN: u8 = 0x01;
 pub const SYN: u8 = 0x02;
@@ -108,10 +111,19 @@ const fn max1(w: u32) -> u32 {
 #[inline(always)]
 pub fn track(sender: &mut TcpWindow, receiver: &mut TcpWindow, seg: &Segment) -> Seen {
     let end = seg.end();
-    // A SYN-ACK from the side that has not spoken yet: the responder's first
-    // segment. It must acknowledge exactly the opener's SYN.
+    // The side that has not spoken yet: the responder. Its first segment must
+    // acknowledge the opener's SYN: all of it, or (TCP Fast Open data it
+    // declined) just the SYN itself, which the opener then resends from.
     if !sender.known() {
-        if seg.flags & (SYN | ACK) != SYN | ACK || !receiver.known() || seg.ack != receiver.end {
+        let acks_syn = seg.flags & ACK != 0
+            && receiver.known()
+            && !after(seg.ack, receiver.end)
+            && after(seg.ack, receiver.end.wrapping_sub(SYN_DATA_MAX + 1));
+        // The endpoint refusing the connection.
+        if acks_syn && seg.flags & RST != 0 {
+            return Seen::InWindow { handshake: false, fin: false, rst: true };
+        }
+        if seg.flags & (SYN | ACK) != SYN | ACK || !acks_syn {
             return Seen::OutOfWindow;
         }
         let scale = scale_of(seg.wscale);
@@ -137,16 +149,18 @@ pub fn track(sender: &mut TcpWindow, receiver: &mut TcpWindow, seg: &Segment) ->
     if !in_window {
         return Seen::OutOfWindow;
     }
-    // A RST closes only at exactly the next sequence number; a FIN only
-    // where it continues the stream without a gap.
+    // A RST closes only at exactly the next sequence number: a blind one
+    // must guess 32 bits. (A stack that gets an in-window RST that is not
+    // exact answers with a challenge ACK, RFC 5961; a peer that really reset
+    // then sends the exact one.)
     let rst = seg.flags & RST != 0;
     if rst && seg.seq != sender.end {
         return Seen::OutOfWindow;
     }
+    // A FIN counts anywhere in the window, as netfilter has it: one may arrive
+    // ahead of a lost segment, and the receiver then never asks for it again.
+    // It alone ends nothing: a flow closes on FINs from both sides.
     let fin = seg.flags & FIN != 0;
-    if fin && after(seg.seq, sender.end) {
-        return Seen::OutOfWindow;
-    }
     // The opener acknowledging the SYN-ACK completes the handshake.
     let handshake = seg.flags & ACK != 0 && receiver.known() && !after(receiver.end, ack);
     if win > sender.maxwin {
@@ -232,12 +246,37 @@ mod tests {
     }
 
     #[test]
-    fn fin_must_continue_the_stream() {
+    fn a_fin_counts_only_inside_the_window() {
         let (mut c, mut s) = established();
         let next = ISN_C.wrapping_add(1);
-        // A FIN after a gap: not a close.
-        assert_eq!(track(&mut c, &mut s, &seg(next.wrapping_add(500), ISN_S + 1, FIN | ACK, 502, 0)), Seen::OutOfWindow);
-        assert_eq!(track(&mut c, &mut s, &seg(next, ISN_S + 1, FIN | ACK, 502, 0)), Seen::InWindow { handshake: true, fin: true, rst: false });
+        assert_eq!(track(&mut c, &mut s, &seg(next.wrapping_add(0x4000_0000), ISN_S + 1, FIN | ACK, 502, 0)), Seen::OutOfWindow);
+        // Ahead of a lost segment, but in the window: counted, and the
+        // endpoint's acknowledgement of it is then in window too.
+        assert_eq!(
+            track(&mut c, &mut s, &seg(next.wrapping_add(500), ISN_S + 1, FIN | ACK, 502, 0)),
+            Seen::InWindow { handshake: true, fin: true, rst: false }
+        );
+        let ack_of_fin = next.wrapping_add(501);
+        assert!(matches!(track(&mut s, &mut c, &seg(ISN_S + 1, ack_of_fin, FIN | ACK, 509, 0)), Seen::InWindow { fin: true, .. }));
+    }
+
+    #[test]
+    fn the_endpoint_may_refuse_or_decline_syn_data() {
+        // A SYN with 100 bytes of (Fast Open) data.
+        let syn = Segment { len: 100, ..seg(ISN_C, 0, SYN, 64240, 0) };
+        let mut c = open(&syn);
+        let mut s = TcpWindow::default();
+        // Refused: RST|ACK acknowledging the SYN.
+        assert_eq!(track(&mut s, &mut c, &seg(0, ISN_C.wrapping_add(101), RST | ACK, 0, 0)), Seen::InWindow { handshake: false, fin: false, rst: true });
+        // Or accepted with the data declined: the SYN-ACK acknowledges the SYN only.
+        let synack = seg(ISN_S, ISN_C.wrapping_add(1), SYN | ACK, 65160, 0);
+        assert_eq!(track(&mut s, &mut c, &synack), Seen::InWindow { handshake: true, fin: false, rst: false });
+        // The opener resends its data after the handshake: in window.
+        assert!(matches!(track(&mut c, &mut s, &seg(ISN_C.wrapping_add(1), ISN_S + 1, ACK, 502, 100)), Seen::InWindow { handshake: true, .. }));
+        // A SYN-ACK acknowledging something the opener never sent is not its answer.
+        let mut c = open(&seg(ISN_C, 0, SYN, 64240, 0));
+        let mut s = TcpWindow::default();
+        assert_eq!(track(&mut s, &mut c, &seg(ISN_S, ISN_C.wrapping_add(2), SYN | ACK, 65160, 0)), Seen::OutOfWindow);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use wsfwd_common::{
 
 use crate::{
     counters::count,
+    halfopen,
     maps::{CONNTRACK, HANDSHAKES, NAT, NEW_FLOW},
     parse::{Frag, Packet, TCP_FIN, TCP_RST},
 };
@@ -115,9 +116,10 @@ pub fn create_gateway(p: &Packet, backend: &Backend, now: u64) -> Result<Rewrite
     let out = Rewrite { saddr: p.saddr, sport: p.sport, daddr: backend.addr, dport: backend.port };
     let back = Rewrite { saddr: p.daddr, sport: p.dport, daddr: p.saddr, dport: p.sport };
     let reply = FlowKey { saddr: out.daddr, daddr: out.saddr, sport: out.dport, dport: out.sport, proto: p.proto, dir: DIR_REPLY, _pad: [0; 2] };
-    // A TCP SYN waits in `HANDSHAKES`; anything else (UDP, a TCP flow picked
-    // up mid-stream) is as established as it will get.
-    let table = if p.proto == PROTO_TCP && p.is_syn() { Table::Handshakes } else { Table::Conntrack };
+    // Every new flow waits in `HANDSHAKES` until it is established (see
+    // `seen`), so a flood of SYNs, ACKs or datagrams from spoofed addresses
+    // churns only that table.
+    let table = Table::Handshakes;
     let mut flags = BPF_NOEXIST as u64;
     for t in [Table::Conntrack, Table::Handshakes] {
         if let Some(theirs) = t.get(&reply) {
@@ -153,23 +155,30 @@ pub fn status(table: Table, e: &FlowEntry, key: &FlowKey) -> FlowStatus {
 /// Notes a packet of an existing flow (`key` is its own direction's): its
 /// time, and for TCP what the segment shows, if it fits the flow's window
 /// (see `wsfwd_common::tcp`). Each fact is written to this direction's own
-/// entry only, one byte each: no update races another CPU's.
+/// entry only, one byte each: no update races another CPU's. A flow in
+/// `HANDSHAKES` moves to `CONNTRACK` once established: a TCP handshake
+/// completed, or (UDP, a TCP flow picked up mid-stream) the endpoint answered.
 #[inline(always)]
 pub fn seen(table: Table, e: *mut FlowEntry, key: &FlowKey, p: &Packet, now: u64) {
     // SAFETY: a pointer into a map value, valid for this program run.
     let e = unsafe { &mut *e };
     e.last_seen_ns = now;
-    // Fragments are not tracked: a later one has no TCP header at all.
-    if p.proto != PROTO_TCP || p.frag != Frag::Whole {
-        return;
-    }
-    let Some(other) = table.get(&key.counterpart(e)) else {
+    let other_key = key.counterpart(e);
+    let Some(other) = table.get(&other_key) else {
         // The other direction's entry is gone (evicted): nothing to check against.
         return;
     };
     // SAFETY: as above; the two keys differ, so the entries do.
     let other = unsafe { &mut *other };
-    let (handshake, fin, rst) = if e.state.liberal != 0 || other.state.liberal != 0 {
+    // Entries that no longer name each other (the tuple was reused since).
+    if other_key.counterpart(other) != *key {
+        return;
+    }
+    let liberal = e.state.liberal != 0 || other.state.liberal != 0;
+    // Fragments are not tracked: a later one has no TCP header at all.
+    let (handshake, fin, rst) = if p.proto != PROTO_TCP || p.frag != Frag::Whole {
+        (false, false, false)
+    } else if liberal {
         (false, p.tcp_flags & TCP_FIN != 0, p.tcp_flags & TCP_RST != 0)
     } else {
         match tcp::track(&mut e.tcp, &mut other.tcp, &p.tcp) {
@@ -180,22 +189,36 @@ pub fn seen(table: Table, e: *mut FlowEntry, key: &FlowKey, p: &Packet, now: u64
             }
         }
     };
-    if handshake && e.state.handshake == 0 {
-        e.state.handshake = 1;
-        if table == Table::Handshakes && other.state.handshake != 0 {
-            // Established: both entries move to `CONNTRACK`. The pointers
-            // are not used after this.
-            let other_key = key.counterpart(e);
-            let _ = CONNTRACK.insert(key, &*e, 0);
-            let _ = CONNTRACK.insert(&other_key, &*other, 0);
-            forget(Table::Handshakes, e, key);
-            return;
-        }
-    }
     if fin && e.state.fin == 0 {
         e.state.fin = 1;
     }
     if rst && e.state.rst == 0 {
         e.state.rst = 1;
+    }
+    let completes = handshake && e.state.handshake == 0 && other.state.handshake != 0;
+    if handshake && e.state.handshake == 0 {
+        e.state.handshake = 1;
+    }
+    if completes && table == Table::Nat {
+        halfopen::completed(if key.dir == DIR_ORIGINAL { key.saddr } else { other_key.saddr });
+    }
+    let answered = key.dir == DIR_REPLY && !rst && (p.proto != PROTO_TCP || liberal);
+    if table == Table::Handshakes && (completes || answered) {
+        // Both entries move to `CONNTRACK`; the pointers are not used after this.
+        let _ = CONNTRACK.insert(key, &*e, 0);
+        let _ = CONNTRACK.insert(&other_key, &*other, 0);
+        forget(Table::Handshakes, e, key);
+    }
+}
+
+/// A full-NAT flow about to be replaced by a new one on the same client
+/// tuple: its reply entry, which keeps holding the old SNAT port through the
+/// quarantine, is marked closed, since the original entry that said so is
+/// about to be overwritten.
+#[inline(always)]
+pub fn retire(e: &FlowEntry, key: &FlowKey) {
+    if let Some(other) = Table::Nat.get(&key.counterpart(e)) {
+        // SAFETY: a pointer into a map value, valid for this program run.
+        unsafe { (*other).state.rst = 1 };
     }
 }

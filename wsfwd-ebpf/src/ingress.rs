@@ -114,7 +114,9 @@ fn to_endpoint(ctx: &TcContext, p: &Packet, svc: &ServiceEntry) -> Result<i32, V
     if let Some((table, e)) = found {
         // SAFETY: a pointer into a map value, valid for this run.
         if p.is_syn() && conntrack::status(table, unsafe { &*e }, &key).closing {
-            if table != Table::Nat {
+            if table == Table::Nat {
+                conntrack::retire(unsafe { &*e }, &key);
+            } else {
                 // A gateway flow's entries would shadow the new ones in `HANDSHAKES`.
                 conntrack::forget(table, unsafe { &*e }, &key);
             }

@@ -11,6 +11,7 @@ mod counters;
 mod egress;
 mod forward;
 mod frag;
+mod halfopen;
 mod icmp;
 mod ingress;
 mod maps;

@@ -189,11 +189,11 @@ fn collect(dp: &mut Datapath, timeouts: &gc::Timeouts, quarantine: Duration) {
     sweep("handshakes", dp.handshakes(), now, timeouts, Duration::ZERO);
     // SNAT ports stay reserved for the quarantine after their flow ended.
     let (nat, half_open) = dp.nat_and_half_open();
-    let (entries, gone) = sweep("nat", nat, now, timeouts, quarantine);
-    recount_half_open(half_open, &gc::half_open(&entries, &gone));
+    let (entries, removed) = sweep("nat", nat, now, timeouts, quarantine);
+    recount_half_open(half_open, &gc::half_open(&entries, &removed));
 }
 
-/// Removes expired flows; returns the snapshot it decided from and what it decided.
+/// Removes expired flows; returns the snapshot it decided from and the flows it removed.
 fn sweep(
     name: &str,
     map: &mut datapath::FlowMap,
@@ -202,30 +202,38 @@ fn sweep(
     hold: Duration,
 ) -> (Vec<(FlowKey, FlowEntry)>, Vec<gc::Expired>) {
     let entries: Vec<_> = map.iter().filter_map(Result::ok).collect();
-    let gone = gc::expired(&entries, now, timeouts, hold);
-    let (mut removed, mut kept) = (0, 0);
-    for flow in &gone {
+    let mut removed = Vec::new();
+    let mut kept = 0;
+    for flow in gc::expired(&entries, now, timeouts, hold) {
         // Decided from a snapshot: delete only what still holds the values
         // decided on. A packet since, or a new flow on the tuple, keeps it.
+        // (The bpf syscall has no compare-and-delete: a packet landing
+        // between this read and the delete is lost with the entry.)
         let unchanged = flow.iter().all(|(key, was)| map.get(key, 0).is_ok_and(|now| now == *was));
         if !unchanged {
             kept += 1;
             continue;
         }
-        for (key, _) in flow {
+        for (key, _) in &flow {
             // Already gone (evicted) is fine.
             let _ = map.remove(key);
         }
-        removed += flow.len();
+        removed.push(flow);
     }
-    if removed + kept > 0 {
-        log::debug!("{name}: removed {removed} expired entries of {}; {kept} flows changed since and kept", entries.len());
+    if !removed.is_empty() || kept > 0 {
+        log::debug!(
+            "{name}: removed {} expired flows of {} entries; {kept} flows changed since and kept",
+            removed.len(),
+            entries.len()
+        );
     }
-    (entries, gone)
+    (entries, removed)
 }
 
-/// Replaces the datapath's running counts of half-open flows per client
-/// (which only ever go up there) with the true ones.
+/// Replaces the datapath's running counts of half-open flows per client with
+/// the true ones (the datapath's can drift: a count it adds between the
+/// snapshot and this write is lost, a flow that never completes is never
+/// subtracted).
 fn recount_half_open(map: &mut datapath::HalfOpenMap, counts: &std::collections::HashMap<[u8; 4], u64>) {
     let stale: Vec<[u8; 4]> = map.keys().filter_map(Result::ok).filter(|k| !counts.contains_key(k)).collect();
     for k in stale {

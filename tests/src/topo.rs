@@ -196,7 +196,7 @@ impl Topo {
     }
 
     /// A veth pair between two namespaces, both ends up.
-    fn veth(&mut self, a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> anyhow::Result<()> {
+    pub fn veth(&mut self, a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> anyhow::Result<()> {
         a.ip(&["link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name])?;
         a.ip(&["link", "set", a_if, "up"])?;
         b.ip(&["link", "set", b_if, "up"])?;

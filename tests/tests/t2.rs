@@ -280,3 +280,43 @@ async fn t2_07_reused_tuples_racing_the_collector_never_fail_a_handshake() {
     assert_eq!(c["snat-allocated"], u64::from(PORTS) * u64::from(CYCLES), "{c:?}");
     assert_eq!((c["drop-no-nat-flow"], c["drop-snat-exhausted"]), (0, 0), "{c:?}");
 }
+
+/// Routes change under a running agent: an endpoint that was out on the
+/// client's segment (full NAT) becomes reachable over a private link, behind
+/// the node. Without a restart, new connections to it are forwarded as a
+/// gateway (it sees the client's address), and a connection opened before
+/// keeps its full-NAT mapping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t2_08_endpoints_are_placed_again_when_routes_change() {
+    let mut t = Topo::new("rc", Spec::T2).unwrap();
+    t.start_ws_peers().unwrap();
+    let config = upstream_config(&endpoints(&t), "Cluster");
+    let agent = Agent::start(&t.node, &t.dir, &config, &[]).unwrap();
+    let (e1_name, e1_addr, e1_ns) = (t.backends[0].name.clone(), t.backends[0].addr, t.backends[0].ns.handle());
+    let src = *t
+        .clients
+        .iter()
+        .find(|&&c| predicted_for_client(&config, "testim-service", DEFAULT_HASH_SEED, c) == e1_addr.to_string())
+        .expect("a client on e1");
+    let (mut before, hello) = ws_connect(&t.client, src, t.vip()).await.unwrap();
+    assert_eq!((hello.backend.as_str(), hello.client), (e1_name.as_str(), t.node_addr.to_string()), "full NAT to start with");
+
+    let node = t.node.handle();
+    t.veth(&node, "nx", &e1_ns, "x0").unwrap();
+    node.ip(&["addr", "add", "10.9.1.1/30", "dev", "nx"]).unwrap();
+    e1_ns.ip(&["addr", "add", "10.9.1.2/30", "dev", "x0"]).unwrap();
+    // The clients (10.0.2.100-115) now answered through the node; the node reaches e1 over the link.
+    e1_ns.ip(&["route", "add", "10.0.2.96/27", "via", "10.9.1.1"]).unwrap();
+    node.ip(&["route", "add", &format!("{e1_addr}/32"), "via", "10.9.1.2"]).unwrap();
+
+    let line = format!("endpoint {e1_addr}:30100: behind the node");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !agent.log().lines().skip_while(|l| !l.starts_with("routes changed")).any(|l| l.starts_with(&line)) {
+        assert!(Instant::now() < deadline, "no re-placement within 5 s:\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (mut ws, hello) = ws_connect(&t.client, src, t.vip()).await.unwrap();
+    assert_eq!((hello.backend.as_str(), hello.client), (e1_name.as_str(), src.to_string()), "now a gateway flow");
+    assert_eq!(echo(&mut ws, Message::text("after")).await.unwrap(), Message::text("after"));
+    assert_eq!(echo(&mut before, Message::text("still")).await.unwrap(), Message::text("still"), "the full-NAT connection");
+}

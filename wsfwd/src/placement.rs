@@ -13,7 +13,7 @@ use crate::{
 };
 
 /// The node as the datapath needs to know it.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Node {
     /// Addresses NodePorts are served on (those of the external interfaces).
     pub addrs: Vec<Ipv4Addr>,

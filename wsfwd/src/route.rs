@@ -152,3 +152,79 @@ mod tests {
         assert_eq!(r.prefsrc, Some(Ipv4Addr::LOCALHOST));
     }
 }
+
+/// Tells when the node's IPv4 routes or addresses change (rtnetlink
+/// multicast groups), so where endpoints sit can be looked up again.
+pub struct Watch {
+    fd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+}
+
+const RTMGRP_IPV4_IFADDR: u32 = 0x10;
+const RTMGRP_IPV4_ROUTE: u32 = 0x40;
+
+impl Watch {
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: a plain socket call; the fd is owned right away.
+        let fd = unsafe {
+            libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, libc::NETLINK_ROUTE)
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh, owned descriptor.
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        // SAFETY: sockaddr_nl is plain data; zero is a valid start.
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as u16;
+        addr.nl_groups = RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_IFADDR;
+        // SAFETY: addr is a valid sockaddr_nl of the size given.
+        let rc = unsafe {
+            libc::bind(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                (&addr as *const libc::sockaddr_nl).cast(),
+                size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the descriptor is owned by the AsyncFd from here on and
+        // closed only when it is dropped (deregistered first).
+        let fd = unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)?;
+        Ok(Self { fd })
+    }
+
+    /// Waits for a change, then reads every notification queued so far.
+    pub async fn changed(&mut self) -> io::Result<()> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            let mut buf = [0u8; 8192];
+            let mut any = false;
+            loop {
+                // SAFETY: buf is valid for its length.
+                let n = unsafe {
+                    libc::recv(std::os::fd::AsRawFd::as_raw_fd(guard.get_inner()), buf.as_mut_ptr().cast(), buf.len(), 0)
+                };
+                if n > 0 {
+                    any = true;
+                    continue;
+                }
+                let err = io::Error::last_os_error();
+                match err.kind() {
+                    io::ErrorKind::WouldBlock => break,
+                    io::ErrorKind::Interrupted => continue,
+                    // Notifications were dropped (ENOBUFS): something changed.
+                    _ if err.raw_os_error() == Some(libc::ENOBUFS) => {
+                        any = true;
+                        continue;
+                    }
+                    _ => return Err(err),
+                }
+            }
+            guard.clear_ready();
+            if any {
+                return Ok(());
+            }
+        }
+    }
+}

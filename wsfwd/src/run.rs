@@ -9,7 +9,10 @@ use wsfwd_common::abi::{FlowEntry, FlowKey};
 use crate::{
     config,
     datapath::{self, Datapath, gc},
-    netif, placement,
+    model::Service,
+    netif,
+    placement::{self, Node},
+    route,
 };
 
 pub struct RunArgs {
@@ -117,8 +120,10 @@ impl From<anyhow::Error> for RunError {
 pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let cfg = config::load(&args.config).map_err(RunError::Config)?;
     cfg.notes.log();
+    // Watching from before the first look: no change can fall in between.
+    let mut routes = route::Watch::new().context("subscribing to route changes (rtnetlink)")?;
     let ifaces = netif::resolve(&args.ifaces).map_err(anyhow::Error::msg)?;
-    let node = placement::resolve(&cfg.services, &ifaces, &args.snat_ips).map_err(anyhow::Error::msg)?;
+    let mut node = placement::resolve(&cfg.services, &ifaces, &args.snat_ips).map_err(anyhow::Error::msg)?;
     let contents = datapath::contents::compile(&cfg.services, &node, args.hash_seed).map_err(anyhow::Error::msg)?;
     let (port_min, port_max) = snat_ports(&args, &cfg.services)?;
     if args.hash_seed == wsfwd_common::DEFAULT_HASH_SEED {
@@ -141,7 +146,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         half_open_max,
         bpffs: &args.bpffs,
     };
-    let mut dp = Datapath::start(&contents, &ifaces, &opts)?;
+    let mut dp = Datapath::start(&contents, datapath::Capacity::of(&cfg.services), &ifaces, &opts)?;
     for line in &contents.summary {
         log::info!("{line}");
     }
@@ -176,11 +181,47 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             _ = term.recv() => { log::info!("SIGTERM: detaching and unpinning"); break; }
             _ = int.recv() => { log::info!("SIGINT: detaching and unpinning"); break; }
             _ = tick.tick() => collect(&mut dp, &args.timeouts, args.snat_quarantine),
+            changed = routes.changed() => {
+                if let Err(e) = changed {
+                    log::warn!("reading route changes: {e}");
+                }
+                // Let a burst of changes (an interface going down) settle.
+                tokio::time::sleep(ROUTE_SETTLE).await;
+                replace_if_moved(&mut dp, &mut node, &cfg.services, &args);
+            }
         }
     }
     drop(dp);
     log::info!("stopped; nothing of wsfwd is left attached or pinned");
     Ok(())
+}
+
+/// How long route changes are left to settle before endpoints are placed again.
+const ROUTE_SETTLE: Duration = Duration::from_millis(300);
+
+/// Places the endpoints again (routes or node addresses changed) and, if any
+/// moved, switches the datapath to the plan for where they are now. A plan
+/// that cannot be made keeps the running one, and says why.
+fn replace_if_moved(dp: &mut Datapath, node: &mut Node, services: &[Service], args: &RunArgs) {
+    let placed = netif::resolve(&args.ifaces).and_then(|i| placement::resolve(services, &i, &args.snat_ips));
+    let next = match placed {
+        Ok(next) if next == *node => return,
+        Ok(next) => next,
+        Err(e) => return log::warn!("routes changed, but endpoints could not be placed again ({e}); keeping the running plan"),
+    };
+    let applied = datapath::contents::compile(services, &next, args.hash_seed)
+        .map_err(anyhow::Error::msg)
+        .and_then(|contents| dp.replace(&contents).map(|()| contents));
+    match applied {
+        Ok(contents) => {
+            log::info!("routes changed: endpoints placed again");
+            for line in contents.summary.iter().filter(|l| l.starts_with("endpoint ")) {
+                log::info!("{line}");
+            }
+            *node = next;
+        }
+        Err(e) => log::warn!("routes changed, but the new plan was not applied ({e:#}); keeping the running one"),
+    }
 }
 
 fn collect(dp: &mut Datapath, timeouts: &gc::Timeouts, quarantine: Duration) {

@@ -13,11 +13,33 @@ use wsfwd_common::abi::{
 
 use crate::{
     choose::ServiceTable,
+    maglev,
     model::{Frontend, HashInput, Service, TrafficPolicy},
     placement::Node,
 };
 
-#[derive(Debug, Default, PartialEq)]
+/// SNAT addresses one plan may use: `SNAT_IPS` holds two plans (the live one
+/// and the next), see `datapath`.
+pub const SNAT_IPS_PER_PLAN: u32 = MAX_SNAT_IPS / 2;
+
+/// Room each plan needs in the maps, whatever the endpoints' readiness or
+/// placement: every endpoint serving (a larger Maglev table never shrinks a bound).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    pub backends: u32,
+    pub maglev: u32,
+}
+
+impl Capacity {
+    pub fn of(services: &[Service]) -> Self {
+        let endpoints: BTreeSet<(Ipv4Addr, u16)> =
+            services.iter().flat_map(|s| s.endpoints.iter().map(|e| (e.address, e.port))).collect();
+        let maglev: usize = services.iter().map(|s| maglev::table_size(s.endpoints.len()) as usize).sum();
+        Capacity { backends: endpoints.len().max(1) as u32, maglev: maglev.max(1) as u32 }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Contents {
     pub services: Vec<(ServiceKey, ServiceEntry)>,
     /// Indexed by backend id.
@@ -109,8 +131,8 @@ pub fn compile(services: &[Service], node: &Node, seed: u32) -> Result<Contents,
                         c.snat_ips.len() - ips.len()
                     }
                 };
-                if c.snat_ips.len() > MAX_SNAT_IPS as usize {
-                    return Err(format!("more than {MAX_SNAT_IPS} SNAT addresses"));
+                if c.snat_ips.len() > SNAT_IPS_PER_PLAN as usize {
+                    return Err(format!("more than {SNAT_IPS_PER_PLAN} SNAT addresses"));
                 }
                 b.flags |= BACKEND_F_SNAT;
                 b.snat_first = first as u8;
@@ -138,7 +160,7 @@ pub fn compile(services: &[Service], node: &Node, seed: u32) -> Result<Contents,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{config, maglev, model::Protocol};
+    use crate::{config, model::Protocol};
     use wsfwd_common::abi::PROTO_TCP;
 
     const SEED_DEMO: &str = include_str!("../../../fixtures/seed-demo.yaml");

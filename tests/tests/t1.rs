@@ -392,3 +392,44 @@ async fn t1_13_an_endpoint_on_the_node_itself() {
     assert!(c["delivered-locally"] > 0 && c["reply-translated"] > 0, "{c:?}");
     assert_eq!(c["drop-no-route"], 0, "{c:?}");
 }
+
+/// Fragments an endpoint behind the node sends without their first fragment
+/// having passed (reordered, or forged) cannot be tied to a flow: they are
+/// dropped rather than leak the endpoint's address. A pod's own fragmented
+/// traffic (first fragment seen, not a service's) passes as it is, and so do
+/// fragments from addresses that are not endpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t1_14_unknown_fragments_from_an_endpoint_never_leave() {
+    use wsfwd_tests::forge::{Ipv4, RawLink, checksum, udp};
+    let t = Topo::new("fx", Spec::T1).unwrap();
+    let agent = Agent::start(&t.node, &t.dir, SEED_CONFIG, &[]).unwrap();
+    let b1 = &t.backends[0];
+    let link = RawLink::open(&b1.ns, "e0", &t.node, "nb1").unwrap();
+    let fragment = |src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr, id: u16, offset: u16, more: bool, payload: &[u8]| {
+        let mut p = Ipv4 { id, ..Ipv4::new(src, dst, 17) }.packet(payload);
+        p[6..8].copy_from_slice(&((if more { 0x2000 } else { 0 }) | offset).to_be_bytes());
+        p[10..12].copy_from_slice(&[0, 0]);
+        let c = checksum(&p[..20]);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        p
+    };
+    let cap = Capture::filtered(&t.client, "c0", &t, "fragments", "ip[6:2] & 0x3fff != 0");
+    let before = agent.stats().unwrap();
+    let (ep, stray) = (b1.addr, std::net::Ipv4Addr::new(10, 244, 1, 99));
+    // A later fragment alone, from the endpoint.
+    link.send_ip(&fragment(ep, t.clients[1], 0x1111, 3, false, &[7; 16])).unwrap();
+    // The endpoint's own traffic, not a service's: first fragment, then the rest.
+    let datagram = udp(std::net::SocketAddrV4::new(ep, 5555), std::net::SocketAddrV4::new(t.clients[0], 6666), &[9; 40]);
+    link.send_ip(&fragment(ep, t.clients[0], 0x2222, 0, true, &datagram[..24])).unwrap();
+    link.send_ip(&fragment(ep, t.clients[0], 0x2222, 3, false, &datagram[24..])).unwrap();
+    // A later fragment alone, from an address that is no endpoint.
+    link.send_ip(&fragment(stray, t.clients[2], 0x3333, 3, false, &[5; 16])).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let lines = cap.stop();
+    let to = |dst: std::net::Ipv4Addr| lines.iter().filter(|l| l.contains(&format!("> {dst}"))).count();
+    assert_eq!(to(t.clients[1]), 0, "a lone fragment from the endpoint left the node: {lines:#?}");
+    assert_eq!(to(t.clients[0]), 2, "the endpoint's own fragmented datagram did not pass whole: {lines:#?}");
+    assert_eq!(to(t.clients[2]), 1, "a fragment from a non-endpoint was stopped: {lines:#?}");
+    let c = agent.stats().unwrap().since(&before);
+    assert_eq!(c["drop-fragment-unknown"], 1, "{c:?}");
+}

@@ -21,8 +21,9 @@ pub mod map_names {
     pub const COUNTERS: &str = "COUNTERS";
     pub const HALF_OPEN: &str = "HALF_OPEN";
     pub const HANDSHAKES: &str = "HANDSHAKES";
-    pub const ALL: [&str; 10] =
-        [SERVICES, BACKENDS, MAGLEV, CONNTRACK, REVNAT, NAT, SNAT_IPS, COUNTERS, HALF_OPEN, HANDSHAKES];
+    pub const ENDPOINT_ADDRS: &str = "ENDPOINT_ADDRS";
+    pub const ALL: [&str; 11] =
+        [SERVICES, BACKENDS, MAGLEV, CONNTRACK, REVNAT, NAT, SNAT_IPS, COUNTERS, HALF_OPEN, HANDSHAKES, ENDPOINT_ADDRS];
 }
 
 /// Globals the agent sets at load time.
@@ -332,9 +333,12 @@ pub enum Counter {
     /// A frontend packet for an endpoint on this node (host network):
     /// translated and handed to the kernel's stack for local delivery.
     DeliveredLocally,
+    /// A later fragment from an endpoint behind the node whose first fragment
+    /// was not seen: dropped, since it could leak the endpoint's address.
+    DropFragmentUnknown,
 }
 
-pub const COUNTER_COUNT: u32 = Counter::DeliveredLocally as u32 + 1;
+pub const COUNTER_COUNT: u32 = Counter::DropFragmentUnknown as u32 + 1;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -372,6 +376,7 @@ impl Counter {
         Counter::PassFragmentUnknown,
         Counter::DropTcpFragment,
         Counter::DeliveredLocally,
+        Counter::DropFragmentUnknown,
     ];
 
     /// Stable names for logs, `wsfwd stats` and tests.
@@ -411,6 +416,7 @@ impl Counter {
             Counter::PassFragmentUnknown => "pass-fragment-unknown",
             Counter::DropTcpFragment => "drop-tcp-fragment",
             Counter::DeliveredLocally => "delivered-locally",
+            Counter::DropFragmentUnknown => "drop-fragment-unknown",
         }
     }
 }

@@ -10,7 +10,7 @@ use crate::{
     conntrack::{self, Table},
     counters::count,
     icmp,
-    maps::REVNAT,
+    maps::{ENDPOINT_ADDRS, REVNAT},
     frag, nat,
     parse::{self, Frag, Packet},
 };
@@ -30,10 +30,21 @@ pub fn handle(ctx: &TcContext) -> i32 {
         count(c);
         return TC_ACT_OK as i32;
     }
-    // A later fragment of a reply whose first fragment we translated; any
-    // other (most often a packet we already translated at ingress and
-    // redirected out of this interface) is not ours here.
+    // Fragments from an endpoint behind the node: every first fragment is
+    // remembered, ours or not, so its later fragments are judged like it (a
+    // pod's own fragmented traffic passes as it is). A later fragment with no
+    // first fragment seen cannot be told apart, and might leak the endpoint's
+    // address: dropped.
+    let from_endpoint = p.frag != Frag::Whole && ENDPOINT_ADDRS.get_ptr(&p.saddr).is_some();
+    if from_endpoint && p.frag == Frag::First {
+        frag::remember(p);
+    }
     if p.frag == Frag::Later && !frag::recall(p) {
+        if from_endpoint {
+            count(Counter::DropFragmentUnknown);
+            return TC_ACT_SHOT as i32;
+        }
+        // Most often a packet translated at ingress and redirected out of this interface.
         count(Counter::PassNotOurs);
         return TC_ACT_OK as i32;
     }
@@ -69,9 +80,6 @@ pub fn handle(ctx: &TcContext) -> i32 {
             return TC_ACT_OK as i32;
         }
     };
-    if p.frag == Frag::First {
-        frag::remember(p);
-    }
     if nat::translate(ctx, p, &e).is_err() {
         count(Counter::DropError);
         return TC_ACT_SHOT as i32;

@@ -31,6 +31,11 @@ pub static HANDSHAKES: LruHashMap<FlowKey, FlowEntry> = LruHashMap::with_max_ent
 #[map]
 pub static REVNAT: HashMap<RevNatKey, RevNatEntry> = HashMap::with_max_entries(1, 0);
 
+/// Addresses of the endpoints behind the node (the addresses in `REVNAT`),
+/// for packets that carry no ports: later fragments.
+#[map]
+pub static ENDPOINT_ADDRS: HashMap<[u8; 4], u8> = HashMap::with_max_entries(1, 0);
+
 /// Full-NAT flows. Never evicted: a SNAT port mapping lost mid-flow would
 /// break the connection. The agent removes them after their quarantine.
 #[map]

@@ -85,6 +85,7 @@ impl Datapath {
             .map_max_entries(names::BACKENDS, 2 * capacity.backends)
             .map_max_entries(names::MAGLEV, 2 * capacity.maglev)
             .map_max_entries(names::REVNAT, room(capacity.backends as usize))
+            .map_max_entries(names::ENDPOINT_ADDRS, room(capacity.backends as usize))
             .map_max_entries(names::CONNTRACK, opts.ct_size)
             .map_max_entries(names::HANDSHAKES, handshakes_size(opts.ct_size))
             .map_max_entries(names::NAT, opts.nat_size)
@@ -204,6 +205,14 @@ fn write_plan(ebpf: &mut Ebpf, c: &Contents, previous: &Contents, half: u32, cap
     for (k, v) in &c.revnat {
         revnat.insert(k, v, 0).context("writing REVNAT")?;
     }
+    let (addrs, old_addrs) = (endpoint_addrs(c), endpoint_addrs(previous));
+    let mut endpoints: HashMap<_, [u8; 4], u8> = HashMap::try_from(map(ebpf, names::ENDPOINT_ADDRS)?)?;
+    for a in &addrs {
+        endpoints.insert(a, 1, 0).context("writing ENDPOINT_ADDRS")?;
+    }
+    for a in old_addrs.difference(&addrs) {
+        let _ = endpoints.remove(a);
+    }
     // The switch: one write per frontend.
     let mut services: HashMap<_, ServiceKey, ServiceEntry> = HashMap::try_from(map(ebpf, names::SERVICES)?)?;
     for (k, v) in &c.services {
@@ -219,4 +228,9 @@ fn write_plan(ebpf: &mut Ebpf, c: &Contents, previous: &Contents, half: u32, cap
         let _ = revnat.remove(k);
     }
     Ok(())
+}
+
+/// The addresses of a plan's endpoints behind the node.
+fn endpoint_addrs(c: &Contents) -> std::collections::BTreeSet<[u8; 4]> {
+    c.revnat.iter().map(|(k, _)| k.addr).collect()
 }

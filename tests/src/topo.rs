@@ -222,6 +222,11 @@ impl Topo {
         if let Some(sw) = &self.switch {
             sw.ip(&["link", "add", "br0", "type", "bridge"])?;
             sw.ip(&["link", "set", "br0", "up"])?;
+            // A switch forwards frames as they are: where br_netfilter is
+            // loaded, stop it checking (and dropping) IP packets on this bridge.
+            if std::path::Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists() {
+                sw.exec(&["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0"])?;
+            }
         }
         // The node's external interface n0, and the client's way to it.
         let router = self.router.as_ref().map(Netns::handle);

@@ -50,11 +50,14 @@ async fn t1_02_text_and_binary_frames_up_to_1mib_and_ping_pong() {
 async fn t1_03_each_client_reaches_the_predicted_backend_whatever_the_seed() {
     let mut t = Topo::new("af", Spec::T1).unwrap();
     t.start_ws_peers().unwrap();
+    let published = "--hash-seed is the published default";
     let by_default = {
-        let _agent = Agent::start(&t.node, &t.dir, SEED_CONFIG, &[]).unwrap();
+        let agent = Agent::start(&t.node, &t.dir, SEED_CONFIG, &[]).unwrap();
+        assert!(agent.log().contains(published), "no warning about the default seed:\n{}", agent.log());
         affinity_checks(&t, SEED_CONFIG, DEFAULT_HASH_SEED).await
     };
-    let _agent = Agent::start(&t.node, &t.dir, SEED_CONFIG, &["--hash-seed", &OTHER_SEED.to_string()]).unwrap();
+    let agent = Agent::start(&t.node, &t.dir, SEED_CONFIG, &["--hash-seed", &OTHER_SEED.to_string()]).unwrap();
+    assert!(!agent.log().contains(published), "{}", agent.log());
     let by_other = affinity_checks(&t, SEED_CONFIG, OTHER_SEED).await;
     let moved = by_default.iter().filter(|(client, backend)| by_other[*client] != **backend).count();
     assert!(moved > 0, "no client changed backend with the seed: an ignored --hash-seed would pass");

@@ -74,6 +74,7 @@ async fn t2_02_idle_full_nat_connections_survive_churn_through_a_full_nat_table(
         ],
     )
     .unwrap();
+    assert!(agent.log().contains("--snat-quarantine 1s is shorter than TIME_WAIT"), "{}", agent.log());
     let nat_entries = || agent.flows().unwrap().into_iter().filter(|f| f.table == "nat").collect::<Vec<_>>();
 
     let mut idle = Vec::new();

@@ -102,14 +102,14 @@ pub struct FlowKey {
 
 impl FlowKey {
     /// The key of the flow's other direction: the reply to a packet
-    /// translated by `entry` travels from its new destination to its new source.
+    /// rewritten by `to` travels from its new destination to its new source.
     #[inline(always)]
-    pub const fn counterpart(&self, entry: &FlowEntry) -> FlowKey {
+    pub const fn counterpart(&self, to: &Rewrite) -> FlowKey {
         FlowKey {
-            saddr: entry.to.daddr,
-            daddr: entry.to.saddr,
-            sport: entry.to.dport,
-            dport: entry.to.sport,
+            saddr: to.daddr,
+            daddr: to.saddr,
+            sport: to.dport,
+            dport: to.sport,
             proto: self.proto,
             dir: self.dir ^ 1,
             _pad: [0; 2],
@@ -192,20 +192,6 @@ impl FlowEntry {
             state: FlowState { handshake: 0, fin: 0, rst: 0, liberal: 0 },
             tcp: TcpWindow { end: 0, maxend: 0, maxwin: 0, scale: 0, _pad: [0; 3] },
         }
-    }
-
-    /// The same entry, for a flow picked up mid-stream.
-    #[inline(always)]
-    pub const fn liberal(mut self) -> Self {
-        self.state.liberal = 1;
-        self
-    }
-
-    /// The same entry, with its sender's TCP state.
-    #[inline(always)]
-    pub const fn with_tcp(mut self, tcp: TcpWindow) -> Self {
-        self.tcp = tcp;
-        self
     }
 }
 

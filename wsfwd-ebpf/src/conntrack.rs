@@ -13,7 +13,7 @@ use crate::{
     counters::count,
     halfopen,
     maps::{CONNTRACK, HANDSHAKES, NAT, NEW_FLOW},
-    parse::{Frag, Packet, TCP_FIN, TCP_RST},
+    parse::{Frag, Packet},
 };
 
 /// Which map a flow lives in.
@@ -35,15 +35,6 @@ impl Table {
     }
 
     #[inline(always)]
-    fn insert(self, key: &FlowKey, e: &FlowEntry, flags: u64) -> Result<(), i32> {
-        match self {
-            Table::Conntrack => CONNTRACK.insert(key, e, flags),
-            Table::Handshakes => HANDSHAKES.insert(key, e, flags),
-            Table::Nat => NAT.insert(key, e, flags),
-        }
-    }
-
-    #[inline(always)]
     fn remove(self, key: &FlowKey) {
         let _ = match self {
             Table::Conntrack => CONNTRACK.remove(key),
@@ -57,7 +48,7 @@ impl Table {
 /// must not be used after.
 #[inline(always)]
 pub fn forget(table: Table, e: &FlowEntry, key: &FlowKey) {
-    let other = key.counterpart(e);
+    let other = key.counterpart(&e.to);
     table.remove(&other);
     table.remove(key);
 }
@@ -115,39 +106,37 @@ pub fn create_gateway(p: &Packet, backend: &Backend, now: u64) -> Result<Rewrite
     let original = key(p, DIR_ORIGINAL);
     let out = Rewrite { saddr: p.saddr, sport: p.sport, daddr: backend.addr, dport: backend.port };
     let back = Rewrite { saddr: p.daddr, sport: p.dport, daddr: p.saddr, dport: p.sport };
-    let reply = FlowKey { saddr: out.daddr, daddr: out.saddr, sport: out.dport, dport: out.sport, proto: p.proto, dir: DIR_REPLY, _pad: [0; 2] };
+    let reply = original.counterpart(&out);
+    // A live flow through another frontend keeps its reply entry.
+    // SAFETY: pointers into map values, valid for this run.
+    let theirs = |e: *mut FlowEntry| unsafe { (*e).to.saddr != p.daddr || (*e).to.sport != p.dport };
     // Every new flow waits in `HANDSHAKES` until it is established (see
     // `seen`), so a flood of SYNs, ACKs or datagrams from spoofed addresses
-    // churns only that table.
-    let table = Table::Handshakes;
-    let mut flags = BPF_NOEXIST as u64;
-    for t in [Table::Conntrack, Table::Handshakes] {
-        if let Some(theirs) = t.get(&reply) {
-            // SAFETY: a pointer into a map value, valid for this run.
-            if unsafe { (*theirs).to.saddr != p.daddr || (*theirs).to.sport != p.dport } {
-                return Err(Counter::DropTupleClash);
-            }
-            // This tuple's own stale reply entry: replaced.
-            if t == table {
-                flags = 0;
-            } else {
-                t.remove(&reply);
-            }
+    // churns only that table. This tuple's own stale reply entry is replaced.
+    if let Some(e) = CONNTRACK.get_ptr_mut(&reply) {
+        if theirs(e) {
+            return Err(Counter::DropTupleClash);
         }
+        let _ = CONNTRACK.remove(&reply);
     }
+    let flags = match HANDSHAKES.get_ptr_mut(&reply) {
+        Some(e) if theirs(e) => return Err(Counter::DropTupleClash),
+        Some(_) => 0,
+        None => BPF_NOEXIST as u64,
+    };
     let (to_endpoint, to_client) = opening(p, out, back, now).ok_or(Counter::DropError)?;
     // Two SYNs racing for a free reply key: only one claims it.
-    table.insert(&reply, to_client, flags).map_err(|_| Counter::DropTupleClash)?;
+    HANDSHAKES.insert(&reply, to_client, flags).map_err(|_| Counter::DropTupleClash)?;
     // LRU inserts do not fail for want of room; any other failure means the
     // next packet simply tries again.
-    let _ = table.insert(&original, to_endpoint, 0);
+    let _ = HANDSHAKES.insert(&original, to_endpoint, 0);
     Ok(out)
 }
 
 /// The flow's status from both of its entries (`key` and `e` are one of them).
 #[inline(always)]
 pub fn status(table: Table, e: &FlowEntry, key: &FlowKey) -> FlowStatus {
-    let other = table.get(&key.counterpart(e));
+    let other = table.get(&key.counterpart(&e.to));
     // SAFETY: a pointer into a map value, valid for this program run.
     FlowStatus::of(&e.state, other.map(|o| unsafe { &(*o).state }))
 }
@@ -163,7 +152,13 @@ pub fn seen(table: Table, e: *mut FlowEntry, key: &FlowKey, p: &Packet, now: u64
     // SAFETY: a pointer into a map value, valid for this program run.
     let e = unsafe { &mut *e };
     e.last_seen_ns = now;
-    let other_key = key.counterpart(e);
+    // Fragments are not tracked (a later one has no TCP header at all), nor
+    // is UDP: past its time, only a flow still in `HANDSHAKES` has more to learn.
+    let tcp = p.proto == PROTO_TCP && p.frag == Frag::Whole;
+    if !tcp && table != Table::Handshakes {
+        return;
+    }
+    let other_key = key.counterpart(&e.to);
     let Some(other) = table.get(&other_key) else {
         // The other direction's entry is gone (evicted): nothing to check against.
         return;
@@ -171,15 +166,14 @@ pub fn seen(table: Table, e: *mut FlowEntry, key: &FlowKey, p: &Packet, now: u64
     // SAFETY: as above; the two keys differ, so the entries do.
     let other = unsafe { &mut *other };
     // Entries that no longer name each other (the tuple was reused since).
-    if other_key.counterpart(other) != *key {
+    if other_key.counterpart(&other.to) != *key {
         return;
     }
     let liberal = e.state.liberal != 0 || other.state.liberal != 0;
-    // Fragments are not tracked: a later one has no TCP header at all.
-    let (handshake, fin, rst) = if p.proto != PROTO_TCP || p.frag != Frag::Whole {
+    let (handshake, fin, rst) = if !tcp {
         (false, false, false)
     } else if liberal {
-        (false, p.tcp_flags & TCP_FIN != 0, p.tcp_flags & TCP_RST != 0)
+        (false, p.tcp.flags & tcp::FIN != 0, p.tcp.flags & tcp::RST != 0)
     } else {
         match tcp::track(&mut e.tcp, &mut other.tcp, &p.tcp) {
             Seen::InWindow { handshake, fin, rst } => (handshake, fin, rst),
@@ -217,7 +211,7 @@ pub fn seen(table: Table, e: *mut FlowEntry, key: &FlowKey, p: &Packet, now: u64
 /// about to be overwritten.
 #[inline(always)]
 pub fn retire(e: &FlowEntry, key: &FlowKey) {
-    if let Some(other) = Table::Nat.get(&key.counterpart(e)) {
+    if let Some(other) = Table::Nat.get(&key.counterpart(&e.to)) {
         // SAFETY: a pointer into a map value, valid for this program run.
         unsafe { (*other).state.rst = 1 };
     }

@@ -28,14 +28,15 @@ pub fn opened(client: [u8; 4], counted: Option<*mut u64>) {
     match counted {
         // SAFETY: a pointer into a map value, valid for this run, aligned.
         // (The target has no atomic types; this is the BPF atomic add.)
-        Some(n) => unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(n, 1) },
-        None => {
-            // The first one; if another CPU just inserted it, this one goes
-            // uncounted until the collector's recount.
-            let _ = HALF_OPEN.insert(&client, &1u64, BPF_NOEXIST as u64);
-            0
+        Some(n) => {
+            unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(n, 1) };
         }
-    };
+        // The first one; if another CPU just inserted it, this one goes
+        // uncounted until the collector's recount.
+        None => {
+            let _ = HALF_OPEN.insert(&client, &1u64, BPF_NOEXIST as u64);
+        }
+    }
 }
 
 /// One of `client`'s flows completed its handshake.

@@ -85,8 +85,8 @@ fn run(ctx: &TcContext) -> Result<i32, Verdict> {
         return Err(Verdict::Drop(Counter::DropTcpFragment));
     }
     match svc {
-        Some(svc) => to_endpoint(ctx, &p, &svc),
-        None => to_client(ctx, &p),
+        Some(svc) => to_endpoint(ctx, p, &svc),
+        None => to_client(ctx, p),
     }
 }
 
@@ -148,7 +148,9 @@ fn to_endpoint(ctx: &TcContext, p: &Packet, svc: &ServiceEntry) -> Result<i32, V
     forward(ctx, p, &to, Counter::Redirected)
 }
 
-/// How creating a flow went; plain data, so it can cross a BPF function call.
+/// How creating a flow went. Plain data written through `to` rather than a
+/// `Result<Rewrite, Verdict>`: measured, that keeps 32 bytes off the
+/// 512-byte eBPF stack of the ingress program.
 #[repr(u32)]
 enum NewFlow {
     Created,
@@ -205,28 +207,22 @@ fn to_client(ctx: &TcContext, p: &Packet) -> Result<i32, Verdict> {
     forward(ctx, p, &to, Counter::SnatReplyRedirected)
 }
 
-/// Translates and redirects; the packet never goes back to the kernel.
+/// Translates and redirects. The packet goes back to the kernel only where
+/// the kernel must finish the job: local delivery, and fragmenting.
 #[inline(always)]
 fn forward(ctx: &TcContext, p: &Packet, e: &Rewrite, done: Counter) -> Result<i32, Verdict> {
     let route = match forward::route(ctx, p.proto, e, p.headers, p.ip_len) {
         Ok(r) => r,
         Err(NoRoute::Drop(c)) => return Err(Verdict::Drop(c)),
-        // An endpoint on this node: translated, then delivered by the
-        // kernel's stack (its replies leave through egress, where they are
-        // translated back like any other).
-        Err(NoRoute::Local) => {
-            nat::translate(ctx, p, e).map_err(|_| Verdict::Drop(Counter::DropError))?;
-            count(Counter::DeliveredLocally);
-            return Ok(TC_ACT_OK as i32);
-        }
+        // An endpoint on this node: delivered by the kernel's stack (its
+        // replies leave through egress, where they are translated back).
+        Err(NoRoute::Local) => return to_kernel(ctx, p, e, Counter::DeliveredLocally),
         // Without DF the sender wants it fragmented, as a router would: the
         // kernel does that when it forwards the translated packet. Only for
         // a gateway flow, whose source is the client's (a full-NAT source is
         // the node's own address, which the kernel refuses as martian).
         Err(NoRoute::FragNeeded { gso: false, .. }) if !p.df && e.saddr == p.saddr && e.sport == p.sport => {
-            nat::translate(ctx, p, e).map_err(|_| Verdict::Drop(Counter::DropError))?;
-            count(Counter::FragmentedByKernel);
-            return Ok(TC_ACT_OK as i32);
+            return to_kernel(ctx, p, e, Counter::FragmentedByKernel);
         }
         // Never dropped silently: the sender learns the path MTU.
         Err(NoRoute::FragNeeded { mtu, gso }) => {
@@ -242,4 +238,13 @@ fn forward(ctx: &TcContext, p: &Packet, e: &Rewrite, done: Counter) -> Result<i3
     let verdict = forward::redirect(ctx, &route).map_err(Verdict::Drop)?;
     count(done);
     Ok(verdict)
+}
+
+/// Translates and hands the packet on to the kernel's stack (which then
+/// routes it, and decrements its TTL).
+#[inline(always)]
+fn to_kernel(ctx: &TcContext, p: &Packet, e: &Rewrite, done: Counter) -> Result<i32, Verdict> {
+    nat::translate(ctx, p, e).map_err(|_| Verdict::Drop(Counter::DropError))?;
+    count(done);
+    Ok(TC_ACT_OK as i32)
 }

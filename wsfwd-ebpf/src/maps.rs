@@ -22,9 +22,9 @@ pub static MAGLEV: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 pub static CONNTRACK: LruHashMap<FlowKey, FlowEntry> = LruHashMap::with_max_entries(1, 0);
 
-/// Gateway TCP flows whose handshake has not completed. Kept apart so that a
-/// flood of SYNs churns only this LRU map, never the established flows in
-/// `CONNTRACK`; a flow moves there when its handshake completes.
+/// Gateway flows not yet established (see `conntrack::seen`). Kept apart so
+/// that a flood from spoofed addresses churns only this LRU map, never the
+/// established flows in `CONNTRACK`, where a flow moves once established.
 #[map]
 pub static HANDSHAKES: LruHashMap<FlowKey, FlowEntry> = LruHashMap::with_max_entries(1, 0);
 

@@ -9,7 +9,7 @@ use network_types::{
 };
 use wsfwd_common::{
     abi::{Counter, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
-    tcp::{NO_SCALE, Segment},
+    tcp::{self, NO_SCALE, Segment},
 };
 
 pub const ETH_LEN: usize = size_of::<EthHdr>();
@@ -18,10 +18,7 @@ pub const IP_LEN: usize = size_of::<Ipv4Hdr>();
 /// IPv4 without options: transport header offset.
 pub const L4_OFF: usize = IP_OFF + IP_LEN;
 
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
+pub use wsfwd_common::tcp::{ACK as TCP_ACK, RST as TCP_RST};
 
 /// Bytes of the transport header we read: for TCP the whole fixed header
 /// (ports, sequence numbers, flags, window).
@@ -41,9 +38,7 @@ pub struct Packet {
     pub dport: [u8; 2],
     pub proto: u8,
     pub ttl: u8,
-    /// TCP flags byte; 0 for UDP.
-    pub tcp_flags: u8,
-    /// TCP: what the window tracker reads.
+    /// TCP: what the window tracker reads (flags included); zero for UDP.
     pub tcp: Segment,
     /// IP + L4 header length.
     pub headers: u32,
@@ -80,7 +75,7 @@ impl Packet {
     /// A connection-opening SYN (not a SYN-ACK).
     #[inline(always)]
     pub fn is_syn(&self) -> bool {
-        self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+        self.tcp.is_syn()
     }
 
 }
@@ -143,9 +138,9 @@ pub fn parse(ctx: &TcContext) -> Result<&'static mut Packet, Counter> {
         ip_len = ctx.len().saturating_sub(ETH_LEN as u32);
     }
     let mut tcp = Segment::default();
-    let (ports, tcp_flags, l4_len) = if frag == Frag::Later {
+    let (ports, l4_len) = if frag == Frag::Later {
         // No L4 header here: the caller fills the ports in from the first fragment.
-        ([0; 4], 0, 0)
+        ([0; 4], 0)
     } else if proto == PROTO_TCP {
         let l4: [u8; TCP_READ] = read(ctx, L4_OFF).ok_or(Counter::PassUnparsed)?;
         let doff = (l4[12] >> 4) as u32 * 4;
@@ -156,12 +151,12 @@ pub fn parse(ctx: &TcContext) -> Result<&'static mut Packet, Counter> {
             flags: l4[13],
             window: u16::from_be_bytes([l4[14], l4[15]]),
             len: ip_len.saturating_sub(IP_LEN as u32 + doff),
-            wscale: if l4[13] & 0x02 != 0 { window_scale(ctx, doff) } else { NO_SCALE },
+            wscale: if l4[13] & tcp::SYN != 0 { window_scale(ctx, doff) } else { NO_SCALE },
         };
-        ([l4[0], l4[1], l4[2], l4[3]], l4[13], doff)
+        ([l4[0], l4[1], l4[2], l4[3]], doff)
     } else {
         let l4: [u8; UDP_READ] = read(ctx, L4_OFF).ok_or(Counter::PassUnparsed)?;
-        ([l4[0], l4[1], l4[2], l4[3]], 0, u16::from_be_bytes([l4[4], l4[5]]) as u32)
+        ([l4[0], l4[1], l4[2], l4[3]], u16::from_be_bytes([l4[4], l4[5]]) as u32)
     };
     let slot = PACKET.get_ptr_mut(0).ok_or(Counter::PassUnparsed)?;
     // SAFETY: this CPU's slot; a program run is not preempted by another on
@@ -177,7 +172,6 @@ pub fn parse(ctx: &TcContext) -> Result<&'static mut Packet, Counter> {
     p.df = ip[6] & 0x40 != 0;
     p.frag = frag;
     p.ip_id = [ip[4], ip[5]];
-    p.tcp_flags = tcp_flags;
     p.tcp = tcp;
     p.headers = IP_LEN as u32 + if proto == PROTO_TCP { l4_len } else { UDP_READ as u32 };
     p.invalid = check(ctx, &ip, ip_len, proto, l4_len, frag);

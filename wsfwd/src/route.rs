@@ -139,20 +139,6 @@ fn parse(msg: &[u8]) -> io::Result<Option<Route>> {
     Ok((route.oif != 0).then_some(route))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn loopback_routes_through_lo() {
-        // Every network namespace has lo; 127.0.0.1 is always routed through it.
-        let r = get(Ipv4Addr::LOCALHOST).unwrap().expect("a route to 127.0.0.1");
-        let lo = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
-        assert_eq!(r.oif, lo);
-        assert_eq!(r.prefsrc, Some(Ipv4Addr::LOCALHOST));
-    }
-}
-
 /// Tells when the node's IPv4 routes or addresses change (rtnetlink
 /// multicast groups), so where endpoints sit can be looked up again.
 pub struct Watch {
@@ -226,5 +212,19 @@ impl Watch {
                 return Ok(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_routes_through_lo() {
+        // Every network namespace has lo; 127.0.0.1 is always routed through it.
+        let r = get(Ipv4Addr::LOCALHOST).unwrap().expect("a route to 127.0.0.1");
+        let lo = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
+        assert_eq!(r.oif, lo);
+        assert_eq!(r.prefsrc, Some(Ipv4Addr::LOCALHOST));
     }
 }

@@ -33,8 +33,8 @@ pub fn counters(dir: &Path) -> anyhow::Result<Vec<(&'static str, u64)>> {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Flow {
-    /// "conntrack" (established gateway flows), "handshake" (gateway TCP
-    /// flows in their handshake) or "nat" (full-NAT flows).
+    /// "conntrack" (established gateway flows), "handshake" (gateway flows
+    /// not yet established) or "nat" (full-NAT flows).
     pub table: &'static str,
     pub direction: &'static str,
     pub protocol: &'static str,

@@ -1,7 +1,10 @@
 //! The conntrack collector. The datapath only records when each direction of
 //! a flow was last seen and how TCP ended; here flows whose time is up are
 //! removed, both directions together.
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use wsfwd_common::abi::{DIR_ORIGINAL, FlowEntry, FlowKey, FlowStatus, PROTO_TCP, PROTO_UDP};
 
@@ -43,28 +46,23 @@ pub type Expired = Vec<(FlowKey, FlowEntry)>;
 /// flow's idle time runs from the last packet in either direction, and its
 /// state comes from both entries (each direction records what it saw).
 pub fn expired(entries: &[(FlowKey, FlowEntry)], now_ns: u64, t: &Timeouts, hold: Duration) -> Vec<Expired> {
-    let index: HashMap<FlowKey, FlowEntry> = entries.iter().copied().collect();
-    let mut done: std::collections::HashSet<FlowKey> = std::collections::HashSet::new();
+    let flows = Flows::index(entries);
+    let mut done: HashSet<FlowKey> = HashSet::new();
     let mut out = Vec::new();
     for (key, entry) in entries {
         if done.contains(key) {
             continue;
         }
-        let other_key = key.counterpart(entry);
-        // Paired only when each names the other: a reused client tuple can
-        // leave an old reply entry pointing at a newer flow.
-        let other = index.get(&other_key).filter(|o| other_key.counterpart(o) == *key);
-        let status = FlowStatus::of(&entry.state, other.map(|o| &o.state));
-        let last = other.map_or(entry.last_seen_ns, |o| entry.last_seen_ns.max(o.last_seen_ns));
+        let other = flows.other(key, entry);
+        let status = FlowStatus::of(&entry.state, other.map(|(_, o)| &o.state));
+        let last = other.map_or(entry.last_seen_ns, |(_, o)| entry.last_seen_ns.max(o.last_seen_ns));
         let idle = Duration::from_nanos(now_ns.saturating_sub(last));
         done.insert(*key);
-        if other.is_some() {
-            done.insert(other_key);
-        }
+        done.extend(other.map(|(k, _)| k));
         let hold = if status.established { hold } else { Duration::ZERO };
         if idle > t.for_flow(key.proto, status) + hold {
             let mut flow = vec![(*key, *entry)];
-            flow.extend(other.map(|o| (other_key, *o)));
+            flow.extend(other.map(|(k, o)| (k, *o)));
             out.push(flow);
         }
     }
@@ -72,23 +70,38 @@ pub fn expired(entries: &[(FlowKey, FlowEntry)], now_ns: u64, t: &Timeouts, hold
 }
 
 /// Half-open TCP flows (handshake not complete, not closing) by client
-/// address: the original direction's source, for flows that `expired` keeps.
-pub fn half_open(entries: &[(FlowKey, FlowEntry)], gone: &[Expired]) -> HashMap<[u8; 4], u64> {
-    let index: HashMap<FlowKey, FlowEntry> = entries.iter().copied().collect();
-    let removed: std::collections::HashSet<FlowKey> = gone.iter().flatten().map(|(k, _)| *k).collect();
+/// address: the original direction's source, for flows not in `removed`.
+pub fn half_open(entries: &[(FlowKey, FlowEntry)], removed: &[Expired]) -> HashMap<[u8; 4], u64> {
+    let flows = Flows::index(entries);
+    let removed: HashSet<FlowKey> = removed.iter().flatten().map(|(k, _)| *k).collect();
     let mut out: HashMap<[u8; 4], u64> = HashMap::new();
     for (key, entry) in entries {
         if key.dir != DIR_ORIGINAL || key.proto != PROTO_TCP || removed.contains(key) {
             continue;
         }
-        let other_key = key.counterpart(entry);
-        let other = index.get(&other_key).filter(|o| other_key.counterpart(o) == *key);
-        let status = FlowStatus::of(&entry.state, other.map(|o| &o.state));
+        let status = FlowStatus::of(&entry.state, flows.other(key, entry).map(|(_, o)| &o.state));
         if !status.established && !status.closing {
             *out.entry(key.saddr).or_default() += 1;
         }
     }
     out
+}
+
+/// A snapshot of a flow table, to find each entry's other direction.
+struct Flows(HashMap<FlowKey, FlowEntry>);
+
+impl Flows {
+    fn index(entries: &[(FlowKey, FlowEntry)]) -> Self {
+        Flows(entries.iter().copied().collect())
+    }
+
+    /// The other direction of `key`'s flow. Paired only when each names the
+    /// other: a reused client tuple can leave an old reply entry pointing at
+    /// a newer flow.
+    fn other(&self, key: &FlowKey, entry: &FlowEntry) -> Option<(FlowKey, &FlowEntry)> {
+        let other_key = key.counterpart(&entry.to);
+        self.0.get(&other_key).filter(|o| other_key.counterpart(&o.to) == *key).map(|o| (other_key, o))
+    }
 }
 
 /// CLOCK_MONOTONIC, the clock `bpf_ktime_get_ns` reads.
@@ -134,7 +147,7 @@ mod tests {
         let oe = FlowEntry { state: sides.client, ..FlowEntry::new(client, port, ep, 8080u16.to_be_bytes(), orig * S) };
         let mut v = vec![(o, oe)];
         if let Some(r) = reply {
-            let rk = o.counterpart(&oe);
+            let rk = o.counterpart(&oe.to);
             let re = FlowEntry { state: sides.endpoint, ..FlowEntry::new(vip, 80u16.to_be_bytes(), client, port, r * S) };
             v.push((rk, re));
         }
@@ -149,8 +162,8 @@ mod tests {
     #[test]
     fn counterparts_pair_up() {
         let f = flow(PROTO_TCP, 0, Some(0), ESTABLISHED);
-        assert_eq!(f[0].0.counterpart(&f[0].1), f[1].0);
-        assert_eq!(f[1].0.counterpart(&f[1].1), f[0].0);
+        assert_eq!(f[0].0.counterpart(&f[0].1.to), f[1].0);
+        assert_eq!(f[1].0.counterpart(&f[1].1.to), f[0].0);
     }
 
     #[test]

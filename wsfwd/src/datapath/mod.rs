@@ -61,8 +61,8 @@ pub struct Datapath {
     _pins: PinDir,
 }
 
-/// Gateway flows in their handshake: a quarter of conntrack's size (at least
-/// 1,024 entries). A SYN flood churns only these.
+/// Gateway flows not yet established: a quarter of conntrack's size (at
+/// least 1,024 entries). A flood from spoofed addresses churns only these.
 pub fn handshakes_size(ct_size: u32) -> u32 {
     (ct_size / 4).max(1024)
 }
@@ -142,14 +142,9 @@ impl Datapath {
         &mut self.conntrack
     }
 
-    /// Gateway TCP flows in their handshake (LRU).
+    /// Gateway flows not yet established (LRU).
     pub fn handshakes(&mut self) -> &mut FlowMap {
         &mut self.handshakes
-    }
-
-    /// Full-NAT flows (never evicted; collected by the agent).
-    pub fn nat(&mut self) -> &mut FlowMap {
-        &mut self.nat
     }
 
     /// Full-NAT flows and the per-client count of those still half-open.

@@ -145,3 +145,57 @@ async fn udp_without_df_is_fragmented_with_df_gets_frag_needed() {
     let route = t.client.ip(&["route", "get", &VIP.to_string(), "from", &src.to_string()]).unwrap();
     assert!(route.contains("mtu 1280"), "the client did not learn the path MTU: {route}");
 }
+
+/// Full NAT, both ways: a datagram without DF too large for the node's route
+/// is fragmented on the way, and every fragment carries the translated
+/// source (the node's for the endpoint, the VIP for the client), never the
+/// original one; with DF the client is told the path MTU.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_without_df_is_fragmented_full_nat_t2() {
+    let mut t = Topo::new("ug", Spec::T2).unwrap();
+    t.start_udp_peers().unwrap();
+    let addrs: Vec<_> = t.backends.iter().map(|b| b.addr).collect();
+    let agent = Agent::start(&t.node, &t.dir, &upstream_udp_config(&addrs), &[]).unwrap();
+    let dst = SocketAddrV4::new(VIP, 9080);
+    // The node's routes to the endpoints, and to one client address, are narrower than the
+    // segment ("lock": the kernel's route lookup for programs ignores an unlocked route MTU).
+    let narrow = |addr: std::net::Ipv4Addr| {
+        t.node.ip(&["route", "add", &format!("{addr}/32"), "dev", "n0", "mtu", "lock", "1280"]).unwrap();
+    };
+    for &a in &addrs {
+        narrow(a);
+    }
+    narrow(t.clients[1]);
+
+    // Towards the endpoint: it must see the node's address, and the whole datagram.
+    let big = format!("len {}", "x".repeat(1396));
+    let before = agent.stats().unwrap();
+    let reply = udp_exchange_with(&t.client, t.clients[0], dst, big.as_bytes(), Some(false)).await.unwrap();
+    assert!(reply.ends_with(&format!(" {} len={}", t.node_addr, big.len())), "{reply}");
+    let c = agent.stats().unwrap().since(&before);
+    assert!(c["fragmented-by-kernel-snat"] >= 1, "{c:?}");
+    assert!(c["fragment-snat-translated"] >= 2, "{c:?}");
+    assert_eq!(c["icmp-frag-needed-sent"], 0, "{c:?}");
+
+    // Towards the client: the endpoint answers 1,400 bytes without DF; the
+    // reply must come whole and from the VIP (`udp_exchange_with` checks).
+    let before = agent.stats().unwrap();
+    let reply = udp_exchange_with(&t.client, t.clients[1], dst, b"big 1400", None).await.unwrap();
+    let head = format!(" {} ", t.node_addr);
+    let at = reply.find(&head).unwrap_or_else(|| panic!("{reply}"));
+    assert_eq!(reply.len() - at - head.len(), 1400, "{reply}");
+    let c = agent.stats().unwrap().since(&before);
+    assert!(c["fragmented-by-kernel-snat"] >= 1, "{c:?}");
+    assert!(c["fragment-snat-translated"] >= 2, "{c:?}");
+    assert_eq!(c["icmp-frag-needed-sent"], 0, "{c:?}");
+
+    // With DF: "fragmentation needed" from the VIP; the client learns 1280.
+    let src = t.clients[2];
+    let before = agent.stats().unwrap();
+    let _ = udp_exchange_with(&t.client, src, dst, big.as_bytes(), Some(true)).await;
+    let c = agent.stats().unwrap().since(&before);
+    assert!(c["icmp-frag-needed-sent"] >= 1, "{c:?}");
+    assert_eq!(c["fragmented-by-kernel-snat"], 0, "{c:?}");
+    let route = t.client.ip(&["route", "get", &VIP.to_string(), "from", &src.to_string()]).unwrap();
+    assert!(route.contains("mtu 1280"), "the client did not learn the path MTU: {route}");
+}

@@ -322,9 +322,15 @@ pub enum Counter {
     /// A later fragment from an endpoint behind the node whose first fragment
     /// was not seen: dropped, since it could leak the endpoint's address.
     DropFragmentUnknown,
+    /// A full-NAT datagram without DF, too large for the link it leaves by:
+    /// handed to the kernel with its destination translated, to be fragmented
+    /// as it forwards; egress then writes the new source into each fragment.
+    FragmentedByKernelSnat,
+    /// A fragment the kernel made of such a datagram, given its new source at egress.
+    FragmentSnatTranslated,
 }
 
-pub const COUNTER_COUNT: u32 = Counter::DropFragmentUnknown as u32 + 1;
+pub const COUNTER_COUNT: u32 = Counter::FragmentSnatTranslated as u32 + 1;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -363,6 +369,8 @@ impl Counter {
         Counter::DropTcpFragment,
         Counter::DeliveredLocally,
         Counter::DropFragmentUnknown,
+        Counter::FragmentedByKernelSnat,
+        Counter::FragmentSnatTranslated,
     ];
 
     /// Stable names for logs, `wsfwd stats` and tests.
@@ -403,6 +411,8 @@ impl Counter {
             Counter::DropTcpFragment => "drop-tcp-fragment",
             Counter::DeliveredLocally => "delivered-locally",
             Counter::DropFragmentUnknown => "drop-fragment-unknown",
+            Counter::FragmentedByKernelSnat => "fragmented-by-kernel-snat",
+            Counter::FragmentSnatTranslated => "fragment-snat-translated",
         }
     }
 }

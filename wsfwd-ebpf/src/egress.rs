@@ -30,6 +30,17 @@ pub fn handle(ctx: &TcContext) -> i32 {
         count(c);
         return TC_ACT_OK as i32;
     }
+    // Fragments the kernel made of a datagram whose source is ours to write.
+    if p.frag != Frag::Whole {
+        if let Some(e) = frag::source_for(p) {
+            if nat::translate(ctx, p, &e).is_err() {
+                count(Counter::DropError);
+                return TC_ACT_SHOT as i32;
+            }
+            count(Counter::FragmentSnatTranslated);
+            return TC_ACT_OK as i32;
+        }
+    }
     // Fragments from an endpoint behind the node: every first fragment is
     // remembered, ours or not, so its later fragments are judged like it (a
     // pod's own fragmented traffic passes as it is). A later fragment with no

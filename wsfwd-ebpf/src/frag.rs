@@ -2,9 +2,17 @@
 //! carries the ports; its ports are remembered under the datagram's
 //! addresses, IP identification and protocol, so the later fragments find
 //! their flow and are translated (addresses only) and sent the same way.
-use wsfwd_common::abi::FragKey;
+//!
+//! A datagram without DF that is too large for its next hop is fragmented
+//! by the kernel as it forwards. The kernel refuses a packet whose source is
+//! its own address (martian), so a full-NAT datagram goes to it with only its
+//! destination translated, and egress gives each fragment its new source.
+use wsfwd_common::abi::{FragKey, Rewrite};
 
-use crate::{maps::FRAGMENTS, parse::Packet};
+use crate::{
+    maps::{FRAGMENT_SOURCES, FRAGMENTS},
+    parse::Packet,
+};
 
 #[inline(always)]
 fn key(p: &Packet) -> FragKey {
@@ -33,4 +41,22 @@ pub fn recall(p: &mut Packet) -> bool {
         }
         None => false,
     }
+}
+
+/// Notes the source `e` gives `p`, for the fragments the kernel will make of
+/// `p` once its destination is `e`'s. `false`: not noted (the datagram must
+/// then not go out at all, or it would carry the old source).
+#[inline(always)]
+pub fn leave_source(p: &Packet, e: &Rewrite) -> bool {
+    let key = FragKey { saddr: p.saddr, daddr: e.daddr, id: p.ip_id, proto: p.proto, _pad: 0 };
+    FRAGMENT_SOURCES.insert(&key, e, 0).is_ok()
+}
+
+/// The source noted for a fragment the kernel made (addresses and, for the
+/// first fragment, port: the rest of the returned rewrite is `p`'s own).
+#[inline(always)]
+pub fn source_for(p: &Packet) -> Option<Rewrite> {
+    // SAFETY: the value is copied out before any other map call.
+    let e = unsafe { FRAGMENT_SOURCES.get(&key(p)) }.copied()?;
+    Some(Rewrite { saddr: e.saddr, sport: e.sport, daddr: p.daddr, dport: p.dport })
 }

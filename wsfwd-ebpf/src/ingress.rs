@@ -218,12 +218,8 @@ fn forward(ctx: &TcContext, p: &Packet, e: &Rewrite, done: Counter) -> Result<i3
         // replies leave through egress, where they are translated back).
         Err(NoRoute::Local) => return to_kernel(ctx, p, e, Counter::DeliveredLocally),
         // Without DF the sender wants it fragmented, as a router would: the
-        // kernel does that when it forwards the translated packet. Only for
-        // a gateway flow, whose source is the client's (a full-NAT source is
-        // the node's own address, which the kernel refuses as martian).
-        Err(NoRoute::FragNeeded { gso: false, .. }) if !p.df && e.saddr == p.saddr && e.sport == p.sport => {
-            return to_kernel(ctx, p, e, Counter::FragmentedByKernel);
-        }
+        // kernel does that when it forwards the translated packet.
+        Err(NoRoute::FragNeeded { gso: false, .. }) if !p.df => return fragment_by_kernel(ctx, p, e),
         // Never dropped silently: the sender learns the path MTU.
         Err(NoRoute::FragNeeded { mtu, gso }) => {
             let verdict = icmp::frag_needed(ctx, p, mtu).map_err(|_| Verdict::Drop(Counter::DropFragNeeded))?;
@@ -238,6 +234,22 @@ fn forward(ctx: &TcContext, p: &Packet, e: &Rewrite, done: Counter) -> Result<i3
     let verdict = forward::redirect(ctx, &route).map_err(Verdict::Drop)?;
     count(done);
     Ok(verdict)
+}
+
+/// Hands a datagram to the kernel to fragment as it forwards. A rewritten
+/// source (full NAT: the node's own address, which the kernel refuses as
+/// martian) is left for egress to write into each fragment (see `frag`).
+#[inline(always)]
+fn fragment_by_kernel(ctx: &TcContext, p: &Packet, e: &Rewrite) -> Result<i32, Verdict> {
+    if e.saddr == p.saddr && e.sport == p.sport {
+        return to_kernel(ctx, p, e, Counter::FragmentedByKernel);
+    }
+    if !frag::leave_source(p, e) {
+        return Err(Verdict::Drop(Counter::DropError));
+    }
+    nat::translate_destination(ctx, p, e).map_err(|_| Verdict::Drop(Counter::DropError))?;
+    count(Counter::FragmentedByKernelSnat);
+    Ok(TC_ACT_OK as i32)
 }
 
 /// Translates and hands the packet on to the kernel's stack (which then

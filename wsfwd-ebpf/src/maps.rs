@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use wsfwd_common::abi::{
-    Backend, COUNTER_COUNT, FlowEntry, FlowKey, FragKey, MAX_SNAT_IPS, RevNatEntry, RevNatKey, ServiceEntry, ServiceKey,
+    Backend, COUNTER_COUNT, FlowEntry, FlowKey, FragKey, MAX_SNAT_IPS, RevNatEntry, RevNatKey, Rewrite, ServiceEntry, ServiceKey,
 };
 
 #[map]
@@ -56,6 +56,12 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_CO
 /// First fragments' ports, for the fragments that follow (see `frag`).
 #[map]
 pub static FRAGMENTS: LruHashMap<FragKey, [u8; 4]> = LruHashMap::with_max_entries(16384, 0);
+
+/// Datagrams handed to the kernel to fragment with only their destination
+/// translated (see `frag::leave_source`): the source their fragments get at
+/// egress. Keyed as the kernel's fragments leave: source, new destination.
+#[map]
+pub static FRAGMENT_SOURCES: LruHashMap<FragKey, Rewrite> = LruHashMap::with_max_entries(4096, 0);
 
 /// The two entries of a flow being created: scratch space off the small eBPF stack.
 #[map]

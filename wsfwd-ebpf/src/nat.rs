@@ -69,11 +69,18 @@ fn rewrite(
 /// destination (DNAT), the source (SNAT, or un-DNAT of a reply), or both.
 #[inline(always)]
 pub fn translate(ctx: &TcContext, p: &Packet, e: &Rewrite) -> Result<(), Error> {
-    if e.daddr != p.daddr || e.dport != p.dport {
-        rewrite(ctx, p, IP_DST_OFF, (p.daddr, e.daddr), L4_DPORT_OFF, (p.dport, e.dport))?;
-    }
+    translate_destination(ctx, p, e)?;
     if e.saddr != p.saddr || e.sport != p.sport {
         rewrite(ctx, p, IP_SRC_OFF, (p.saddr, e.saddr), L4_SPORT_OFF, (p.sport, e.sport))?;
+    }
+    Ok(())
+}
+
+/// The destination half of `translate` alone.
+#[inline(always)]
+pub fn translate_destination(ctx: &TcContext, p: &Packet, e: &Rewrite) -> Result<(), Error> {
+    if e.daddr != p.daddr || e.dport != p.dport {
+        rewrite(ctx, p, IP_DST_OFF, (p.daddr, e.daddr), L4_DPORT_OFF, (p.dport, e.dport))?;
     }
     Ok(())
 }

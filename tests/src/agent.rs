@@ -68,6 +68,46 @@ fn check_fresh(bin: &Path) -> anyhow::Result<()> {
 pub struct Agent {
     proc: Proc,
     pub bpffs: PathBuf,
+    config: PathBuf,
+    dir: PathBuf,
+    /// The network namespace it runs in (its path).
+    net: PathBuf,
+    /// How many agents ran before this one on the same pin directory.
+    generation: u32,
+    /// Another agent took the datapath over: leave it be when dropped.
+    handed_over: bool,
+}
+
+/// A datapath left running by an agent that was stopped (`Agent::halt`).
+/// Dropped without `resume`, it is removed.
+pub struct Halted {
+    dir: PathBuf,
+    config: PathBuf,
+    net: PathBuf,
+    generation: u32,
+}
+
+impl Halted {
+    /// Starts an agent over the running datapath (same config and pins).
+    pub fn resume(self, ns: &Netns, extra: &[&str]) -> anyhow::Result<Agent> {
+        let this = std::mem::ManuallyDrop::new(self);
+        Agent::spawn(ns, &this.dir, this.config.clone(), this.generation + 1, extra)
+    }
+}
+
+impl Drop for Halted {
+    fn drop(&mut self) {
+        let bpffs = self.dir.join("bpf");
+        let _ = cleanup(&self.net, &bpffs);
+        let _ = Command::new("umount").arg("-l").arg(&bpffs).status();
+    }
+}
+
+/// How `Agent::halt` stops the running agent.
+#[derive(Clone, Copy, Debug)]
+pub enum Stop {
+    Kill,
+    Term,
 }
 
 /// Runs `wsfwd run` in `ns` (entering only its network namespace, so its
@@ -90,18 +130,62 @@ impl Agent {
     pub fn start(ns: &Netns, dir: &Path, config_yaml: &str, extra: &[&str]) -> anyhow::Result<Self> {
         let config = dir.join("config.yaml");
         std::fs::write(&config, config_yaml)?;
+        Self::spawn(ns, dir, config, 0, extra)
+    }
+
+    fn spawn(ns: &Netns, dir: &Path, config: PathBuf, generation: u32, extra: &[&str]) -> anyhow::Result<Self> {
         let bpffs = dir.join("bpf");
-        let mut proc = Proc::spawn(&mut command(ns, &config, &bpffs, extra), &dir.join("agent.log"))?;
+        let log = dir.join(if generation == 0 { "agent.log".to_owned() } else { format!("agent-{generation}.log") });
+        let mut proc = Proc::spawn(&mut command(ns, &config, &bpffs, extra), &log)?;
         proc.wait_for_line("ready", Duration::from_secs(20)).context("wsfwd run did not get ready")?;
-        Ok(Self { proc, bpffs })
+        Ok(Self { proc, bpffs, config, dir: dir.to_owned(), net: ns.path().into(), generation, handed_over: false })
+    }
+
+    /// Stops this agent as `how` says, leaving the datapath running; `resume`
+    /// starts another over it.
+    pub fn halt(mut self, how: Stop) -> anyhow::Result<Halted> {
+        match how {
+            Stop::Kill => self.proc.signal(libc::SIGKILL),
+            Stop::Term => self.proc.signal(libc::SIGTERM),
+        }
+        let status = self.proc.wait_timeout(Duration::from_secs(10));
+        let Some(status) = status else { bail!("wsfwd did not exit after {how:?}:\n{}", self.proc.output()) };
+        if let Stop::Term = how {
+            anyhow::ensure!(status.success(), "wsfwd exited {status} on SIGTERM:\n{}", self.proc.output());
+        }
+        self.handed_over = true;
+        Ok(Halted { dir: self.dir.clone(), config: self.config.clone(), net: self.net.clone(), generation: self.generation })
+    }
+
+    /// The config file the agent watches.
+    pub fn config_path(&self) -> &Path {
+        &self.config
     }
 
     pub fn pid(&self) -> u32 {
         self.proc.pid()
     }
 
+    pub fn signal(&self, sig: i32) {
+        self.proc.signal(sig);
+    }
+
     pub fn log(&self) -> String {
         self.proc.output()
+    }
+
+    /// Waits until the agent's log has `n` lines containing `text`.
+    pub fn wait_for_log(&self, text: &str, n: usize, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if self.log().lines().filter(|l| l.contains(text)).count() >= n {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("no {n}th log line with {text:?} within {timeout:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn query(&self, what: &str) -> anyhow::Result<serde_json::Value> {
@@ -139,13 +223,54 @@ impl Agent {
     }
 }
 
+/// BPF links (TCX attachments) whose program is one of wsfwd's, as (link
+/// id, program id). `tc filter show` and Debian's `bpftool net show` do not
+/// list TCX attachments, so this is what proves attachment, replacement and
+/// detachment on kernels that use TCX.
+pub fn tc_links() -> Vec<(u64, u64)> {
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = run(Command::new("bpftool").args(args)).unwrap();
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("bpftool {args:?} printed no JSON ({e}): {out}"))
+    };
+    let progs = json(&["prog", "show", "-j"]);
+    let ids: Vec<u64> = progs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("wsfwd_tc")))
+        .filter_map(|p| p["id"].as_u64())
+        .collect();
+    let links = json(&["link", "show", "-j"]);
+    let mut out: Vec<(u64, u64)> = links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| Some((l["id"].as_u64()?, l["prog_id"].as_u64()?)))
+        .filter(|(_, prog)| ids.contains(prog))
+        .collect();
+    out.sort();
+    out
+}
+
+/// `wsfwd cleanup --bpffs DIR` in network namespace `net` (a path): its
+/// output, failing on a non-zero exit.
+pub fn cleanup(net: &Path, bpffs: &Path) -> anyhow::Result<String> {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net={}", net.display())).arg(binary()).arg("cleanup").arg("--bpffs").arg(bpffs);
+    run(&mut c)
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
-        // A graceful stop unpins and unmounts; a kill (below) could leave the mount.
+        if self.handed_over {
+            return;
+        }
         self.proc.signal(libc::SIGTERM);
         if self.proc.wait_timeout(Duration::from_secs(10)).is_none() {
             self.proc.signal(libc::SIGKILL);
         }
+        // The datapath outlives the agent: remove it, then the bpffs the agent mounted.
+        let _ = cleanup(&self.net, &self.bpffs);
         if self.bpffs.exists() {
             let _ = Command::new("umount").arg("-l").arg(&self.bpffs).status();
         }

@@ -275,37 +275,15 @@ fn wsfwd_programs_loaded() -> bool {
     run(Command::new("bpftool").args(["prog", "show"])).unwrap().contains("wsfwd_tc_")
 }
 
-/// BPF links (TCX attachments) whose program is one of wsfwd's. `tc filter
-/// show` and Debian's `bpftool net show` do not list TCX attachments, so this
-/// is what proves attachment and detachment on kernels that use TCX.
+/// wsfwd's TCX attachments (see `agent::tc_links`).
 fn wsfwd_links() -> usize {
-    let json = |args: &[&str]| -> serde_json::Value {
-        let out = run(Command::new("bpftool").args(args)).unwrap();
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("bpftool {args:?} printed no JSON ({e}): {out}"))
-    };
-    let progs = json(&["prog", "show", "-j"]);
-    let ids: Vec<u64> = progs
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("wsfwd_tc")))
-        .filter_map(|p| p["id"].as_u64())
-        .collect();
-    let links = json(&["link", "show", "-j"]);
-    links.as_array().into_iter().flatten().filter(|l| l["prog_id"].as_u64().is_some_and(|id| ids.contains(&id))).count()
+    agent::tc_links().len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn t1_10_sigterm_removes_everything_and_bad_config_attaches_nothing() {
-    let t = Topo::new("cl", Spec::T1).unwrap();
-    let agent = Agent::start(&t.node, &t.dir, SEED_CONFIG, &[]).unwrap();
-    let bpffs = agent.bpffs.clone();
-    assert!(wsfwd_programs_loaded(), "nothing to remove: the test would prove nothing");
-    assert_eq!(wsfwd_links(), 2, "ingress and egress attached on n0");
-    assert!(bpffs.join("CONNTRACK").exists());
-    let status = agent.stop().unwrap();
-    assert!(status.success(), "{status}");
-
+async fn t1_10_cleanup_removes_everything_and_bad_config_attaches_nothing() {
+    let mut t = Topo::new("cl", Spec::T1).unwrap();
+    t.start_ws_peers().unwrap();
     let node_has_nothing = |when: &str| {
         for hook in ["ingress", "egress"] {
             let f = t.node.exec(&["tc", "filter", "show", "dev", "n0", hook]).unwrap();
@@ -313,11 +291,41 @@ async fn t1_10_sigterm_removes_everything_and_bad_config_attaches_nothing() {
         }
         let net = t.node.exec(&["bpftool", "net", "show"]).unwrap();
         assert!(!net.contains("wsfwd"), "{when}: {net}");
+        // A removed tc filter releases its program after an RCU grace period.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while wsfwd_programs_loaded() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         assert!(!wsfwd_programs_loaded(), "{when}: wsfwd programs still loaded");
         assert_eq!(wsfwd_links(), 0, "{when}: wsfwd still attached");
     };
-    node_has_nothing("after SIGTERM");
+    // `--cleanup-on-exit`: SIGTERM takes everything away.
+    let agent = Agent::start(&t.node, &t.dir, SEED_CONFIG, &["--cleanup-on-exit"]).unwrap();
+    let bpffs = agent.bpffs.clone();
+    assert!(wsfwd_programs_loaded(), "nothing to remove: the test would prove nothing");
+    assert_eq!(wsfwd_links(), 2, "ingress and egress attached on n0");
+    assert!(bpffs.join("CONNTRACK").exists());
+    let status = agent.stop().unwrap();
+    assert!(status.success(), "{status}");
+    node_has_nothing("after SIGTERM with --cleanup-on-exit");
     assert!(!bpffs.join("CONNTRACK").exists(), "pins left behind");
+
+    // By default SIGTERM leaves the datapath forwarding; `wsfwd cleanup` removes it.
+    for tc_mode in ["tcx", "clsact"] {
+        let agent = Agent::start(&t.node, &t.dir, SEED_CONFIG, &["--tc-mode", tc_mode]).unwrap();
+        let (mut ws, _) = ws_connect(&t.client, t.clients[0], t.vip()).await.unwrap();
+        agent.signal(libc::SIGTERM);
+        agent.wait_for_log("stopped; the datapath keeps forwarding", 1, Duration::from_secs(10)).unwrap();
+        echo(&mut ws, Message::text("after the agent")).await.unwrap();
+        assert!(wsfwd_programs_loaded(), "{tc_mode}: the programs went with the agent");
+        assert!(bpffs.join("CONNTRACK").exists(), "{tc_mode}: the maps went with the agent");
+        let removed = agent::cleanup(std::path::Path::new(&t.node.path()), &bpffs).unwrap();
+        assert!(removed.contains(&format!("n0 ingress ({tc_mode})")), "{tc_mode}: {removed}");
+        node_has_nothing(&format!("after wsfwd cleanup ({tc_mode})"));
+        assert!(!bpffs.join("CONNTRACK").exists(), "{tc_mode}: pins left behind");
+        assert!(echo(&mut ws, Message::text("after cleanup")).await.is_err(), "{tc_mode}: still forwarding");
+        drop(agent);
+    }
 
     // A bad config exits 2, says why on stderr, and attaches nothing.
     let bad = t.dir.join("bad.yaml");

@@ -22,8 +22,13 @@ pub mod map_names {
     pub const HALF_OPEN: &str = "HALF_OPEN";
     pub const HANDSHAKES: &str = "HANDSHAKES";
     pub const ENDPOINT_ADDRS: &str = "ENDPOINT_ADDRS";
-    pub const ALL: [&str; 11] =
-        [SERVICES, BACKENDS, MAGLEV, CONNTRACK, REVNAT, NAT, SNAT_IPS, COUNTERS, HALF_OPEN, HANDSHAKES, ENDPOINT_ADDRS];
+    pub const META: &str = "META";
+    pub const ATTACHED: &str = "ATTACHED";
+    /// Every pinned map: what a restarted agent adopts.
+    pub const ALL: [&str; 13] = [
+        SERVICES, BACKENDS, MAGLEV, CONNTRACK, REVNAT, NAT, SNAT_IPS, COUNTERS, HALF_OPEN, HANDSHAKES, ENDPOINT_ADDRS, META,
+        ATTACHED,
+    ];
 }
 
 /// Globals the agent sets at load time.
@@ -36,6 +41,51 @@ pub mod globals {
     /// Full-NAT TCP flows one client address may hold before their handshake completes (u32).
     pub const HALF_OPEN_MAX: &str = "HALF_OPEN_MAX";
 }
+
+/// The layout of the pinned maps: their keys, values and what they mean. An
+/// agent adopts pinned maps only of its own layout; any change to a pinned
+/// map's key, value or meaning (counters appended excepted) bumps this.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// `META` value (its one entry): what an agent adopting the pinned maps must
+/// know, and what `wsfwd status` shows. Written by the agent only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    pub layout: u32,
+    /// The half of `BACKENDS`/`MAGLEV`/`SNAT_IPS` the live plan is in.
+    pub live_half: u32,
+    pub hash_seed: u32,
+    /// Bumped by every configuration applied (start, reload, re-placement).
+    pub generation: u32,
+    /// Unix seconds of the last configuration read, and its result.
+    pub last_load_unix: u64,
+    pub last_load: u32,
+    pub reloads_applied: u32,
+    pub reloads_rejected: u32,
+    /// PID of the agent that wrote this last.
+    pub agent_pid: u32,
+}
+
+/// `Meta::last_load`.
+pub const LOAD_NONE: u32 = 0;
+pub const LOAD_APPLIED: u32 = 1;
+pub const LOAD_REJECTED: u32 = 2;
+
+/// `ATTACHED` value, keyed by ifindex: where the programs are attached, so a
+/// restarted agent or `wsfwd cleanup` finds them. Written by the agent only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Attachment {
+    /// The interface name, NUL-padded.
+    pub name: [u8; 16],
+    /// `ATTACH_TCX` or `ATTACH_CLSACT`.
+    pub mode: u32,
+    pub _pad: u32,
+}
+
+pub const ATTACH_TCX: u32 = 1;
+pub const ATTACH_CLSACT: u32 = 2;
 
 /// Capacity of `SNAT_IPS`.
 pub const MAX_SNAT_IPS: u32 = 64;
@@ -233,101 +283,101 @@ pub struct RevNatEntry {
 }
 
 /// Per-CPU counters (`COUNTERS`, an array indexed by this enum), one per
-/// verdict and reason.
+/// verdict and reason. Numbers are explicit and append-only: readers of a
+/// running datapath (an older `wsfwd stats`, a restarted agent) rely on them.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
     /// A frontend packet translated and redirected to its endpoint.
     Redirected = 0,
     /// A reply translated back to its frontend (from conntrack).
-    ReplyTranslated,
+    ReplyTranslated = 1,
     /// A reply translated from `REVNAT` because its conntrack entry was gone.
-    ReplyFromRevNat,
+    ReplyFromRevNat = 2,
     /// Flows created (a conntrack miss on a frontend packet).
-    FlowCreated,
+    FlowCreated = 3,
     /// Not IPv4, or not TCP/UDP/ICMP: passed untouched.
-    PassNotIpv4L4,
+    PassNotIpv4L4 = 4,
     /// An ICMP error about a translated flow, translated and sent on.
-    IcmpTranslated,
+    IcmpTranslated = 5,
     /// ICMP that is not an error about a flow of ours: passed untouched.
-    PassIcmpNotOurs,
+    PassIcmpNotOurs = 6,
     /// A packet too large for its next link, answered with "fragmentation needed".
-    IcmpFragNeededSent,
+    IcmpFragNeededSent = 7,
     /// IPv4 with options, a fragment, or truncated: passed untouched.
-    PassUnparsed,
+    PassUnparsed = 8,
     /// Not addressed to a frontend (ingress) or not from an endpoint (egress).
-    PassNotOurs,
+    PassNotOurs = 9,
     /// TTL would expire: left to the kernel, which answers it.
-    PassTtlExpired,
+    PassTtlExpired = 10,
     /// A reply from an endpoint with no conntrack entry and several frontends.
-    PassReplyUnknown,
+    PassReplyUnknown = 11,
     /// Full NAT: a flow given a SNAT address and port.
-    SnatAllocated,
+    SnatAllocated = 12,
     /// Full NAT: a reply translated back to its client.
-    SnatReplyRedirected,
+    SnatReplyRedirected = 13,
     /// Full NAT: no SNAT port free (TCP: answered with RST; UDP: dropped).
-    DropSnatExhausted,
+    DropSnatExhausted = 14,
     /// Full NAT: a TCP packet other than a SYN for a flow with no mapping
     /// (e.g. a FIN retransmitted after a restart): no connection it could belong to.
-    DropNoNatFlow,
+    DropNoNatFlow = 15,
     /// A new TCP connection refused (no endpoint, no SNAT port) with a RST.
-    RstSent,
+    RstSent = 16,
     /// The service has no endpoint taking new flows.
-    DropNoEndpoint,
+    DropNoEndpoint = 17,
     /// No route to the endpoint.
-    DropNoRoute,
+    DropNoRoute = 18,
     /// Too large for its next link, and the ICMP answer could not be built.
-    DropFragNeeded,
+    DropFragNeeded = 19,
     /// A packet rewrite or redirect failed.
-    DropError,
-    // Append only: a counter's number is its index in `COUNTERS`.
+    DropError = 20,
     /// Of `IcmpFragNeededSent`: answers to GSO packets, whose segments would
     /// not fit (the kernel's route lookup passes GSO packets of any size).
-    IcmpFragNeededGso,
+    IcmpFragNeededGso = 21,
     /// A new gateway flow whose reply tuple (endpoint -> client address and
     /// port) belongs to a live flow through another frontend: dropped, so the
     /// live flow keeps its replies.
-    DropTupleClash,
+    DropTupleClash = 22,
     /// For a frontend, an IPv4 header the kernel rejects: a total length
     /// shorter than the header or longer than the frame.
-    DropBadIpHeader,
+    DropBadIpHeader = 23,
     /// For a frontend, a wrong IPv4 header checksum.
-    DropBadIpChecksum,
+    DropBadIpChecksum = 24,
     /// For a frontend, a TCP or UDP header cut short of its stated length.
-    DropTruncatedL4,
+    DropTruncatedL4 = 25,
     /// A frame the link layer did not address to this host (`pkt_type` other
     /// than host: promiscuous mode, a bridge port, flooding): passed untouched.
-    PassNotForHost,
+    PassNotForHost = 26,
     /// A VLAN-tagged frame: passed untouched (the tag is not ours to strip).
-    PassVlan,
+    PassVlan = 27,
     /// A TCP segment outside its flow's window (or a RST or FIN that does not
     /// fit the stream): forwarded, but it changed nothing in the flow's state.
-    TcpOutOfWindow,
+    TcpOutOfWindow = 28,
     /// Full NAT: a SYN from a client address that already holds its budget of
     /// flows whose handshake has not completed: refused with a RST, so one
     /// address cannot take an endpoint's SNAT ports.
-    DropHalfOpenBudget,
+    DropHalfOpenBudget = 29,
     /// A gateway packet without DF, too large for its endpoint's link:
     /// translated and handed to the kernel, which fragments it as it forwards.
-    FragmentedByKernel,
+    FragmentedByKernel = 30,
     /// A later fragment whose first fragment was not seen (lost, reordered,
     /// or not ours): passed untouched.
-    PassFragmentUnknown,
+    PassFragmentUnknown = 31,
     /// A fragment of a TCP packet to a frontend: dropped (TCP senders
     /// segment, never fragment; UDP fragments are forwarded).
-    DropTcpFragment,
+    DropTcpFragment = 32,
     /// A frontend packet for an endpoint on this node (host network):
     /// translated and handed to the kernel's stack for local delivery.
-    DeliveredLocally,
+    DeliveredLocally = 33,
     /// A later fragment from an endpoint behind the node whose first fragment
     /// was not seen: dropped, since it could leak the endpoint's address.
-    DropFragmentUnknown,
+    DropFragmentUnknown = 34,
     /// A full-NAT datagram without DF, too large for the link it leaves by:
     /// handed to the kernel with its destination translated, to be fragmented
     /// as it forwards; egress then writes the new source into each fragment.
-    FragmentedByKernelSnat,
+    FragmentedByKernelSnat = 35,
     /// A fragment the kernel made of such a datagram, given its new source at egress.
-    FragmentSnatTranslated,
+    FragmentSnatTranslated = 36,
 }
 
 pub const COUNTER_COUNT: u32 = Counter::FragmentSnatTranslated as u32 + 1;
@@ -430,8 +480,16 @@ const _: () = {
     assert!(size_of::<FlowEntry>() == 40);
     assert!(size_of::<RevNatKey>() == 8);
     assert!(size_of::<FragKey>() == 12);
+    assert!(size_of::<Meta>() == 40);
+    assert!(size_of::<Attachment>() == 24);
     assert!(size_of::<RevNatEntry>() == 12);
     assert!(Counter::ALL.len() == COUNTER_COUNT as usize);
+    // `ALL` lists every counter at its own number.
+    let mut i = 0;
+    while i < Counter::ALL.len() {
+        assert!(Counter::ALL[i] as usize == i);
+        i += 1;
+    }
 };
 
 #[cfg(feature = "user")]
@@ -446,4 +504,6 @@ mod pod {
     unsafe impl aya::Pod for Rewrite {}
     unsafe impl aya::Pod for RevNatKey {}
     unsafe impl aya::Pod for RevNatEntry {}
+    unsafe impl aya::Pod for Meta {}
+    unsafe impl aya::Pod for Attachment {}
 }

@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use wsfwd_common::abi::{
-    Backend, COUNTER_COUNT, FlowEntry, FlowKey, FragKey, MAX_SNAT_IPS, RevNatEntry, RevNatKey, Rewrite, ServiceEntry, ServiceKey,
+    Attachment, Backend, COUNTER_COUNT, FlowEntry, FlowKey, FragKey, MAX_SNAT_IPS, Meta, RevNatEntry, RevNatKey, Rewrite, ServiceEntry, ServiceKey,
 };
 
 #[map]
@@ -56,6 +56,15 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_CO
 /// First fragments' ports, for the fragments that follow (see `frag`).
 #[map]
 pub static FRAGMENTS: LruHashMap<FragKey, [u8; 4]> = LruHashMap::with_max_entries(16384, 0);
+
+/// Written and read by the agent only (the programs never look): the pinned
+/// maps' layout and the live plan's half, for an agent that adopts them.
+#[map]
+pub static META: Array<Meta> = Array::with_max_entries(1, 0);
+
+/// Written and read by the agent only: where the programs are attached.
+#[map]
+pub static ATTACHED: HashMap<u32, Attachment> = HashMap::with_max_entries(256, 0);
 
 /// Datagrams handed to the kernel to fragment with only their destination
 /// translated (see `frag::leave_source`): the source their fragments get at

@@ -1,23 +1,24 @@
-//! The bpffs directory the maps are pinned in while the agent runs, so that
-//! `wsfwd stats` and `wsfwd conntrack` (and later a restarted agent) can open
-//! them. Everything created here is removed when the guard is dropped.
+//! The bpffs directory that holds the datapath while no agent runs: the maps
+//! (pinned by name) and, under `links/`, the TCX links of the programs. An
+//! agent that starts adopts what it finds there; `wsfwd cleanup` removes it.
 use std::{
     ffi::CString,
+    fs::File,
+    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, bail};
+use wsfwd_common::abi::map_names;
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const SYS_FS_BPF: &str = "/sys/fs/bpf";
+const LINKS: &str = "links";
 
 pub struct PinDir {
     dir: PathBuf,
-    /// `dir` did not exist before (and is not itself the mount point).
-    created_dir: bool,
-    /// Where we mounted bpffs, and whether we created that directory too.
-    mounted: Option<(PathBuf, bool)>,
-    pins: Vec<PathBuf>,
+    /// Held for the agent's life: one agent per directory.
+    _lock: File,
 }
 
 fn is_bpffs(path: &Path) -> bool {
@@ -51,64 +52,71 @@ fn mount_bpffs(at: &Path) -> anyhow::Result<()> {
 }
 
 impl PinDir {
-    /// Makes `dir` a usable pin directory: mounts bpffs where there is none
-    /// (`ip netns exec` hides the host's), creates the directory, and clears
-    /// pins a killed agent left behind.
-    pub fn prepare(dir: &Path) -> anyhow::Result<Self> {
-        let mut this = Self { dir: dir.to_owned(), created_dir: false, mounted: None, pins: Vec::new() };
+    /// Makes `dir` a usable pin directory — mounts bpffs where there is none
+    /// (`ip netns exec` hides the host's), creates it — and locks it: a
+    /// second agent on the same directory is refused.
+    pub fn open(dir: &Path) -> anyhow::Result<Self> {
         if !is_bpffs(nearest_existing(dir)) {
             let at = if dir.starts_with(SYS_FS_BPF) { PathBuf::from(SYS_FS_BPF) } else { dir.to_owned() };
-            let existed = at.exists();
             mount_bpffs(&at)?;
             log::info!("mounted bpffs at {}", at.display());
-            this.mounted = Some((at, !existed));
         }
-        if dir.exists() {
-            for name in wsfwd_common::abi::map_names::ALL {
-                let stale = dir.join(name);
-                if stale.exists() {
-                    log::warn!("removing {} left by an earlier run", stale.display());
-                    std::fs::remove_file(&stale).with_context(|| format!("removing {}", stale.display()))?;
-                }
-            }
-        } else {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            this.created_dir = true;
+        std::fs::create_dir_all(dir.join(LINKS)).with_context(|| format!("creating {}", dir.display()))?;
+        let lock = File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+        // SAFETY: a valid open descriptor.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            bail!(
+                "another wsfwd agent is running on {} (stop it first: two agents would fight over the same maps)",
+                dir.display()
+            );
         }
-        Ok(this)
+        Ok(Self { dir: dir.to_owned(), _lock: lock })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
 
-    pub fn pin(&mut self, map: &aya::maps::Map, name: &str) -> anyhow::Result<()> {
-        let path = self.path(name);
-        map.pin(&path).with_context(|| format!("pinning map {name} at {}", path.display()))?;
-        self.pins.push(path);
-        Ok(())
+    /// Where the TCX link of `hook` ("ingress"/"egress") on `iface` is pinned.
+    pub fn link(&self, iface: &str, hook: &str) -> PathBuf {
+        link_path(&self.dir, iface, hook)
+    }
+
+    /// The maps of ours pinned here.
+    pub fn pinned_maps(&self) -> Vec<&'static str> {
+        pinned_maps(&self.dir)
     }
 }
 
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        for pin in self.pins.drain(..) {
-            if let Err(e) = std::fs::remove_file(&pin) {
-                log::warn!("removing {}: {e}", pin.display());
-            }
-        }
-        if self.created_dir {
-            let _ = std::fs::remove_dir(&self.dir);
-        }
-        if let Some((at, created)) = self.mounted.take() {
-            let Ok(c) = CString::new(at.as_os_str().as_encoded_bytes()) else { return };
-            // SAFETY: a valid path string.
-            if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
-                log::warn!("unmounting {}: {}", at.display(), std::io::Error::last_os_error());
-            }
-            if created {
-                let _ = std::fs::remove_dir(&at);
-            }
-        }
+pub fn link_path(dir: &Path, iface: &str, hook: &str) -> PathBuf {
+    dir.join(LINKS).join(format!("{iface}-{hook}"))
+}
+
+pub fn pinned_maps(dir: &Path) -> Vec<&'static str> {
+    map_names::ALL.into_iter().filter(|n| dir.join(n).exists()).collect()
+}
+
+/// Link pins under `dir` as (path, "iface-hook").
+pub fn pinned_links(dir: &Path) -> Vec<(PathBuf, String)> {
+    let Ok(entries) = std::fs::read_dir(dir.join(LINKS)) else { return Vec::new() };
+    entries.filter_map(Result::ok).map(|e| (e.path(), e.file_name().to_string_lossy().into_owned())).collect()
+}
+
+/// Removes every pin of ours under `dir` (a link goes with its last
+/// reference, which detaches it), then the directory if it is empty.
+pub fn remove_all(dir: &Path) -> anyhow::Result<()> {
+    for (path, _) in pinned_links(dir) {
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
     }
+    let _ = std::fs::remove_dir(dir.join(LINKS));
+    for name in pinned_maps(dir) {
+        let path = dir.join(name);
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    }
+    let _ = std::fs::remove_dir(dir);
+    Ok(())
 }

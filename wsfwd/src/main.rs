@@ -53,10 +53,24 @@ enum Command {
     ///
     /// Runs in the current network namespace, as root. Logs one line starting
     /// with "ready" once every interface is attached and the maps are filled.
-    /// On SIGINT or SIGTERM it detaches, unpins and exits 0. A rejected config
-    /// exits 2, any other failure 1; either way nothing is left attached or
-    /// pinned.
+    ///
+    /// The datapath outlives the agent: maps and program links stay pinned in
+    /// --bpffs and keep forwarding. An agent started over them adopts the maps
+    /// (every flow kept), swaps its programs in atomically and applies its
+    /// config. On SIGINT or SIGTERM it exits 0 and leaves the datapath running
+    /// (`--cleanup-on-exit`, or `wsfwd cleanup`, removes it). A rejected config
+    /// exits 2, any other failure 1; a failed fresh start leaves nothing behind,
+    /// a failed start over a running datapath leaves it as it was.
     Run(RunCli),
+    /// Detach wsfwd's programs and remove every map and link pinned in --bpffs.
+    ///
+    /// Every flow through the datapath is lost. Use it to uninstall, or before
+    /// starting a wsfwd whose map layout differs. Stop the agent first.
+    Cleanup {
+        /// The --bpffs directory of the agent.
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+    },
     /// Print a running agent's counters (packets by verdict and reason).
     Stats {
         /// The running agent's --bpffs directory.
@@ -90,10 +104,19 @@ struct RunCli {
     /// Hook to attach to. Only "tc" exists today (XDP comes later).
     #[arg(long, value_name = "HOOK", default_value = "tc")]
     attach: String,
-    /// Directory on a bpffs where the maps are pinned while running (bpffs is
-    /// mounted there, or at /sys/fs/bpf, if missing).
+    /// How to attach to tc: "tcx" (Linux 6.6+), "clsact" (a filter on the
+    /// clsact qdisc, as older kernels need) or "auto" (TCX, else clsact). A
+    /// datapath already attached keeps its mode.
+    #[arg(long, value_name = "MODE", value_enum, default_value = "auto")]
+    tc_mode: wsfwd::datapath::attach::Mode,
+    /// Directory on a bpffs where the maps and links are pinned (bpffs is
+    /// mounted there, or at /sys/fs/bpf, if missing). One agent per directory.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_BPFFS)]
     bpffs: PathBuf,
+    /// On SIGINT/SIGTERM, detach and remove everything (every flow is lost)
+    /// instead of leaving the datapath forwarding for the next agent.
+    #[arg(long)]
+    cleanup_on_exit: bool,
     /// Conntrack capacity in entries (two per flow). When full, the least
     /// recently used entries are evicted; see the README for what that costs.
     #[arg(long, value_name = "N", default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(16..))]
@@ -176,6 +199,7 @@ fn main() -> ExitCode {
         Command::Check { config, json, hash_seed, ifaces } => return check_cmd(&config, json, hash_seed, &ifaces),
         Command::Run(args) => return run_cmd(args),
         Command::Stats { bpffs, json } => stats_cmd(&bpffs, json),
+        Command::Cleanup { bpffs } => cleanup_cmd(&bpffs),
         Command::Conntrack { bpffs, json } => conntrack_cmd(&bpffs, json),
     };
     match result {
@@ -243,6 +267,8 @@ fn run_cmd(a: RunCli) -> ExitCode {
         config: a.config.clone(),
         ifaces: a.ifaces,
         bpffs: a.bpffs,
+        tc_mode: a.tc_mode,
+        cleanup_on_exit: a.cleanup_on_exit,
         ct_size: a.ct_size,
         hash_seed: a.hash_seed,
         timeouts: Timeouts {
@@ -273,10 +299,20 @@ fn run_cmd(a: RunCli) -> ExitCode {
         }
         Err(run::RunError::Other(e)) => {
             eprintln!("error: {e:#}");
-            eprintln!("nothing was left attached or pinned");
             ExitCode::FAILURE
         }
     }
+}
+
+fn cleanup_cmd(bpffs: &std::path::Path) -> anyhow::Result<()> {
+    let done = wsfwd::datapath::cleanup(bpffs)?;
+    if done.is_empty() {
+        println!("nothing of wsfwd was pinned in {}", bpffs.display());
+    }
+    for what in done {
+        println!("removed {what}");
+    }
+    Ok(())
 }
 
 fn stats_cmd(bpffs: &std::path::Path, json: bool) -> anyhow::Result<()> {

@@ -19,6 +19,8 @@ pub struct RunArgs {
     pub config: PathBuf,
     pub ifaces: Vec<String>,
     pub bpffs: PathBuf,
+    pub tc_mode: datapath::attach::Mode,
+    pub cleanup_on_exit: bool,
     pub ct_size: u32,
     pub hash_seed: u32,
     pub timeouts: gc::Timeouts,
@@ -145,8 +147,13 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         snat_ports: (u32::from(port_min), u32::from(port_max) - u32::from(port_min) + 1),
         half_open_max,
         bpffs: &args.bpffs,
+        attach: args.tc_mode,
     };
     let mut dp = Datapath::start(&contents, datapath::Capacity::of(&cfg.services), &ifaces, &opts)?;
+    dp.cleanup_on_drop = args.cleanup_on_exit;
+    if dp.start == datapath::Start::Adopted {
+        log::info!("adopted the running datapath in {}: its flows are kept, its programs replaced", args.bpffs.display());
+    }
     for line in &contents.summary {
         log::info!("{line}");
     }
@@ -178,8 +185,8 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let mut tick = tokio::time::interval(args.gc_interval);
     loop {
         tokio::select! {
-            _ = term.recv() => { log::info!("SIGTERM: detaching and unpinning"); break; }
-            _ = int.recv() => { log::info!("SIGINT: detaching and unpinning"); break; }
+            _ = term.recv() => { log::info!("SIGTERM"); break; }
+            _ = int.recv() => { log::info!("SIGINT"); break; }
             _ = tick.tick() => collect(&mut dp, &args.timeouts, args.snat_quarantine),
             changed = routes.changed() => {
                 if let Err(e) = changed {
@@ -191,8 +198,13 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             }
         }
     }
+    let cleanup = dp.cleanup_on_drop;
     drop(dp);
-    log::info!("stopped; nothing of wsfwd is left attached or pinned");
+    if cleanup {
+        log::info!("stopped; nothing of wsfwd is left attached or pinned");
+    } else {
+        log::info!("stopped; the datapath keeps forwarding from {} (`wsfwd cleanup` removes it)", args.bpffs.display());
+    }
     Ok(())
 }
 

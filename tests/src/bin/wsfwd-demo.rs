@@ -76,7 +76,7 @@ async fn demo() -> anyhow::Result<bool> {
             println!("    {name:<24} {value}");
         }
     }
-    step("cleaning up: SIGTERM to wsfwd, then the namespaces go");
+    step("cleaning up: wsfwd stopped and its datapath removed (`wsfwd cleanup`), then the namespaces go");
     let status = agent.stop()?;
     println!("    wsfwd exited with {status}");
     println!();

@@ -37,6 +37,13 @@ impl Capacity {
         let maglev: usize = services.iter().map(|s| maglev::table_size(s.endpoints.len()) as usize).sum();
         Capacity { backends: endpoints.len().max(1) as u32, maglev: maglev.max(1) as u32 }
     }
+
+    /// Room for reloads and re-placement to grow into: twice what the plan
+    /// needs, and at least 256 endpoints and 65,536 Maglev slots (784 KiB
+    /// for both halves). Fixed for as long as the maps stay pinned.
+    pub fn with_headroom(self) -> Self {
+        Capacity { backends: self.backends.saturating_mul(2).max(256), maglev: self.maglev.saturating_mul(2).max(65536) }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]

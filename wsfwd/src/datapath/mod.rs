@@ -1,30 +1,30 @@
 //! The kernel side, from userspace: load the embedded programs, size and fill
-//! their maps, pin the maps, attach to the external interfaces. Dropping a
-//! [`Datapath`] detaches and unpins everything it created, so a failure at
-//! any step leaves nothing behind.
+//! their maps, attach to the external interfaces — or adopt the maps and
+//! attachments an earlier agent left pinned, and swap the new programs in.
 //!
-//! `BACKENDS`, `MAGLEV` and `SNAT_IPS` hold two plans, each in its own half:
-//! the live one, and room for the next. A new plan is written whole into the
-//! idle half, then each frontend switches to it with one `SERVICES` write, so
-//! no packet ever sees a half-written table or endpoint.
+//! The datapath outlives the agent: maps and links stay pinned under the pin
+//! directory and keep forwarding while no agent runs. Only a fresh start that
+//! fails, `run --cleanup-on-exit` or `wsfwd cleanup` removes them.
+pub mod attach;
 pub mod contents;
 pub mod gc;
+mod plan;
 
 use std::path::Path;
 
-use anyhow::{Context as _, anyhow};
+use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData},
-    programs::{SchedClassifier, TcAttachType, tc},
+    maps::{Array, HashMap, MapData, MapInfo},
+    programs::{SchedClassifier, TcAttachType},
 };
 use wsfwd_common::abi::{
-    Backend, FlowEntry, FlowKey, RevNatEntry, RevNatKey, ServiceEntry, ServiceKey, globals, map_names as names,
+    Attachment, FlowEntry, FlowKey, LAYOUT_VERSION, LOAD_APPLIED, Meta, globals, map_names as names,
 };
 
 pub use contents::{Capacity, Contents};
 
-use crate::{bpffs::PinDir, netif::Iface};
+use crate::{bpffs::{self, PinDir}, netif::Iface};
 
 /// The compiled eBPF object, built by build.rs from wsfwd-ebpf.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wsfwd-ebpf"));
@@ -41,24 +41,40 @@ pub struct Options<'a> {
     /// Full-NAT TCP flows one client address may hold before their handshakes complete.
     pub half_open_max: u32,
     pub bpffs: &'a Path,
+    pub attach: attach::Mode,
 }
 
 pub type FlowMap = HashMap<MapData, FlowKey, FlowEntry>;
 /// Half-open full-NAT flows by client address.
 pub type HalfOpenMap = HashMap<MapData, [u8; 4], u64>;
 
+/// How the agent found the pin directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// Nothing pinned: maps created and programs attached.
+    Fresh,
+    /// A running datapath: its maps adopted, its programs replaced.
+    Adopted,
+}
+
 pub struct Datapath {
-    // Field order is drop order: detach the programs, then unpin the maps.
     ebpf: Ebpf,
     conntrack: FlowMap,
     handshakes: FlowMap,
     nat: FlowMap,
     half_open: HalfOpenMap,
+    meta: Array<MapData, Meta>,
     /// The live plan, and which half of the plan maps it is in.
     live: Contents,
     half: u32,
     capacity: Capacity,
-    _pins: PinDir,
+    pub start: Start,
+    /// Where the programs are attached: (interface, mode).
+    attached: Vec<(String, u32)>,
+    /// Remove everything when dropped: set until a fresh start completes
+    /// (so a failure leaves nothing behind), and by `--cleanup-on-exit`.
+    pub cleanup_on_drop: bool,
+    pins: PinDir,
 }
 
 /// Gateway flows not yet established: a quarter of conntrack's size (at
@@ -67,16 +83,104 @@ pub fn handshakes_size(ct_size: u32) -> u32 {
     (ct_size / 4).max(1024)
 }
 
-/// Capacity of a hash map of `n` entries that may grow (frontends on new
-/// node addresses, endpoints whose placement changes), never zero.
+/// Capacity of a hash map of `n` entries that may grow with reloads and
+/// re-placement, never small.
 fn room(n: usize) -> u32 {
-    (n.max(1) * 2).max(64).min(u32::MAX as usize) as u32
+    (n.max(1) * 2).clamp(1024, u32::MAX as usize) as u32
+}
+
+/// Key and value sizes of every pinned map, as this build reads them.
+fn layout(name: &str) -> (u32, u32) {
+    use core::mem::size_of;
+    use wsfwd_common::abi::*;
+    let (k, v) = match name {
+        names::SERVICES => (size_of::<ServiceKey>(), size_of::<ServiceEntry>()),
+        names::BACKENDS => (4, size_of::<Backend>()),
+        names::MAGLEV | names::SNAT_IPS => (4, 4),
+        names::CONNTRACK | names::HANDSHAKES | names::NAT => (size_of::<FlowKey>(), size_of::<FlowEntry>()),
+        names::REVNAT => (size_of::<RevNatKey>(), size_of::<RevNatEntry>()),
+        names::COUNTERS | names::HALF_OPEN => (4, 8),
+        names::ENDPOINT_ADDRS => (4, 1),
+        names::META => (4, size_of::<Meta>()),
+        names::ATTACHED => (4, size_of::<Attachment>()),
+        _ => (0, 0),
+    };
+    (k as u32, v as u32)
+}
+
+/// What the pinned maps under `pins` are, or why they must not be adopted.
+fn pinned_meta(pins: &PinDir) -> anyhow::Result<Option<Meta>> {
+    let found = pins.pinned_maps();
+    if found.is_empty() {
+        return Ok(None);
+    }
+    let dir = pins.dir().display();
+    let refuse = |why: String| {
+        anyhow!(
+            "{dir} holds maps of another wsfwd layout ({why}); this wsfwd uses layout {LAYOUT_VERSION} and will not \
+             read them. Run the wsfwd that pinned them, or remove them with `wsfwd cleanup --bpffs {dir}` \
+             (every flow through them is lost) and start again"
+        )
+    };
+    let meta: Array<_, Meta> = match MapData::from_pin(pins.path(names::META)) {
+        Ok(m) => Array::try_from(aya::maps::Map::Array(m))?,
+        Err(_) => return Err(refuse("no META map".into())),
+    };
+    let meta = meta.get(&0, 0).context("reading META")?;
+    if meta.layout != LAYOUT_VERSION {
+        return Err(refuse(format!("layout {}", meta.layout)));
+    }
+    for name in names::ALL {
+        let info = MapInfo::from_pin(pins.path(name)).map_err(|_| refuse(format!("{name} missing")))?;
+        let want = layout(name);
+        if (info.key_size(), info.value_size()) != want {
+            return Err(refuse(format!(
+                "{name} has {}-byte keys and {}-byte values, not {} and {}",
+                info.key_size(),
+                info.value_size(),
+                want.0,
+                want.1
+            )));
+        }
+    }
+    Ok(Some(meta))
+}
+
+fn max_entries(pins: &PinDir, name: &str) -> anyhow::Result<u32> {
+    Ok(MapInfo::from_pin(pins.path(name)).with_context(|| format!("reading {name}"))?.max_entries())
 }
 
 impl Datapath {
-    pub fn start(contents: &Contents, capacity: Capacity, ifaces: &[Iface], opts: &Options<'_>) -> anyhow::Result<Self> {
-        let mut pins = PinDir::prepare(opts.bpffs)?;
-        let mut ebpf = EbpfLoader::new()
+    /// Starts forwarding `contents`: over the datapath pinned in
+    /// `opts.bpffs` if there is one (its flows kept, its programs replaced
+    /// in place), else from nothing.
+    pub fn start(contents: &Contents, need: Capacity, ifaces: &[Iface], opts: &Options<'_>) -> anyhow::Result<Self> {
+        let pins = PinDir::open(opts.bpffs)?;
+        let adopted = pinned_meta(&pins)?;
+        let capacity = match adopted {
+            // The plan maps have the size they were made with.
+            Some(_) => Capacity {
+                backends: max_entries(&pins, names::BACKENDS)? / 2,
+                maglev: max_entries(&pins, names::MAGLEV)? / 2,
+            },
+            None => need.with_headroom(),
+        };
+        if let Some(meta) = adopted {
+            if meta.hash_seed != opts.hash_seed {
+                log::warn!(
+                    "--hash-seed differs from the running datapath's: flows keep their endpoints, but a \
+                     gateway flow whose conntrack entry is evicted may now be sent elsewhere"
+                );
+            }
+            for name in [names::CONNTRACK, names::NAT] {
+                let (have, asked) = (max_entries(&pins, name)?, if name == names::NAT { opts.nat_size } else { opts.ct_size });
+                if have != asked {
+                    log::warn!("{name} keeps its {have} entries while it is pinned (asked for {asked}; resized only after `wsfwd cleanup`)");
+                }
+            }
+        }
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global(globals::HASH_SEED, &opts.hash_seed, true)
             .override_global(globals::SNAT_PORT_MIN, &opts.snat_ports.0, true)
             .override_global(globals::SNAT_PORT_COUNT, &opts.snat_ports.1, true)
@@ -90,35 +194,118 @@ impl Datapath {
             .map_max_entries(names::HANDSHAKES, handshakes_size(opts.ct_size))
             .map_max_entries(names::NAT, opts.nat_size)
             // One per client address with half-open flows: at most one per flow.
-            .map_max_entries(names::HALF_OPEN, (opts.nat_size / 2).max(64))
-            .load(OBJECT)
-            .map_err(|e| anyhow!("loading the eBPF programs: {e} (this needs root: CAP_BPF and CAP_NET_ADMIN)"))?;
-        write_plan(&mut ebpf, contents, &Contents::default(), 0, capacity)?;
-        for name in names::ALL {
-            let map = ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing from the object"))?;
-            pins.pin(map, name)?;
+            .map_max_entries(names::HALF_OPEN, (opts.nat_size / 2).max(64));
+        // Pinned maps are opened, not created; missing ones are created and pinned.
+        let paths: Vec<_> = names::ALL.iter().map(|n| (*n, pins.path(n))).collect();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
         }
-        let conntrack = HashMap::try_from(ebpf.take_map(names::CONNTRACK).ok_or_else(|| anyhow!("no CONNTRACK map"))?)?;
-        let handshakes =
-            HashMap::try_from(ebpf.take_map(names::HANDSHAKES).ok_or_else(|| anyhow!("no HANDSHAKES map"))?)?;
-        let nat = HashMap::try_from(ebpf.take_map(names::NAT).ok_or_else(|| anyhow!("no NAT map"))?)?;
-        let half_open =
-            HashMap::try_from(ebpf.take_map(names::HALF_OPEN).ok_or_else(|| anyhow!("no HALF_OPEN map"))?)?;
-        // From here on, dropping `this` detaches whatever got attached.
-        let mut this =
-            Self { ebpf, conntrack, handshakes, nat, half_open, live: contents.clone(), half: 0, capacity, _pins: pins };
+        let loaded = loader.load(OBJECT);
+        let mut ebpf = match loaded {
+            Ok(e) => e,
+            Err(e) => {
+                if adopted.is_none() {
+                    let _ = bpffs::remove_all(pins.dir());
+                }
+                bail!("loading the eBPF programs: {e} (this needs root: CAP_BPF and CAP_NET_ADMIN)");
+            }
+        };
+        let take = |ebpf: &mut Ebpf, name: &str| ebpf.take_map(name).ok_or_else(|| anyhow!("no {name} map"));
+        let conntrack = HashMap::try_from(take(&mut ebpf, names::CONNTRACK)?)?;
+        let handshakes = HashMap::try_from(take(&mut ebpf, names::HANDSHAKES)?)?;
+        let nat = HashMap::try_from(take(&mut ebpf, names::NAT)?)?;
+        let half_open = HashMap::try_from(take(&mut ebpf, names::HALF_OPEN)?)?;
+        let meta = Array::try_from(take(&mut ebpf, names::META)?)?;
+        let (previous, half) = match adopted {
+            Some(m) => (plan::read_live(&mut ebpf)?, m.live_half),
+            None => (Contents::default(), 1),
+        };
+        let mut this = Self {
+            ebpf,
+            conntrack,
+            handshakes,
+            nat,
+            half_open,
+            meta,
+            live: previous,
+            half,
+            capacity,
+            start: if adopted.is_some() { Start::Adopted } else { Start::Fresh },
+            attached: Vec::new(),
+            cleanup_on_drop: adopted.is_none(),
+            pins,
+        };
+        let prior = adopted.unwrap_or_default();
+        this.write_meta(Meta { layout: LAYOUT_VERSION, hash_seed: opts.hash_seed, ..prior })?;
+        this.replace(contents)?;
+        this.attach(ifaces, opts.attach)?;
+        this.cleanup_on_drop = false;
+        Ok(this)
+    }
+
+    fn attach(&mut self, ifaces: &[Iface], mode: attach::Mode) -> anyhow::Result<()> {
+        let attached_map: HashMap<_, u32, Attachment> =
+            HashMap::try_from(self.ebpf.map_mut(names::ATTACHED).ok_or_else(|| anyhow!("no ATTACHED map"))?)?;
+        let previous: std::collections::HashMap<u32, Attachment> =
+            attached_map.iter().filter_map(Result::ok).collect();
+        let mut modes = Vec::new();
         for (prog, hook) in [(INGRESS, TcAttachType::Ingress), (EGRESS, TcAttachType::Egress)] {
-            let p: &mut SchedClassifier = this
+            let p: &mut SchedClassifier = self
                 .ebpf
                 .program_mut(prog)
                 .ok_or_else(|| anyhow!("program {prog} missing from the object"))?
                 .try_into()?;
             p.load().with_context(|| format!("loading {prog}"))?;
             for iface in ifaces {
-                attach(p, iface, hook)?;
+                let was = previous.get(&iface.index).filter(|a| a.name == name_bytes(&iface.name)).map(|a| a.mode);
+                let mode = attach::attach_or_replace(p, &iface.name, hook, &self.pins, was, mode)?;
+                modes.push((iface.clone(), mode));
             }
         }
-        Ok(this)
+        let mut attached_map: HashMap<_, u32, Attachment> =
+            HashMap::try_from(self.ebpf.map_mut(names::ATTACHED).ok_or_else(|| anyhow!("no ATTACHED map"))?)?;
+        for (iface, mode) in modes {
+            let a = Attachment { name: name_bytes(&iface.name), mode, _pad: 0 };
+            attached_map.insert(iface.index, a, 0).context("writing ATTACHED")?;
+            if !self.attached.iter().any(|(n, _)| n == &iface.name) {
+                self.attached.push((iface.name.clone(), mode));
+            }
+        }
+        // Interfaces an earlier agent served that this one does not.
+        for (index, a) in previous {
+            if !ifaces.iter().any(|i| i.index == index) {
+                let name = attachment_name(&a);
+                for what in attach::detach(self.pins.dir(), &name, a.mode) {
+                    log::info!("detached from {what}: not in --iface any more");
+                }
+                let _ = attached_map.remove(&index);
+            }
+        }
+        Ok(())
+    }
+
+    fn write_meta(&mut self, meta: Meta) -> anyhow::Result<()> {
+        let meta = Meta { agent_pid: std::process::id(), ..meta };
+        self.meta.set(0, meta, 0).context("writing META")
+    }
+
+    pub fn meta(&self) -> anyhow::Result<Meta> {
+        self.meta.get(&0, 0).context("reading META")
+    }
+
+    /// Records the result of reading a configuration (`wsfwd status`).
+    pub fn record_load(&mut self, result: u32) -> anyhow::Result<()> {
+        let mut m = self.meta()?;
+        m.last_load = result;
+        m.last_load_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        match result {
+            LOAD_APPLIED => m.reloads_applied += 1,
+            _ => m.reloads_rejected += 1,
+        }
+        self.write_meta(m)
     }
 
     /// Makes `next` the live plan: written whole into the idle half, then
@@ -126,15 +313,16 @@ impl Datapath {
     /// last. Unchanged entries are rewritten with the same values.
     pub fn replace(&mut self, next: &Contents) -> anyhow::Result<()> {
         let half = 1 - self.half;
-        if let Err(e) = write_plan(&mut self.ebpf, next, &self.live, half, self.capacity) {
+        if let Err(e) = plan::write(&mut self.ebpf, next, &self.live, half, self.capacity) {
             // Some frontends may have switched: point them all back at the
             // live half (unchanged), so the next plan can use the idle one.
-            let _ = write_plan(&mut self.ebpf, &self.live, next, self.half, self.capacity);
+            let _ = plan::write(&mut self.ebpf, &self.live, next, self.half, self.capacity);
             return Err(e);
         }
         self.half = half;
         self.live = next.clone();
-        Ok(())
+        let meta = self.meta()?;
+        self.write_meta(Meta { live_half: half, generation: meta.generation + 1, ..meta })
     }
 
     /// Established gateway flows (LRU).
@@ -153,79 +341,55 @@ impl Datapath {
     }
 }
 
-fn attach(p: &mut SchedClassifier, iface: &Iface, hook: TcAttachType) -> anyhow::Result<()> {
-    let what = || format!("attaching to {} {hook:?}", iface.name);
-    if p.attach(&iface.name, hook).is_ok() {
-        return Ok(());
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        if !self.cleanup_on_drop {
+            return;
+        }
+        for (iface, mode) in &self.attached {
+            attach::detach(self.pins.dir(), iface, *mode);
+        }
+        if let Err(e) = bpffs::remove_all(self.pins.dir()) {
+            log::warn!("removing the pins: {e:#}");
+        }
     }
-    // Kernels before 6.6 have no TCX: attach through a clsact qdisc.
-    match tc::qdisc_add_clsact(&iface.name) {
-        Ok(()) | Err(tc::TcError::AlreadyAttached) => {}
-        Err(e) => return Err(anyhow!(e)).with_context(what),
-    }
-    p.attach(&iface.name, hook).map(|_| ()).with_context(what)
 }
 
-/// Writes plan `c` into half `half` of the plan maps, then points the
-/// frontends at it and removes what `previous` had that `c` has not.
-fn write_plan(ebpf: &mut Ebpf, c: &Contents, previous: &Contents, half: u32, cap: Capacity) -> anyhow::Result<()> {
-    fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::maps::Map> {
-        ebpf.map_mut(name).ok_or_else(|| anyhow!("map {name} missing"))
+fn name_bytes(name: &str) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (o, b) in out.iter_mut().zip(name.bytes().take(15)) {
+        *o = b;
     }
-    anyhow::ensure!(
-        c.backends.len() <= cap.backends as usize && c.maglev.len() <= cap.maglev as usize,
-        "the plan needs {} endpoints and {} Maglev slots, more than the {} and {} sized at start",
-        c.backends.len(),
-        c.maglev.len(),
-        cap.backends,
-        cap.maglev
-    );
-    let (backend_base, maglev_base, snat_base) = (half * cap.backends, half * cap.maglev, half * contents::SNAT_IPS_PER_PLAN);
-    // The idle half first: nothing refers to it yet.
-    let mut snat_ips: Array<_, [u8; 4]> = Array::try_from(map(ebpf, names::SNAT_IPS)?)?;
-    for (i, ip) in c.snat_ips.iter().enumerate() {
-        snat_ips.set(snat_base + i as u32, ip.octets(), 0).context("writing SNAT_IPS")?;
-    }
-    let mut backends: Array<_, Backend> = Array::try_from(map(ebpf, names::BACKENDS)?)?;
-    for (i, b) in c.backends.iter().enumerate() {
-        let b = Backend { snat_first: b.snat_first + snat_base as u8, ..*b };
-        backends.set(backend_base + i as u32, b, 0).context("writing BACKENDS")?;
-    }
-    let mut maglev: Array<_, u32> = Array::try_from(map(ebpf, names::MAGLEV)?)?;
-    for (i, id) in c.maglev.iter().enumerate() {
-        maglev.set(maglev_base + i as u32, backend_base + id, 0).context("writing MAGLEV")?;
-    }
-    // Replies of endpoints that may now be behind the node.
-    let mut revnat: HashMap<_, RevNatKey, RevNatEntry> = HashMap::try_from(map(ebpf, names::REVNAT)?)?;
-    for (k, v) in &c.revnat {
-        revnat.insert(k, v, 0).context("writing REVNAT")?;
-    }
-    let (addrs, old_addrs) = (endpoint_addrs(c), endpoint_addrs(previous));
-    let mut endpoints: HashMap<_, [u8; 4], u8> = HashMap::try_from(map(ebpf, names::ENDPOINT_ADDRS)?)?;
-    for a in &addrs {
-        endpoints.insert(a, 1, 0).context("writing ENDPOINT_ADDRS")?;
-    }
-    for a in old_addrs.difference(&addrs) {
-        let _ = endpoints.remove(a);
-    }
-    // The switch: one write per frontend.
-    let mut services: HashMap<_, ServiceKey, ServiceEntry> = HashMap::try_from(map(ebpf, names::SERVICES)?)?;
-    for (k, v) in &c.services {
-        let v = ServiceEntry { table_offset: maglev_base + v.table_offset, ..*v };
-        services.insert(k, v, 0).context("writing SERVICES")?;
-    }
-    // What the new plan no longer has.
-    for (k, _) in previous.services.iter().filter(|(k, _)| !c.services.iter().any(|(n, _)| n == k)) {
-        let _ = services.remove(k);
-    }
-    let mut revnat: HashMap<_, RevNatKey, RevNatEntry> = HashMap::try_from(map(ebpf, names::REVNAT)?)?;
-    for (k, _) in previous.revnat.iter().filter(|(k, _)| !c.revnat.iter().any(|(n, _)| n == k)) {
-        let _ = revnat.remove(k);
-    }
-    Ok(())
+    out
 }
 
-/// The addresses of a plan's endpoints behind the node.
-fn endpoint_addrs(c: &Contents) -> std::collections::BTreeSet<[u8; 4]> {
-    c.revnat.iter().map(|(k, _)| k.addr).collect()
+fn attachment_name(a: &Attachment) -> String {
+    let end = a.name.iter().position(|&b| b == 0).unwrap_or(a.name.len());
+    String::from_utf8_lossy(&a.name[..end]).into_owned()
+}
+
+/// `wsfwd cleanup`: detaches the programs and removes every pin under `dir`.
+/// Works on the layout of any wsfwd: it reads only `ATTACHED` (when it can)
+/// and file names.
+pub fn cleanup(dir: &Path) -> anyhow::Result<Vec<String>> {
+    let mut done = Vec::new();
+    let attached: Vec<Attachment> = MapData::from_pin(dir.join(names::ATTACHED))
+        .ok()
+        .and_then(|m| HashMap::<_, u32, Attachment>::try_from(aya::maps::Map::HashMap(m)).ok())
+        .map(|m| m.iter().filter_map(Result::ok).map(|(_, a)| a).collect())
+        .unwrap_or_default();
+    for a in &attached {
+        done.extend(attach::detach(dir, &attachment_name(a), a.mode));
+    }
+    for (path, name) in bpffs::pinned_links(dir) {
+        if std::fs::remove_file(&path).is_ok() {
+            done.push(format!("link {name}"));
+        }
+    }
+    let maps = bpffs::pinned_maps(dir);
+    bpffs::remove_all(dir)?;
+    if !maps.is_empty() {
+        done.push(format!("{} pinned maps", maps.len()));
+    }
+    Ok(done)
 }

@@ -1,0 +1,124 @@
+//! Attaching the programs so that they outlive the agent, and replacing them
+//! in place when an agent starts over a running datapath.
+//!
+//! TCX (Linux 6.6+): each attachment is a link pinned under the pin
+//! directory; a new agent swaps its program into the same link with one
+//! `BPF_LINK_UPDATE`, so there is no moment without a program. Older kernels:
+//! a filter on the clsact qdisc at wsfwd's own priority and handle, replaced
+//! in place with one netlink request.
+use std::path::Path;
+
+use anyhow::{Context as _, anyhow};
+use aya::programs::{
+    Link as _, LinkOrder, SchedClassifier, TcAttachType,
+    links::{FdLink, PinnedLink},
+    tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
+};
+use wsfwd_common::abi::{ATTACH_CLSACT, ATTACH_TCX};
+
+use crate::bpffs::{self, PinDir};
+
+/// wsfwd's clsact filters: a fixed priority and handle, so a new agent (and
+/// `wsfwd cleanup`) finds them without any state.
+const CLSACT_PRIORITY: u16 = 0x5753;
+const CLSACT_HANDLE: TcHandle = TcHandle::new(0, 0x5753);
+
+/// How to attach: `Auto` tries TCX, then clsact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    Auto,
+    Tcx,
+    Clsact,
+}
+
+pub fn hook_name(hook: TcAttachType) -> &'static str {
+    match hook {
+        TcAttachType::Ingress => "ingress",
+        TcAttachType::Egress => "egress",
+        TcAttachType::Custom(_) => "custom",
+    }
+}
+
+/// Attaches `p` to `iface`'s `hook`, or swaps it in for the program already
+/// there (`previous`: the mode found in `ATTACHED`). Returns the mode used.
+pub fn attach_or_replace(
+    p: &mut SchedClassifier,
+    iface: &str,
+    hook: TcAttachType,
+    pins: &PinDir,
+    previous: Option<u32>,
+    mode: Mode,
+) -> anyhow::Result<u32> {
+    let what = || format!("{iface} {}", hook_name(hook));
+    let pin = pins.link(iface, hook_name(hook));
+    if pin.exists() {
+        let link: FdLink = PinnedLink::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?.into();
+        let link = SchedClassifierLink::try_from(link).with_context(|| format!("{} is not a TCX link", pin.display()))?;
+        let id = p.attach_to_link(link).with_context(|| format!("replacing the program on {}", what()))?;
+        // The pin keeps the link (now running `p`) after this handle goes.
+        drop(p.take_link(id)?);
+        return Ok(ATTACH_TCX);
+    }
+    if previous == Some(ATTACH_CLSACT) {
+        let link = SchedClassifierLink::attached(iface, hook, CLSACT_PRIORITY, CLSACT_HANDLE, None)?;
+        let id = p.attach_to_link(link).with_context(|| format!("replacing the clsact filter on {}", what()))?;
+        keep_attached(p.take_link(id)?);
+        return Ok(ATTACH_CLSACT);
+    }
+    if mode != Mode::Clsact {
+        match p.attach_with_options(iface, hook, TcAttachOptions::TcxOrder(LinkOrder::default())) {
+            Ok(id) => {
+                let link = FdLink::try_from(p.take_link(id)?).map_err(|e| anyhow!("{e}"))?;
+                link.pin(&pin).with_context(|| format!("pinning the {} link at {}", what(), pin.display()))?;
+                return Ok(ATTACH_TCX);
+            }
+            Err(e) if mode == Mode::Tcx => return Err(anyhow!(e)).with_context(|| format!("attaching to {} (TCX)", what())),
+            // Kernels before 6.6 have no TCX.
+            Err(e) => log::debug!("TCX attach on {}: {e}; trying clsact", what()),
+        }
+    }
+    match tc::qdisc_add_clsact(iface) {
+        Ok(()) | Err(tc::TcError::AlreadyAttached) => {}
+        Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(e) => return Err(anyhow!(e)).with_context(|| format!("adding the clsact qdisc to {iface}")),
+    }
+    let opts = NlOptions { priority: CLSACT_PRIORITY, handle: CLSACT_HANDLE, ..NlOptions::default() };
+    let id = p
+        .attach_with_options(iface, hook, TcAttachOptions::Netlink(opts))
+        .with_context(|| format!("attaching to {} (clsact)", what()))?;
+    keep_attached(p.take_link(id)?);
+    Ok(ATTACH_CLSACT)
+}
+
+/// A clsact filter is not tied to any descriptor: it stays until removed.
+/// Dropping aya's handle would remove it, so the handle is forgotten.
+fn keep_attached(link: SchedClassifierLink) {
+    std::mem::forget(link);
+}
+
+/// Removes wsfwd's programs from `iface`: its pinned TCX links under `dir`
+/// and its clsact filters. Returns what was removed.
+pub fn detach(dir: &Path, iface: &str, mode: u32) -> Vec<String> {
+    let mut done = Vec::new();
+    for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
+        let name = hook_name(hook);
+        match mode {
+            ATTACH_CLSACT => {
+                let detached = SchedClassifierLink::attached(iface, hook, CLSACT_PRIORITY, CLSACT_HANDLE, None)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|l| l.detach().map_err(anyhow::Error::from));
+                match detached {
+                    Ok(()) => done.push(format!("{iface} {name} (clsact)")),
+                    Err(e) => log::debug!("{iface} {name}: no clsact filter of ours ({e})"),
+                }
+            }
+            _ => {
+                let pin = bpffs::link_path(dir, iface, name);
+                if std::fs::remove_file(&pin).is_ok() {
+                    done.push(format!("{iface} {name} (tcx)"));
+                }
+            }
+        }
+    }
+    done
+}

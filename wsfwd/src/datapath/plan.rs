@@ -1,0 +1,90 @@
+//! Writing a plan into the maps. `BACKENDS`, `MAGLEV` and `SNAT_IPS` hold
+//! two plans, each in its own half: the live one, and room for the next. A
+//! new plan is written whole into the idle half, then each frontend switches
+//! to it with one `SERVICES` write, so no packet ever sees a half-written
+//! table or endpoint.
+use anyhow::{Context as _, anyhow};
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap},
+};
+use wsfwd_common::abi::{Backend, RevNatEntry, RevNatKey, ServiceEntry, ServiceKey, map_names as names};
+
+use super::contents::{self, Capacity, Contents};
+
+fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::maps::Map> {
+    ebpf.map_mut(name).ok_or_else(|| anyhow!("map {name} missing"))
+}
+
+/// Writes plan `c` into half `half` of the plan maps, then points the
+/// frontends at it and removes what `previous` had that `c` has not.
+pub fn write(ebpf: &mut Ebpf, c: &Contents, previous: &Contents, half: u32, cap: Capacity) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        c.backends.len() <= cap.backends as usize && c.maglev.len() <= cap.maglev as usize,
+        "the plan needs {} endpoints and {} Maglev slots, more than the pinned maps hold ({} and {}); they are \
+         sized when first created, so a larger configuration needs `wsfwd cleanup` and a fresh start",
+        c.backends.len(),
+        c.maglev.len(),
+        cap.backends,
+        cap.maglev
+    );
+    let (backend_base, maglev_base, snat_base) = (half * cap.backends, half * cap.maglev, half * contents::SNAT_IPS_PER_PLAN);
+    // The idle half first: nothing refers to it yet.
+    let mut snat_ips: Array<_, [u8; 4]> = Array::try_from(map(ebpf, names::SNAT_IPS)?)?;
+    for (i, ip) in c.snat_ips.iter().enumerate() {
+        snat_ips.set(snat_base + i as u32, ip.octets(), 0).context("writing SNAT_IPS")?;
+    }
+    let mut backends: Array<_, Backend> = Array::try_from(map(ebpf, names::BACKENDS)?)?;
+    for (i, b) in c.backends.iter().enumerate() {
+        let b = Backend { snat_first: b.snat_first + snat_base as u8, ..*b };
+        backends.set(backend_base + i as u32, b, 0).context("writing BACKENDS")?;
+    }
+    let mut maglev: Array<_, u32> = Array::try_from(map(ebpf, names::MAGLEV)?)?;
+    for (i, id) in c.maglev.iter().enumerate() {
+        maglev.set(maglev_base + i as u32, backend_base + id, 0).context("writing MAGLEV")?;
+    }
+    // Replies of endpoints that may now be behind the node.
+    let mut revnat: HashMap<_, RevNatKey, RevNatEntry> = HashMap::try_from(map(ebpf, names::REVNAT)?)?;
+    for (k, v) in &c.revnat {
+        revnat.insert(k, v, 0).context("writing REVNAT")?;
+    }
+    let (addrs, old_addrs) = (endpoint_addrs(c), endpoint_addrs(previous));
+    let mut endpoints: HashMap<_, [u8; 4], u8> = HashMap::try_from(map(ebpf, names::ENDPOINT_ADDRS)?)?;
+    for a in &addrs {
+        endpoints.insert(a, 1, 0).context("writing ENDPOINT_ADDRS")?;
+    }
+    for a in old_addrs.difference(&addrs) {
+        let _ = endpoints.remove(a);
+    }
+    // The switch: one write per frontend.
+    let mut services: HashMap<_, ServiceKey, ServiceEntry> = HashMap::try_from(map(ebpf, names::SERVICES)?)?;
+    for (k, v) in &c.services {
+        let v = ServiceEntry { table_offset: maglev_base + v.table_offset, ..*v };
+        services.insert(k, v, 0).context("writing SERVICES")?;
+    }
+    // What the new plan no longer has.
+    for (k, _) in previous.services.iter().filter(|(k, _)| !c.services.iter().any(|(n, _)| n == k)) {
+        let _ = services.remove(k);
+    }
+    let mut revnat: HashMap<_, RevNatKey, RevNatEntry> = HashMap::try_from(map(ebpf, names::REVNAT)?)?;
+    for (k, _) in previous.revnat.iter().filter(|(k, _)| !c.revnat.iter().any(|(n, _)| n == k)) {
+        let _ = revnat.remove(k);
+    }
+    Ok(())
+}
+
+/// The addresses of a plan's endpoints behind the node.
+fn endpoint_addrs(c: &Contents) -> std::collections::BTreeSet<[u8; 4]> {
+    c.revnat.iter().map(|(k, _)| k.addr).collect()
+}
+
+/// What the maps say is live, as far as a new plan must know to replace it:
+/// the frontends and the endpoints whose replies are translated. Read when
+/// adopting a running datapath.
+pub fn read_live(ebpf: &mut Ebpf) -> anyhow::Result<Contents> {
+    let services: HashMap<_, ServiceKey, ServiceEntry> = HashMap::try_from(map(ebpf, names::SERVICES)?)?;
+    let services = services.iter().collect::<Result<Vec<_>, _>>().context("reading SERVICES")?;
+    let revnat: HashMap<_, RevNatKey, RevNatEntry> = HashMap::try_from(map(ebpf, names::REVNAT)?)?;
+    let revnat = revnat.iter().collect::<Result<Vec<_>, _>>().context("reading REVNAT")?;
+    Ok(Contents { services, revnat, ..Contents::default() })
+}

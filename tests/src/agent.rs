@@ -252,6 +252,24 @@ pub fn tc_links() -> Vec<(u64, u64)> {
     out
 }
 
+/// wsfwd's clsact filters on `iface` in `ns`, as (hook and priority, program
+/// id): what `tc filter show` lists.
+pub fn clsact_filters(ns: &Netns, iface: &str) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for hook in ["ingress", "egress"] {
+        let text = ns.exec(&["tc", "filter", "show", "dev", iface, hook]).unwrap_or_default();
+        for line in text.lines().filter(|l| l.contains("wsfwd_tc")) {
+            let after = |word: &str| {
+                let mut it = line.split_whitespace().skip_while(|w| *w != word);
+                it.nth(1).map(str::to_owned)
+            };
+            let (Some(pref), Some(id)) = (after("pref"), after("id")) else { continue };
+            out.push((format!("{hook} pref {pref}"), id.parse().unwrap_or(0)));
+        }
+    }
+    out
+}
+
 /// `wsfwd cleanup --bpffs DIR` in network namespace `net` (a path): its
 /// output, failing on a non-zero exit.
 pub fn cleanup(net: &Path, bpffs: &Path) -> anyhow::Result<String> {

@@ -1,10 +1,15 @@
 //! Live operation under load: 1,000 WebSocket connections from 16 client
 //! addresses, each echoing once a second, must all survive agent restarts
-//! (SIGKILL, SIGTERM), with the datapath forwarding while no agent runs.
-use std::process::Command;
+//! (SIGKILL, SIGTERM), with the datapath forwarding while no agent runs, and
+//! configuration reloads: endpoints added, removed (drained), brought back,
+//! made not ready, invalid files.
+use std::{process::Command, time::Duration};
 
+use wsfwd_common::DEFAULT_HASH_SEED;
 use wsfwd_tests::{
     agent::{self, Agent, Stop},
+    checks,
+    client::ws_connect,
     fleet::Fleet,
     sys::run,
     topo::{SEED_CONFIG, Spec, Topo, upstream_config},
@@ -119,4 +124,158 @@ async fn another_layout_or_a_second_agent_is_refused_and_changes_nothing() {
     assert!(agent.log().contains("adopted the running datapath"), "{}", agent.log());
     fleet.run_for(2).await.unwrap();
     fleet.close().await;
+}
+
+/// How a test writes the config, as the tools operators use do.
+#[derive(Clone, Copy, Debug)]
+enum Write {
+    /// Truncate and write the file itself.
+    InPlace,
+    /// Write a new file and rename it over (editors, `install`).
+    Rename,
+    /// A Kubernetes ConfigMap mount: `config.yaml` is a symlink to
+    /// `..data/config.yaml`, and `..data` is swapped to a new directory.
+    ConfigMap,
+}
+
+fn write_config(path: &std::path::Path, text: &str, how: Write) {
+    let dir = path.parent().unwrap();
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    match how {
+        Write::InPlace => std::fs::write(path, text).unwrap(),
+        Write::Rename => {
+            let tmp = dir.join(format!(".config.yaml.{n}"));
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, path).unwrap();
+        }
+        Write::ConfigMap => {
+            let version = dir.join(format!("..v{n}"));
+            std::fs::create_dir(&version).unwrap();
+            std::fs::write(version.join("config.yaml"), text).unwrap();
+            let tmp = dir.join("..data_tmp");
+            std::os::unix::fs::symlink(format!("..v{n}"), &tmp).unwrap();
+            std::fs::rename(&tmp, dir.join("..data")).unwrap();
+            if !path.is_symlink() {
+                let link = dir.join(".config-link");
+                std::os::unix::fs::symlink("..data/config.yaml", &link).unwrap();
+                std::fs::rename(&link, path).unwrap();
+            }
+        }
+    }
+}
+
+/// The seed's configuration with both services' endpoints (the same pods)
+/// replaced by `endpoints` (address, ready).
+fn seed_with(endpoints: &[(&str, bool)]) -> String {
+    let eps: String = endpoints
+        .iter()
+        .map(|(a, ready)| format!("- addresses: [\"{a}\"]\n  conditions: {{ready: {ready}}}\n"))
+        .collect();
+    let mut text = SEED_CONFIG.to_owned();
+    for slice in ["name: testim-service-7xk2p", "name: im-service-q8v4d"] {
+        let start = text.find(slice).unwrap();
+        let list = start + text[start..].find("endpoints:\n").unwrap() + "endpoints:\n".len();
+        let end = text[list..].find("---").map_or(text.len(), |e| list + e);
+        text = format!("{}{eps}{}", &text[..list], &text[end..]);
+    }
+    text
+}
+
+/// `upstream_config` (T2) with the endpoints (address, ready) given.
+fn upstream_with(endpoints: &[(&str, bool)]) -> String {
+    let base = upstream_config(&[], "Cluster");
+    let eps: String = endpoints
+        .iter()
+        .map(|(a, ready)| format!("- addresses: [\"{a}\"]\n  conditions: {{ready: {ready}}}\n"))
+        .collect();
+    format!("{base}{eps}")
+}
+
+/// A new connection from each client address lands where `config` says.
+async fn new_connections_follow(t: &Topo, config: &str, step: &str) {
+    for &src in &t.clients {
+        let want = checks::predicted_for_client(config, "testim-service", DEFAULT_HASH_SEED, src);
+        let want = &t.backend_by_addr(&want).unwrap().name;
+        let (ws, hello) = ws_connect(&t.client, src, t.vip()).await.unwrap_or_else(|e| panic!("{step}: {src}: {e:#}"));
+        assert_eq!(&hello.backend, want, "{step}: a new connection from {src}");
+        drop(ws);
+    }
+}
+
+/// Reloads under 1,000 live connections: each step is applied as the file
+/// changes (or on SIGHUP), no connection is lost, and new connections follow
+/// the new configuration.
+async fn reloads_lose_nothing(t: &Topo, agent: &Agent, configs: [String; 4]) {
+    let [with_two, with_three, without_first, second_not_ready] = configs;
+    let path = agent.config_path().to_owned();
+    let fleet = Fleet::open(&t.client, &t.clients, t.vip(), CONNECTIONS).await.unwrap();
+    fleet.run_for(1).await.unwrap();
+    new_connections_follow(t, &with_two, "at start").await;
+    let mut applied = 0;
+    let steps = [
+        ("add an endpoint", &with_three, Write::Rename),
+        ("remove an endpoint (drain)", &without_first, Write::InPlace),
+        ("bring it back", &with_three, Write::ConfigMap),
+        ("mark one not ready", &second_not_ready, Write::ConfigMap),
+    ];
+    for (step, config, how) in steps {
+        write_config(&path, config, how);
+        applied += 1;
+        agent.wait_for_log("applied (generation", applied, Duration::from_secs(5)).unwrap_or_else(|e| panic!("{step}: {e:#}"));
+        // Collections run every second: a drained endpoint's replies must stay translated.
+        fleet.run_for(3).await.unwrap_or_else(|e| panic!("{step}: {e:#}"));
+        new_connections_follow(t, config, step).await;
+    }
+    assert!(agent.log().contains("removed (its flows drain)"), "{}", agent.log());
+
+    // An invalid file is rejected, naming the error; nothing changes.
+    let invalid = second_not_ready.replace("192.168.0.150", "192.168.0.300");
+    assert_ne!(invalid, second_not_ready);
+    write_config(&path, &invalid, Write::Rename);
+    agent.wait_for_log("rejected (1 error(s)); the running configuration is kept", 1, Duration::from_secs(5)).unwrap();
+    agent.wait_for_log(r#""192.168.0.300" is not an IPv4 address"#, 1, Duration::from_secs(5)).unwrap();
+    fleet.run_for(2).await.unwrap();
+    new_connections_follow(t, &second_not_ready, "after a rejected file").await;
+    // A valid file again, then SIGHUP: read again, nothing to apply.
+    write_config(&path, &with_three, Write::Rename);
+    applied += 1;
+    agent.wait_for_log("applied (generation", applied, Duration::from_secs(5)).unwrap();
+    agent.signal(libc::SIGHUP);
+    agent.wait_for_log("SIGHUP: reading", 1, Duration::from_secs(5)).unwrap();
+    agent.wait_for_log("unchanged; nothing to apply", 1, Duration::from_secs(5)).unwrap();
+    fleet.run_for(2).await.unwrap();
+    new_connections_follow(t, &with_three, "after SIGHUP").await;
+    assert!(fleet.lost().is_empty());
+    fleet.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_lose_no_connection_gateway_t1() {
+    let mut t = Topo::new("rl1", Spec::T1).unwrap();
+    t.start_ws_peers().unwrap();
+    let (b1, b2, b3) = ("10.244.1.10", "10.244.2.10", "10.244.3.10");
+    let configs = [
+        seed_with(&[(b1, true), (b2, true)]),
+        seed_with(&[(b1, true), (b2, true), (b3, true)]),
+        seed_with(&[(b2, true), (b3, true)]),
+        seed_with(&[(b1, true), (b2, false), (b3, true)]),
+    ];
+    let agent = Agent::start(&t.node, &t.dir, &configs[0], EXTRA).unwrap();
+    reloads_lose_nothing(&t, &agent, configs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_lose_no_connection_full_nat_t2() {
+    let mut t = Topo::new("rl2", Spec { external: 3, ..Spec::T2 }).unwrap();
+    t.start_ws_peers().unwrap();
+    let (e1, e2, e3) = ("10.0.2.21", "10.0.2.22", "10.0.2.23");
+    let configs = [
+        upstream_with(&[(e1, true), (e2, true)]),
+        upstream_with(&[(e1, true), (e2, true), (e3, true)]),
+        upstream_with(&[(e2, true), (e3, true)]),
+        upstream_with(&[(e1, true), (e2, false), (e3, true)]),
+    ];
+    let agent = Agent::start(&t.node, &t.dir, &configs[0], EXTRA).unwrap();
+    reloads_lose_nothing(&t, &agent, configs).await;
 }

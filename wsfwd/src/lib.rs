@@ -4,12 +4,15 @@
 pub mod bpffs;
 pub mod check;
 pub mod choose;
+pub mod collector;
 pub mod config;
 pub mod datapath;
 pub mod maglev;
 pub mod model;
 pub mod netif;
 pub mod placement;
+pub mod reload;
 pub mod route;
 pub mod run;
 pub mod stats;
+pub mod watch;

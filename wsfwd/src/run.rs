@@ -4,15 +4,18 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
-use wsfwd_common::abi::{FlowEntry, FlowKey};
+use std::collections::{BTreeMap, BTreeSet};
+
+use wsfwd_common::abi::{LOAD_APPLIED, LOAD_REJECTED, RevNatEntry, RevNatKey};
 
 use crate::{
-    config,
+    collector, config,
     datapath::{self, Datapath, gc},
     model::Service,
     netif,
     placement::{self, Node},
-    route,
+    reload, route,
+    watch::ConfigWatch,
 };
 
 pub struct RunArgs {
@@ -84,12 +87,18 @@ fn local_port_range() -> (u16, u16) {
 }
 
 /// The SNAT port range to use, checked against the configured NodePorts.
-fn snat_ports(args: &RunArgs, services: &[crate::model::Service]) -> anyhow::Result<(u16, u16)> {
+fn snat_ports(args: &RunArgs, services: &[Service]) -> anyhow::Result<(u16, u16)> {
     let range = match args.snat_ports {
         Some(r) => r,
         None => default_snat_ports(local_port_range())
             .ok_or_else(|| anyhow::anyhow!("no free port range for SNAT: give --snat-ports"))?,
     };
+    check_node_ports(range, services)?;
+    Ok(range)
+}
+
+/// A NodePort inside the SNAT range would take full-NAT replies for itself.
+fn check_node_ports(range: (u16, u16), services: &[Service]) -> anyhow::Result<()> {
     for svc in services {
         for f in &svc.frontends {
             if let crate::model::Frontend::NodePort { port, .. } = f {
@@ -104,7 +113,7 @@ fn snat_ports(args: &RunArgs, services: &[crate::model::Service]) -> anyhow::Res
             }
         }
     }
-    Ok(range)
+    Ok(())
 }
 
 /// How `run` failed: the exit code tells a bad config from a failure to attach.
@@ -120,14 +129,17 @@ impl From<anyhow::Error> for RunError {
 }
 
 pub async fn run(args: RunArgs) -> Result<(), RunError> {
-    let cfg = config::load(&args.config).map_err(RunError::Config)?;
+    let text = std::fs::read(&args.config).map_err(|e| RunError::Config(config::unreadable(&args.config, &e)))?;
+    let cfg = config::parse(&String::from_utf8_lossy(&text)).map_err(RunError::Config)?;
     cfg.notes.log();
     // Watching from before the first look: no change can fall in between.
     let mut routes = route::Watch::new().context("subscribing to route changes (rtnetlink)")?;
+    let mut config_watch = ConfigWatch::new(&args.config).context("watching the config file (inotify)")?;
     let ifaces = netif::resolve(&args.ifaces).map_err(anyhow::Error::msg)?;
-    let mut node = placement::resolve(&cfg.services, &ifaces, &args.snat_ips).map_err(anyhow::Error::msg)?;
+    let node = placement::resolve(&cfg.services, &ifaces, &args.snat_ips).map_err(anyhow::Error::msg)?;
     let contents = datapath::contents::compile(&cfg.services, &node, args.hash_seed).map_err(anyhow::Error::msg)?;
-    let (port_min, port_max) = snat_ports(&args, &cfg.services)?;
+    let snat_range = snat_ports(&args, &cfg.services)?;
+    let (port_min, port_max) = snat_range;
     if args.hash_seed == wsfwd_common::DEFAULT_HASH_SEED {
         log::warn!(
             "--hash-seed is the published default: anyone can compute which endpoint a client address \
@@ -144,7 +156,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         ct_size: args.ct_size,
         nat_size: args.nat_size,
         hash_seed: args.hash_seed,
-        snat_ports: (u32::from(port_min), u32::from(port_max) - u32::from(port_min) + 1),
+        snat_ports: (u32::from(port_min), port_count),
         half_open_max,
         bpffs: &args.bpffs,
         attach: args.tc_mode,
@@ -180,26 +192,37 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         args.bpffs.display()
     );
 
+    let mut agent = Agent { args: &args, dp, services: cfg.services, node, last_read: text, snat_range, departed: BTreeMap::new() };
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut tick = tokio::time::interval(args.gc_interval);
     loop {
         tokio::select! {
             _ = term.recv() => { log::info!("SIGTERM"); break; }
             _ = int.recv() => { log::info!("SIGINT"); break; }
-            _ = tick.tick() => collect(&mut dp, &args.timeouts, args.snat_quarantine),
+            _ = hup.recv() => agent.reload("SIGHUP", true),
+            changed = config_watch.changed() => {
+                if let Err(e) = changed {
+                    log::warn!("watching {}: {e}", args.config.display());
+                }
+                // Let a writer finish (several events make one change).
+                tokio::time::sleep(CONFIG_SETTLE).await;
+                agent.reload("file changed", false);
+            }
+            _ = tick.tick() => agent.collect(),
             changed = routes.changed() => {
                 if let Err(e) = changed {
                     log::warn!("reading route changes: {e}");
                 }
                 // Let a burst of changes (an interface going down) settle.
                 tokio::time::sleep(ROUTE_SETTLE).await;
-                replace_if_moved(&mut dp, &mut node, &cfg.services, &args);
+                agent.replace_if_moved();
             }
         }
     }
-    let cleanup = dp.cleanup_on_drop;
-    drop(dp);
+    let cleanup = agent.dp.cleanup_on_drop;
+    drop(agent);
     if cleanup {
         log::info!("stopped; nothing of wsfwd is left attached or pinned");
     } else {
@@ -210,91 +233,139 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
 
 /// How long route changes are left to settle before endpoints are placed again.
 const ROUTE_SETTLE: Duration = Duration::from_millis(300);
+/// How long a config file change is left to settle before it is read.
+const CONFIG_SETTLE: Duration = Duration::from_millis(50);
 
-/// Places the endpoints again (routes or node addresses changed) and, if any
-/// moved, switches the datapath to the plan for where they are now. A plan
-/// that cannot be made keeps the running one, and says why.
-fn replace_if_moved(dp: &mut Datapath, node: &mut Node, services: &[Service], args: &RunArgs) {
-    let placed = netif::resolve(&args.ifaces).and_then(|i| placement::resolve(services, &i, &args.snat_ips));
-    let next = match placed {
-        Ok(next) if next == *node => return,
-        Ok(next) => next,
-        Err(e) => return log::warn!("routes changed, but endpoints could not be placed again ({e}); keeping the running plan"),
-    };
-    let applied = datapath::contents::compile(services, &next, args.hash_seed)
-        .map_err(anyhow::Error::msg)
-        .and_then(|contents| dp.replace(&contents).map(|()| contents));
-    match applied {
-        Ok(contents) => {
-            log::info!("routes changed: endpoints placed again");
-            for line in contents.summary.iter().filter(|l| l.starts_with("endpoint ")) {
-                log::info!("{line}");
+/// The running agent's state between events.
+struct Agent<'a> {
+    args: &'a RunArgs,
+    dp: Datapath,
+    /// The configuration applied last.
+    services: Vec<Service>,
+    node: Node,
+    /// The config file's bytes as read last (applied or not).
+    last_read: Vec<u8>,
+    snat_range: (u16, u16),
+    /// Endpoints behind the node that left the configuration, with the
+    /// frontend their replies are translated to while their flows last.
+    departed: BTreeMap<RevNatKey, RevNatEntry>,
+}
+
+impl Agent<'_> {
+    /// Reads the config file again and applies it if it changed (`force`:
+    /// whether or not). A file that is rejected changes nothing.
+    fn reload(&mut self, why: &str, force: bool) {
+        let path = self.args.config.display().to_string();
+        let text = match std::fs::read(&self.args.config) {
+            Ok(t) => t,
+            // Mid-swap (a rename or symlink swap in progress): the next event reads it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !force => return,
+            Err(e) => return self.rejected(&path, &config::unreadable(&self.args.config, &e)),
+        };
+        if text == self.last_read && !force {
+            return;
+        }
+        self.last_read = text;
+        log::info!("{why}: reading {path}");
+        let cfg = match config::parse(&String::from_utf8_lossy(&self.last_read)) {
+            Ok(c) => c,
+            Err(errors) => return self.rejected(&path, &errors),
+        };
+        cfg.notes.log();
+        let changes = reload::describe(&self.services, &cfg.services);
+        if changes.is_empty() {
+            log::info!("{path}: unchanged; nothing to apply");
+            let _ = self.dp.record_load(LOAD_APPLIED);
+            return;
+        }
+        let placed = netif::resolve(&self.args.ifaces).and_then(|i| placement::resolve(&cfg.services, &i, &self.args.snat_ips));
+        let applied = placed
+            .map_err(anyhow::Error::msg)
+            .and_then(|node| check_node_ports(self.snat_range, &cfg.services).map(|()| node))
+            .and_then(|node| self.apply(&cfg.services, &node).map(|()| node));
+        match applied {
+            Ok(node) => {
+                self.services = cfg.services;
+                self.node = node;
+                let _ = self.dp.record_load(LOAD_APPLIED);
+                let generation = self.dp.meta().map(|m| m.generation).unwrap_or(0);
+                log::info!("{path}: applied (generation {generation})");
+                for line in changes {
+                    log::info!("  {line}");
+                }
             }
-            *node = next;
+            Err(e) => {
+                let _ = self.dp.record_load(LOAD_REJECTED);
+                log::error!("{path}: not applied ({e:#}); the running configuration is kept");
+            }
         }
-        Err(e) => log::warn!("routes changed, but the new plan was not applied ({e:#}); keeping the running one"),
     }
-}
 
-fn collect(dp: &mut Datapath, timeouts: &gc::Timeouts, quarantine: Duration) {
-    let now = gc::monotonic_ns();
-    sweep("conntrack", dp.conntrack(), now, timeouts, Duration::ZERO);
-    sweep("handshakes", dp.handshakes(), now, timeouts, Duration::ZERO);
-    // SNAT ports stay reserved for the quarantine after their flow ended.
-    let (nat, half_open) = dp.nat_and_half_open();
-    let (entries, removed) = sweep("nat", nat, now, timeouts, quarantine);
-    recount_half_open(half_open, &gc::half_open(&entries, &removed));
-}
-
-/// Removes expired flows; returns the snapshot it decided from and the flows it removed.
-fn sweep(
-    name: &str,
-    map: &mut datapath::FlowMap,
-    now: u64,
-    timeouts: &gc::Timeouts,
-    hold: Duration,
-) -> (Vec<(FlowKey, FlowEntry)>, Vec<gc::Expired>) {
-    let entries: Vec<_> = map.iter().filter_map(Result::ok).collect();
-    let mut removed = Vec::new();
-    let mut kept = 0;
-    for flow in gc::expired(&entries, now, timeouts, hold) {
-        // Decided from a snapshot: delete only what still holds the values
-        // decided on. A packet since, or a new flow on the tuple, keeps it.
-        // (The bpf syscall has no compare-and-delete: a packet landing
-        // between this read and the delete is lost with the entry.)
-        let unchanged = flow.iter().all(|(key, was)| map.get(key, 0).is_ok_and(|now| now == *was));
-        if !unchanged {
-            kept += 1;
-            continue;
+    fn rejected(&mut self, path: &str, errors: &config::ConfigErrors) {
+        for e in &errors.0 {
+            log::error!("{e}");
         }
-        for (key, _) in &flow {
-            // Already gone (evicted) is fine.
-            let _ = map.remove(key);
-        }
-        removed.push(flow);
+        log::error!("{path}: rejected ({} error(s)); the running configuration is kept", errors.0.len());
+        let _ = self.dp.record_load(LOAD_REJECTED);
     }
-    if !removed.is_empty() || kept > 0 {
-        log::debug!(
-            "{name}: removed {} expired flows of {} entries; {kept} flows changed since and kept",
-            removed.len(),
-            entries.len()
-        );
-    }
-    (entries, removed)
-}
 
-/// Replaces the datapath's running counts of half-open flows per client with
-/// the true ones (the datapath's can drift: a count it adds between the
-/// snapshot and this write is lost, a flow that never completes is never
-/// subtracted).
-fn recount_half_open(map: &mut datapath::HalfOpenMap, counts: &std::collections::HashMap<[u8; 4], u64>) {
-    let stale: Vec<[u8; 4]> = map.keys().filter_map(Result::ok).filter(|k| !counts.contains_key(k)).collect();
-    for k in stale {
-        let _ = map.remove(&k);
+    /// Compiles `services` as placed on `node` and makes it the live plan.
+    /// Endpoints behind the node that leave it keep their replies
+    /// translated (`REVNAT`) until their last flow ends.
+    fn apply(&mut self, services: &[Service], node: &Node) -> anyhow::Result<()> {
+        let mut next = datapath::contents::compile(services, node, self.args.hash_seed).map_err(anyhow::Error::msg)?;
+        let keys: BTreeSet<RevNatKey> = next.revnat.iter().map(|(k, _)| *k).collect();
+        let mut departed = self.departed.clone();
+        departed.extend(self.dp.live().revnat.iter().filter(|(k, _)| !keys.contains(k)).copied());
+        departed.retain(|k, _| !keys.contains(k));
+        next.revnat.extend(departed.iter().map(|(k, v)| (*k, *v)));
+        self.dp.replace(&next)?;
+        self.departed = departed;
+        Ok(())
     }
-    for (k, n) in counts {
-        if let Err(e) = map.insert(k, n, 0) {
-            log::debug!("half-open count of {}: {e}", std::net::Ipv4Addr::from(*k));
+
+    /// Places the endpoints again (routes or node addresses changed) and, if
+    /// any moved, switches to the plan for where they are now. A plan that
+    /// cannot be made keeps the running one, and says why.
+    fn replace_if_moved(&mut self) {
+        let placed = netif::resolve(&self.args.ifaces).and_then(|i| placement::resolve(&self.services, &i, &self.args.snat_ips));
+        let next = match placed {
+            Ok(next) if next == self.node => return,
+            Ok(next) => next,
+            Err(e) => return log::warn!("routes changed, but endpoints could not be placed again ({e}); keeping the running plan"),
+        };
+        let services = self.services.clone();
+        match self.apply(&services, &next) {
+            Ok(()) => {
+                log::info!("routes changed: endpoints placed again");
+                for line in self.dp.live().summary.iter().filter(|l| l.starts_with("endpoint ")) {
+                    log::info!("{line}");
+                }
+                self.node = next;
+            }
+            Err(e) => log::warn!("routes changed, but the new plan was not applied ({e:#}); keeping the running one"),
+        }
+    }
+
+    /// One collection; departed endpoints whose last flow ended lose their `REVNAT` entry.
+    fn collect(&mut self) {
+        let in_use = collector::collect(&mut self.dp, &self.args.timeouts, self.args.snat_quarantine);
+        let done: Vec<RevNatKey> = self.departed.keys().filter(|k| !in_use.contains(k)).copied().collect();
+        if done.is_empty() {
+            return;
+        }
+        for k in &done {
+            self.departed.remove(k);
+        }
+        let mut next = self.dp.live().clone();
+        next.revnat.retain(|(k, _)| !done.contains(k));
+        match self.dp.replace(&next) {
+            Ok(()) => {
+                for k in done {
+                    log::info!("endpoint {}:{} drained: its last flow ended", std::net::Ipv4Addr::from(k.addr), u16::from_be_bytes(k.port));
+                }
+            }
+            Err(e) => log::warn!("removing drained endpoints: {e:#}"),
         }
     }
 }

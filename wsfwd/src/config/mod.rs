@@ -55,15 +55,18 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
 
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![ConfigError {
-            document: None,
-            object: None,
-            path: String::new(),
-            message: format!("cannot read {}: {e}", path.display()),
-        }])
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|e| unreadable(path, &e))?;
     parse(&text)
+}
+
+/// The error for a config file that cannot be read.
+pub fn unreadable(path: &Path, e: &std::io::Error) -> ConfigErrors {
+    ConfigErrors(vec![ConfigError {
+        document: None,
+        object: None,
+        path: String::new(),
+        message: format!("cannot read {}: {e}", path.display()),
+    }])
 }
 
 #[cfg(test)]

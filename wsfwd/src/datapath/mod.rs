@@ -325,6 +325,11 @@ impl Datapath {
         self.write_meta(Meta { live_half: half, generation: meta.generation + 1, ..meta })
     }
 
+    /// The live plan.
+    pub fn live(&self) -> &Contents {
+        &self.live
+    }
+
     /// Established gateway flows (LRU).
     pub fn conntrack(&mut self) -> &mut FlowMap {
         &mut self.conntrack

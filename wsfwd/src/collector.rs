@@ -1,0 +1,80 @@
+//! The conntrack collector: removes expired flows (and, in full NAT, frees
+//! their ports after the quarantine), recounts half-open flows, and says
+//! which endpoints still carry gateway flows (a departed endpoint's replies
+//! are translated until its last flow ends).
+use std::{collections::BTreeSet, time::Duration};
+
+use wsfwd_common::abi::{DIR_REPLY, FlowEntry, FlowKey, RevNatKey};
+
+use crate::datapath::{self, Datapath, gc};
+
+/// Sweeps every flow table once. Returns the endpoints (as reply sources)
+/// that gateway flows still use.
+pub fn collect(dp: &mut Datapath, timeouts: &gc::Timeouts, quarantine: Duration) -> BTreeSet<RevNatKey> {
+    let now = gc::monotonic_ns();
+    let (ct, _) = sweep("conntrack", dp.conntrack(), now, timeouts, Duration::ZERO);
+    let (hs, _) = sweep("handshakes", dp.handshakes(), now, timeouts, Duration::ZERO);
+    // SNAT ports stay reserved for the quarantine after their flow ended.
+    let (nat, half_open) = dp.nat_and_half_open();
+    let (entries, removed) = sweep("nat", nat, now, timeouts, quarantine);
+    recount_half_open(half_open, &gc::half_open(&entries, &removed));
+    ct.iter()
+        .chain(&hs)
+        .filter(|(k, _)| k.dir == DIR_REPLY)
+        .map(|(k, _)| RevNatKey { addr: k.saddr, port: k.sport, proto: k.proto, _pad: 0 })
+        .collect()
+}
+
+/// Removes expired flows; returns the snapshot it decided from and the flows it removed.
+fn sweep(
+    name: &str,
+    map: &mut datapath::FlowMap,
+    now: u64,
+    timeouts: &gc::Timeouts,
+    hold: Duration,
+) -> (Vec<(FlowKey, FlowEntry)>, Vec<gc::Expired>) {
+    let entries: Vec<_> = map.iter().filter_map(Result::ok).collect();
+    let mut removed = Vec::new();
+    let mut kept = 0;
+    for flow in gc::expired(&entries, now, timeouts, hold) {
+        // Decided from a snapshot: delete only what still holds the values
+        // decided on. A packet since, or a new flow on the tuple, keeps it.
+        // (The bpf syscall has no compare-and-delete: a packet landing
+        // between this read and the delete is lost with the entry.)
+        let unchanged = flow.iter().all(|(key, was)| map.get(key, 0).is_ok_and(|now| now == *was));
+        if !unchanged {
+            kept += 1;
+            continue;
+        }
+        for (key, _) in &flow {
+            // Already gone (evicted) is fine.
+            let _ = map.remove(key);
+        }
+        removed.push(flow);
+    }
+    if !removed.is_empty() || kept > 0 {
+        log::debug!(
+            "{name}: removed {} expired flows of {} entries; {kept} flows changed since and kept",
+            removed.len(),
+            entries.len()
+        );
+    }
+    (entries, removed)
+}
+
+/// Replaces the datapath's running counts of half-open flows per client with
+/// the true ones (the datapath's can drift: a count it adds between the
+/// snapshot and this write is lost, a flow that never completes is never
+/// subtracted).
+fn recount_half_open(map: &mut datapath::HalfOpenMap, counts: &std::collections::HashMap<[u8; 4], u64>) {
+    let stale: Vec<[u8; 4]> = map.keys().filter_map(Result::ok).filter(|k| !counts.contains_key(k)).collect();
+    for k in stale {
+        let _ = map.remove(&k);
+    }
+    for (k, n) in counts {
+        if let Err(e) = map.insert(k, n, 0) {
+            log::debug!("half-open count of {}: {e}", std::net::Ipv4Addr::from(*k));
+        }
+    }
+}
+

@@ -1,0 +1,89 @@
+//! Noticing that the config file changed (inotify). Editors and Kubernetes
+//! replace a file rather than rewrite it — a rename over it, or a swap of the
+//! `..data` symlink of a ConfigMap mount — so the file's directory is
+//! watched, not the file; so is the directory of the file a symlink points
+//! at. Any event there wakes the agent, which then reads the file and
+//! compares it with what it read last.
+use std::{
+    io,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::{Path, PathBuf},
+};
+
+use tokio::io::{Interest, unix::AsyncFd};
+
+pub struct ConfigWatch {
+    fd: AsyncFd<OwnedFd>,
+}
+
+/// The directories whose changes may change what `path` reads as.
+fn dirs(path: &Path) -> Vec<PathBuf> {
+    let parent = |p: &Path| match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let mut out = vec![parent(path)];
+    if let Ok(real) = std::fs::canonicalize(path) {
+        let d = parent(&real);
+        if !out.contains(&d) {
+            out.push(d);
+        }
+    }
+    out
+}
+
+impl ConfigWatch {
+    pub fn new(path: &Path) -> io::Result<Self> {
+        // SAFETY: a plain syscall; the descriptor is owned below.
+        let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor, owned from here on.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let mask = libc::IN_CLOSE_WRITE
+            | libc::IN_MOVED_TO
+            | libc::IN_MOVED_FROM
+            | libc::IN_CREATE
+            | libc::IN_DELETE
+            | libc::IN_ATTRIB
+            | libc::IN_MODIFY;
+        for dir in dirs(path) {
+            let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+            // SAFETY: a valid descriptor and NUL-terminated path.
+            if unsafe { libc::inotify_add_watch(fd.as_raw_fd(), c.as_ptr(), mask) } < 0 {
+                let e = io::Error::last_os_error();
+                return Err(io::Error::new(e.kind(), format!("watching {}: {e}", dir.display())));
+            }
+        }
+        // SAFETY: an owned descriptor, owned by the AsyncFd from here on.
+        let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(|e| e.into_parts().1)?;
+        Ok(Self { fd })
+    }
+
+    /// Waits until something changed in the watched directories; the
+    /// events themselves are drained and not looked at.
+    pub async fn changed(&mut self) -> io::Result<()> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            let mut buf = [0u8; 4096];
+            let raw = guard.get_inner().as_raw_fd();
+            // SAFETY: reading into a buffer of the given size.
+            let n = unsafe { libc::read(raw, buf.as_mut_ptr().cast(), buf.len()) };
+            if n > 0 {
+                // Whatever else is queued belongs to the same change.
+                // SAFETY: as above.
+                while unsafe { libc::read(raw, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+                guard.clear_ready();
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::WouldBlock {
+                guard.clear_ready();
+                continue;
+            }
+            return Err(e);
+        }
+    }
+}

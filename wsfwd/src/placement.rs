@@ -31,10 +31,17 @@ impl Node {
     }
 }
 
-/// Whether `e` takes new flows of `svc` on `node`: ready, and with
-/// `externalTrafficPolicy: Local` behind the node too.
+/// Whether `e` takes new flows of `svc` on `node`, as kube-proxy decides:
+/// of the endpoints the traffic policy allows (with `Local`, those behind
+/// the node), the ready ones; when none is ready, those still serving while
+/// terminating, so a service whose last pods are being replaced finishes
+/// their work instead of refusing connections.
 pub fn serves(svc: &Service, node: &Node, e: &Endpoint) -> bool {
-    e.takes_new_flows() && (svc.external_traffic_policy == TrafficPolicy::Cluster || node.is_behind(e))
+    let allowed = |e: &Endpoint| svc.external_traffic_policy == TrafficPolicy::Cluster || node.is_behind(e);
+    if !allowed(e) {
+        return false;
+    }
+    e.takes_new_flows() || (e.serving && e.terminating && !svc.endpoints.iter().any(|o| o.takes_new_flows() && allowed(o)))
 }
 
 

@@ -312,4 +312,30 @@ mod tests {
         assert_eq!(c.services[0].1.table_size, 0);
         assert!(c.summary[0].contains("externalTrafficPolicy Local, no ready endpoint behind this node"), "{:?}", c.summary);
     }
+
+    #[test]
+    fn serving_terminating_endpoints_take_new_flows_only_when_none_is_ready() {
+        let set = |conds: [&str; 3]| {
+            let mut text = SEED_DEMO.to_owned();
+            for (addr, c) in ["10.244.1.10", "10.244.2.10", "10.244.3.10"].iter().zip(conds) {
+                let from = format!("- addresses: [\"{addr}\"]\n  conditions: {{ready: true, serving: true, terminating: false}}");
+                text = text.replacen(&from, &format!("- addresses: [\"{addr}\"]\n  conditions: {c}"), 1);
+            }
+            let services = config::parse(&text).unwrap().services;
+            let c = compile(&services, &node(&[NODE]), 7).unwrap();
+            let testim = c.services[1].1;
+            c.maglev[testim.table_offset as usize..][..testim.table_size as usize]
+                .iter()
+                .map(|&id| Ipv4Addr::from(c.backends[id as usize].addr))
+                .collect::<BTreeSet<_>>()
+        };
+        let draining = "{ready: false, serving: true, terminating: true}";
+        let gone = "{ready: false, serving: false, terminating: true}";
+        // One ready endpoint: only it.
+        assert_eq!(set(["{ready: true}", draining, gone]), [B1].into());
+        // None ready: the serving, terminating ones.
+        assert_eq!(set([draining, draining, gone]), [B1, B2].into());
+        // None serving either: none.
+        assert!(set([gone, gone, gone]).is_empty());
+    }
 }

@@ -8,7 +8,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -28,8 +28,8 @@ pub struct Member {
     /// The endpoint that greeted it.
     pub backend: String,
     echoes: AtomicU64,
-    /// Why it ended, if it did.
-    ended: Mutex<Option<String>>,
+    /// Why and when it ended, if it did.
+    ended: Mutex<Option<(String, Instant)>>,
 }
 
 impl Member {
@@ -38,7 +38,11 @@ impl Member {
     }
 
     pub fn ended(&self) -> Option<String> {
-        self.ended.lock().unwrap().clone()
+        self.ended.lock().unwrap().as_ref().map(|(why, _)| why.clone())
+    }
+
+    pub fn ended_at(&self) -> Option<Instant> {
+        self.ended.lock().unwrap().as_ref().map(|(_, at)| *at)
     }
 }
 
@@ -96,11 +100,11 @@ impl Fleet {
                             m.echoes.fetch_add(1, Ordering::Relaxed);
                         }
                         Ok(other) => {
-                            *m.ended.lock().unwrap() = Some(format!("echo {k}: got {other:?}"));
+                            *m.ended.lock().unwrap() = Some((format!("echo {k}: got {other:?}"), Instant::now()));
                             return;
                         }
                         Err(e) => {
-                            *m.ended.lock().unwrap() = Some(format!("echo {k}: {e:#}"));
+                            *m.ended.lock().unwrap() = Some((format!("echo {k}: {e:#}"), Instant::now()));
                             return;
                         }
                     }

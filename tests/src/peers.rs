@@ -26,3 +26,8 @@ pub fn udp_echo(ns: &Netns, name: &str, port: u16, log: &Path) -> anyhow::Result
 pub fn connections_seen(p: &Proc) -> Vec<String> {
     p.output().lines().filter_map(|l| l.strip_prefix("connection ").map(str::to_owned)).collect()
 }
+
+/// The client addresses of the connections a WebSocket peer saw end.
+pub fn connections_ended(p: &Proc) -> Vec<String> {
+    p.output().lines().filter_map(|l| l.strip_prefix("closed ").map(str::to_owned)).collect()
+}

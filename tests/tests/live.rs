@@ -279,3 +279,58 @@ async fn reloads_lose_no_connection_full_nat_t2() {
     let agent = Agent::start(&t.node, &t.dir, &configs[0], EXTRA).unwrap();
     reloads_lose_nothing(&t, &agent, configs).await;
 }
+
+/// `--drain-timeout 5`: an endpoint removed from the config keeps its
+/// connections for 5 s; then each ends with a RST both ways — the client sees
+/// it within a second or two of the deadline, the endpoint sees its side end
+/// — while every other connection goes on.
+async fn drain_timeout_case(t: &Topo, all: &str, without_first: &str, first: &str) {
+    let agent = Agent::start(&t.node, &t.dir, all, &["--gc-interval", "1", "--drain-timeout", "5"]).unwrap();
+    let fleet = Fleet::open(&t.client, &t.clients, t.vip(), 64).await.unwrap();
+    fleet.run_for(1).await.unwrap();
+    let on_first = fleet.members.iter().filter(|m| m.backend == first).count();
+    assert!(on_first > 0 && on_first < 64, "{:?}", fleet.by_backend());
+
+    write_config(agent.config_path(), without_first, Write::Rename);
+    agent.wait_for_log("applied (generation", 1, Duration::from_secs(5)).unwrap();
+    let removed = std::time::Instant::now();
+    // Until the deadline every connection goes on, the drained endpoint's included.
+    fleet.run_for(3).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(removed.elapsed()) + Duration::from_secs(3)).await;
+    for m in &fleet.members {
+        match (m.backend == first, m.ended_at()) {
+            (true, Some(at)) => {
+                let after = at.duration_since(removed);
+                assert!(after >= Duration::from_secs(5), "{} ended {after:?} after removal, before the deadline: {:?}", m.client, m.ended());
+                assert!(after <= Duration::from_millis(7500), "{} ended {after:?} after removal: {:?}", m.client, m.ended());
+                let why = m.ended().unwrap();
+                assert!(why.contains("reset") || why.contains("closed"), "{}: {why}", m.client);
+            }
+            (true, None) => panic!("{} on {first} still open after the drain timeout", m.client),
+            (false, None) => {}
+            (false, Some(_)) => panic!("{} on {} was lost: {:?}", m.client, m.backend, m.ended()),
+        }
+    }
+    let ended_there = wsfwd_tests::peers::connections_ended(t.ws_peer(first)).len();
+    assert_eq!(ended_there, on_first, "{first} must see each of its connections end");
+    assert!(agent.log().contains(&format!("drain timeout: {on_first} TCP flows reset")), "{}", agent.log());
+    fleet.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_timeout_resets_both_ways_gateway_t1() {
+    let mut t = Topo::new("dt1", Spec::T1).unwrap();
+    t.start_ws_peers().unwrap();
+    let (b1, b2, b3) = ("10.244.1.10", "10.244.2.10", "10.244.3.10");
+    let all = seed_with(&[(b1, true), (b2, true), (b3, true)]);
+    drain_timeout_case(&t, &all, &seed_with(&[(b2, true), (b3, true)]), "b1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_timeout_resets_both_ways_full_nat_t2() {
+    let mut t = Topo::new("dt2", Spec { external: 3, ..Spec::T2 }).unwrap();
+    t.start_ws_peers().unwrap();
+    let (e1, e2, e3) = ("10.0.2.21", "10.0.2.22", "10.0.2.23");
+    let all = upstream_with(&[(e1, true), (e2, true), (e3, true)]);
+    drain_timeout_case(&t, &all, &upstream_with(&[(e2, true), (e3, true)]), "e1").await;
+}

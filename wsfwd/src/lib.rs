@@ -7,6 +7,7 @@ pub mod choose;
 pub mod collector;
 pub mod config;
 pub mod datapath;
+pub mod drain;
 pub mod maglev;
 pub mod model;
 pub mod netif;

@@ -168,6 +168,12 @@ struct RunCli {
     /// How often expired flows are removed, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     gc_interval: u64,
+    /// How long an endpoint that takes no new flows any more (removed from
+    /// the config, not ready, terminating) keeps its flows. At the deadline
+    /// its TCP connections get a RST each way and its UDP flows are dropped.
+    /// 0: its flows keep going until they end.
+    #[arg(long, value_name = "SECS", default_value_t = 3600)]
+    drain_timeout: u64,
 }
 
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
@@ -278,6 +284,7 @@ fn run_cmd(a: RunCli) -> ExitCode {
             udp: Duration::from_secs(a.udp_timeout),
         },
         gc_interval: Duration::from_secs(a.gc_interval),
+        drain_timeout: Duration::from_secs(a.drain_timeout),
         snat_ips: a.snat_ips,
         snat_ports: a.snat_ports,
         snat_quarantine: Duration::from_secs(a.snat_quarantine),

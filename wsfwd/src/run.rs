@@ -4,13 +4,17 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Instant,
+};
 
 use wsfwd_common::abi::{LOAD_APPLIED, LOAD_REJECTED, RevNatEntry, RevNatKey};
 
 use crate::{
     collector, config,
     datapath::{self, Datapath, gc},
+    drain::{self, Drains},
     model::Service,
     netif,
     placement::{self, Node},
@@ -28,6 +32,8 @@ pub struct RunArgs {
     pub hash_seed: u32,
     pub timeouts: gc::Timeouts,
     pub gc_interval: Duration,
+    /// How long a drained endpoint keeps its flows; zero: until they end.
+    pub drain_timeout: Duration,
     pub snat_ips: Vec<std::net::Ipv4Addr>,
     pub snat_ports: Option<(u16, u16)>,
     pub snat_quarantine: Duration,
@@ -192,7 +198,14 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         args.bpffs.display()
     );
 
-    let mut agent = Agent { args: &args, dp, services: cfg.services, node, last_read: text, snat_range, departed: BTreeMap::new() };
+    let mut drains = Drains::new(args.drain_timeout);
+    drains.update(&[], &cfg.services, Instant::now());
+    // Endpoints the adopted datapath served that this config lacks drain from now.
+    let departed: BTreeMap<RevNatKey, RevNatEntry> = dp.inherited_departed.iter().copied().collect();
+    for k in departed.keys() {
+        drains.add(drain::key_of(k), Instant::now());
+    }
+    let mut agent = Agent { args: &args, dp, services: cfg.services, node, last_read: text, snat_range, departed, drains };
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
@@ -249,6 +262,7 @@ struct Agent<'a> {
     /// Endpoints behind the node that left the configuration, with the
     /// frontend their replies are translated to while their flows last.
     departed: BTreeMap<RevNatKey, RevNatEntry>,
+    drains: Drains,
 }
 
 impl Agent<'_> {
@@ -285,6 +299,7 @@ impl Agent<'_> {
             .and_then(|node| self.apply(&cfg.services, &node).map(|()| node));
         match applied {
             Ok(node) => {
+                self.drains.update(&self.services, &cfg.services, Instant::now());
                 self.services = cfg.services;
                 self.node = node;
                 let _ = self.dp.record_load(LOAD_APPLIED);
@@ -320,6 +335,9 @@ impl Agent<'_> {
         departed.retain(|k, _| !keys.contains(k));
         next.revnat.extend(departed.iter().map(|(k, v)| (*k, *v)));
         self.dp.replace(&next)?;
+        for k in departed.keys() {
+            self.drains.add(drain::key_of(k), Instant::now());
+        }
         self.departed = departed;
         Ok(())
     }
@@ -347,8 +365,26 @@ impl Agent<'_> {
         }
     }
 
-    /// One collection; departed endpoints whose last flow ended lose their `REVNAT` entry.
+    /// One collection: drained endpoints past their deadline have their
+    /// flows ended; departed endpoints whose last flow ended lose their
+    /// `REVNAT` entry.
     fn collect(&mut self) {
+        let due = self.drains.due(Instant::now());
+        if !due.is_empty() {
+            match drain::end_flows(&mut self.dp, &due) {
+                Ok(ended) => {
+                    for (addr, port, _) in &due {
+                        log::info!("endpoint {addr}:{port}: drain timeout reached");
+                    }
+                    log::info!(
+                        "drain timeout: {} TCP flows reset (a RST to each side), {} UDP flows dropped",
+                        ended.tcp_reset,
+                        ended.udp_dropped
+                    );
+                }
+                Err(e) => log::warn!("ending drained flows: {e}"),
+            }
+        }
         let in_use = collector::collect(&mut self.dp, &self.args.timeouts, self.args.snat_quarantine);
         let done: Vec<RevNatKey> = self.departed.keys().filter(|k| !in_use.contains(k)).copied().collect();
         if done.is_empty() {

@@ -19,7 +19,8 @@ use aya::{
     programs::{SchedClassifier, TcAttachType},
 };
 use wsfwd_common::abi::{
-    Attachment, FlowEntry, FlowKey, LAYOUT_VERSION, LOAD_APPLIED, Meta, globals, map_names as names,
+    Attachment, FlowEntry, FlowKey, LAYOUT_VERSION, LOAD_APPLIED, Meta, RevNatEntry, RevNatKey, globals,
+    map_names as names,
 };
 
 pub use contents::{Capacity, Contents};
@@ -69,6 +70,9 @@ pub struct Datapath {
     half: u32,
     capacity: Capacity,
     pub start: Start,
+    /// Endpoints behind the node the adopted datapath translated replies for
+    /// that the new configuration lacks: kept (their flows drain).
+    pub inherited_departed: Vec<(RevNatKey, RevNatEntry)>,
     /// Where the programs are attached: (interface, mode).
     attached: Vec<(String, u32)>,
     /// Remove everything when dropped: set until a fresh start completes
@@ -220,6 +224,11 @@ impl Datapath {
             Some(m) => (plan::read_live(&mut ebpf)?, m.live_half),
             None => (Contents::default(), 1),
         };
+        // Endpoints the running plan had and this one lacks keep their replies translated.
+        let inherited_departed: Vec<_> =
+            previous.revnat.iter().filter(|(k, _)| !contents.revnat.iter().any(|(n, _)| n == k)).copied().collect();
+        let mut contents = contents.clone();
+        contents.revnat.extend(inherited_departed.iter().copied());
         let mut this = Self {
             ebpf,
             conntrack,
@@ -231,13 +240,14 @@ impl Datapath {
             half,
             capacity,
             start: if adopted.is_some() { Start::Adopted } else { Start::Fresh },
+            inherited_departed,
             attached: Vec::new(),
             cleanup_on_drop: adopted.is_none(),
             pins,
         };
         let prior = adopted.unwrap_or_default();
         this.write_meta(Meta { layout: LAYOUT_VERSION, hash_seed: opts.hash_seed, ..prior })?;
-        this.replace(contents)?;
+        this.replace(&contents)?;
         this.attach(ifaces, opts.attach)?;
         this.cleanup_on_drop = false;
         Ok(this)
@@ -338,6 +348,11 @@ impl Datapath {
     /// Gateway flows not yet established (LRU).
     pub fn handshakes(&mut self) -> &mut FlowMap {
         &mut self.handshakes
+    }
+
+    /// Every flow table: established and unestablished gateway flows, full NAT.
+    pub fn flow_tables(&mut self) -> [&mut FlowMap; 3] {
+        [&mut self.conntrack, &mut self.handshakes, &mut self.nat]
     }
 
     /// Full-NAT flows and the per-client count of those still half-open.

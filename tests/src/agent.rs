@@ -213,6 +213,23 @@ impl Agent {
         serde_json::from_value(v.clone()).with_context(|| format!("wsfwd conntrack --json: unexpected shape: {v}"))
     }
 
+    /// `wsfwd services --json`, typed.
+    pub fn services(&self) -> anyhow::Result<Vec<FrontendView>> {
+        let v = self.query("services")?;
+        serde_json::from_value(v.clone()).with_context(|| format!("wsfwd services --json: unexpected shape: {v}"))
+    }
+
+    /// `wsfwd status --json`.
+    pub fn status(&self) -> anyhow::Result<serde_json::Value> {
+        self.query("status")
+    }
+
+    /// `wsfwd conntrack --json --service NAME`.
+    pub fn flows_of(&self, service: &str) -> anyhow::Result<Vec<Flow>> {
+        let out = run(Command::new(binary()).args(["conntrack", "--json", "--service", service, "--bpffs"]).arg(&self.bpffs))?;
+        serde_json::from_str(&out).with_context(|| format!("wsfwd conntrack --service printed {out:?}"))
+    }
+
     /// SIGTERM, and the exit status.
     pub fn stop(mut self) -> anyhow::Result<ExitStatus> {
         self.proc.signal(libc::SIGTERM);
@@ -292,6 +309,41 @@ impl Drop for Agent {
         if self.bpffs.exists() {
             let _ = Command::new("umount").arg("-l").arg(&self.bpffs).status();
         }
+    }
+}
+
+/// A frontend as `wsfwd services --json` prints it (written out here, not
+/// shared with the agent: scripts read this JSON).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FrontendView {
+    pub service: String,
+    pub protocol: String,
+    pub frontend: String,
+    pub hash: String,
+    pub table_size: u32,
+    pub flows: u64,
+    pub endpoints: Vec<EndpointView>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EndpointView {
+    pub endpoint: String,
+    /// "active", "terminating" or "draining".
+    pub state: String,
+    pub full_nat: bool,
+    pub slots: u32,
+    pub flows: u64,
+}
+
+impl FrontendView {
+    /// Flows and state by endpoint address (port dropped).
+    pub fn by_address(&self) -> BTreeMap<String, (String, u64)> {
+        self.endpoints
+            .iter()
+            .map(|e| (e.endpoint.split(':').next().unwrap_or_default().to_owned(), (e.state.clone(), e.flows)))
+            .collect()
     }
 }
 

@@ -43,6 +43,11 @@ async fn restarts_lose_nothing(t: &Topo, mut agent: Agent, clsact: bool) {
         let halted = tokio::task::block_in_place(|| agent.halt(how)).unwrap_or_else(|e| panic!("{how:?}: {e:#}"));
         // No agent: the datapath forwards on its own.
         fleet.run_for(2).await.unwrap_or_else(|e| panic!("round {round}, no agent after {how:?}: {e:#}"));
+        // `wsfwd status` reads the pins without an agent, and says there is none.
+        let out = run(Command::new(agent::binary()).args(["status", "--json", "--bpffs"]).arg(t.dir.join("bpf"))).unwrap();
+        let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(status["agentRunning"], false, "round {round}: {status}");
+        assert_eq!(status["maps"]["SERVICES"]["entries"], 2, "round {round}: {status}");
         agent = tokio::task::block_in_place(|| halted.resume(&t.node, EXTRA)).unwrap();
         assert!(agent.log().contains("adopted the running datapath"), "{}", agent.log());
         // A collection runs within a second: it must remove nothing live.
@@ -58,7 +63,30 @@ async fn restarts_lose_nothing(t: &Topo, mut agent: Agent, clsact: bool) {
         assert_eq!(c["drop-no-nat-flow"], 0, "round {round}: {c:?}");
     }
     assert!(fleet.echoes() >= (CONNECTIONS * 10) as u64);
+    views_agree(t, &agent, &fleet, "after the restarts");
+    let status = agent.status().unwrap();
+    assert_eq!(status["agentRunning"], true, "{status}");
+    assert_eq!(status["layout"], wsfwd_common::abi::LAYOUT_VERSION, "{status}");
+    assert_eq!(status["attached"][0]["interface"], "n0", "{status}");
+    assert_eq!(status["attached"][0]["mode"], if clsact { "clsact" } else { "tcx" }, "{status}");
     fleet.close().await;
+}
+
+/// `wsfwd services` counts on each endpoint of the VIP the fleet's
+/// connections the test saw land there, and `conntrack --service` lists them.
+fn views_agree(t: &Topo, agent: &Agent, fleet: &Fleet, when: &str) {
+    let vip = t.vip().to_string();
+    let services = agent.services().unwrap();
+    let view = services.iter().find(|f| f.frontend == vip).unwrap_or_else(|| panic!("{when}: no {vip} in {services:?}"));
+    assert_eq!(view.service, "default/testim-service:9080", "{when}");
+    let counted: std::collections::BTreeMap<String, u64> =
+        view.by_address().into_iter().filter(|(_, (_, n))| *n > 0).map(|(a, (_, n))| (t.backend_by_addr(&a).unwrap().name.clone(), n)).collect();
+    let seen: std::collections::BTreeMap<String, u64> = fleet.by_backend().into_iter().map(|(b, n)| (b, n as u64)).collect();
+    assert_eq!(counted, seen, "{when}: wsfwd services disagrees with the connections: {view:?}");
+    let flows = agent.flows_of("default/testim-service").unwrap();
+    let originals = flows.iter().filter(|f| f.direction == "original" && !f.state.iter().any(|s| s == "rst" || s == "fin")).count();
+    assert_eq!(originals, fleet.members.len(), "{when}: conntrack --service");
+    assert!(flows.iter().all(|f| f.destination == vip || f.new_source == vip), "{when}: a flow of another service");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -296,6 +324,9 @@ async fn drain_timeout_case(t: &Topo, all: &str, without_first: &str, first: &st
     let removed = std::time::Instant::now();
     // Until the deadline every connection goes on, the drained endpoint's included.
     fleet.run_for(3).await.unwrap();
+    let view = agent.services().unwrap().into_iter().find(|f| f.frontend == t.vip().to_string()).unwrap();
+    let first_addr = t.backends.iter().find(|b| b.name == first).unwrap().addr.to_string();
+    assert_eq!(view.by_address().get(&first_addr), Some(&("draining".to_owned(), on_first as u64)), "{view:?}");
     tokio::time::sleep(Duration::from_secs(5).saturating_sub(removed.elapsed()) + Duration::from_secs(3)).await;
     for m in &fleet.members {
         match (m.backend == first, m.ended_at()) {

@@ -24,10 +24,11 @@ pub mod map_names {
     pub const ENDPOINT_ADDRS: &str = "ENDPOINT_ADDRS";
     pub const META: &str = "META";
     pub const ATTACHED: &str = "ATTACHED";
+    pub const FRONTEND_NAMES: &str = "FRONTEND_NAMES";
     /// Every pinned map: what a restarted agent adopts.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         SERVICES, BACKENDS, MAGLEV, CONNTRACK, REVNAT, NAT, SNAT_IPS, COUNTERS, HALF_OPEN, HANDSHAKES, ENDPOINT_ADDRS, META,
-        ATTACHED,
+        ATTACHED, FRONTEND_NAMES,
     ];
 }
 
@@ -84,6 +85,19 @@ pub struct Attachment {
     pub _pad: u32,
 }
 
+/// `FRONTEND_NAMES` value, keyed like `SERVICES`: the service port a
+/// frontend belongs to (`namespace/name:port`, NUL-padded), for `wsfwd
+/// services` and `conntrack --service`. Written by the agent only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrontendName(pub [u8; 160]);
+
+impl Default for FrontendName {
+    fn default() -> Self {
+        Self([0; 160])
+    }
+}
+
 pub const ATTACH_TCX: u32 = 1;
 pub const ATTACH_CLSACT: u32 = 2;
 
@@ -117,6 +131,9 @@ pub struct ServiceEntry {
 /// The endpoint is not behind the node: its flows are full-NATed (DNAT and
 /// SNAT), so its replies come back through the node.
 pub const BACKEND_F_SNAT: u8 = 1;
+/// Not ready but serving while terminating: in the table only because its
+/// service has no ready endpoint (for `wsfwd services`; the datapath ignores it).
+pub const BACKEND_F_TERMINATING: u8 = 2;
 
 /// `BACKENDS` value (an array indexed by backend id): an endpoint.
 #[repr(C)]
@@ -482,6 +499,7 @@ const _: () = {
     assert!(size_of::<FragKey>() == 12);
     assert!(size_of::<Meta>() == 40);
     assert!(size_of::<Attachment>() == 24);
+    assert!(size_of::<FrontendName>() == 160);
     assert!(size_of::<RevNatEntry>() == 12);
     assert!(Counter::ALL.len() == COUNTER_COUNT as usize);
     // `ALL` lists every counter at its own number.
@@ -506,4 +524,5 @@ mod pod {
     unsafe impl aya::Pod for RevNatEntry {}
     unsafe impl aya::Pod for Meta {}
     unsafe impl aya::Pod for Attachment {}
+    unsafe impl aya::Pod for FrontendName {}
 }

@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use wsfwd_common::abi::{
-    Attachment, Backend, COUNTER_COUNT, FlowEntry, FlowKey, FragKey, MAX_SNAT_IPS, Meta, RevNatEntry, RevNatKey, Rewrite, ServiceEntry, ServiceKey,
+    Attachment, Backend, COUNTER_COUNT, FlowEntry, FlowKey, FragKey, FrontendName, MAX_SNAT_IPS, Meta, RevNatEntry, RevNatKey, Rewrite, ServiceEntry, ServiceKey,
 };
 
 #[map]
@@ -65,6 +65,10 @@ pub static META: Array<Meta> = Array::with_max_entries(1, 0);
 /// Written and read by the agent only: where the programs are attached.
 #[map]
 pub static ATTACHED: HashMap<u32, Attachment> = HashMap::with_max_entries(256, 0);
+
+/// Written and read by the agent only: the service port of each frontend.
+#[map]
+pub static FRONTEND_NAMES: HashMap<ServiceKey, FrontendName> = HashMap::with_max_entries(1, 0);
 
 /// Datagrams handed to the kernel to fragment with only their destination
 /// translated (see `frag::leave_source`): the source their fragments get at

@@ -260,8 +260,11 @@ mod tests {
         d.update(&a, &b, t0);
         assert_eq!(d.len(), 1, "10.244.3.10 left");
         assert!(d.due(t0 + Duration::from_secs(4)).is_empty());
-        d.update(&b, &a, t0 + Duration::from_secs(4));
-        assert!(d.is_empty(), "back before its deadline");
+        // 10.244.3.10 is back before its deadline; 10.244.4.10 leaves.
+        let t4 = t0 + Duration::from_secs(4);
+        d.update(&b, &a, t4);
+        assert_eq!(d.due(t4 + Duration::from_secs(5)), [(Ipv4Addr::new(10, 244, 4, 10), 9080, PROTO_TCP)].into());
+        assert!(d.is_empty());
         d.update(&a, &b, t0);
         let due = d.due(t0 + Duration::from_secs(5));
         assert_eq!(due, [(Ipv4Addr::new(10, 244, 3, 10), 9080, PROTO_TCP)].into());

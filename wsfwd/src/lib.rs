@@ -16,4 +16,5 @@ pub mod reload;
 pub mod route;
 pub mod run;
 pub mod stats;
+pub mod status;
 pub mod watch;

@@ -79,9 +79,31 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List a running agent's tracked flows, both directions of each.
+    /// List the tracked flows, both directions of each.
     Conntrack {
-        /// The running agent's --bpffs directory.
+        /// The agent's --bpffs directory.
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+        #[arg(long)]
+        json: bool,
+        /// Only the flows of this service (namespace/name, or namespace/name:port).
+        #[arg(long, value_name = "NS/NAME")]
+        service: Option<String>,
+    },
+    /// The datapath's state: agent, attachments, config generation and last
+    /// reload, map occupancy. Reads the pinned maps: works without an agent.
+    Status {
+        /// The agent's --bpffs directory.
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Each frontend with its endpoints (active, terminating or draining),
+    /// their Maglev slots and live flows, as `ipvsadm -Ln` lists virtual
+    /// services. Reads the pinned maps: works without an agent.
+    Services {
+        /// The agent's --bpffs directory.
         #[arg(long, value_name = "DIR", default_value = DEFAULT_BPFFS)]
         bpffs: PathBuf,
         #[arg(long)]
@@ -206,7 +228,9 @@ fn main() -> ExitCode {
         Command::Run(args) => return run_cmd(args),
         Command::Stats { bpffs, json } => stats_cmd(&bpffs, json),
         Command::Cleanup { bpffs } => cleanup_cmd(&bpffs),
-        Command::Conntrack { bpffs, json } => conntrack_cmd(&bpffs, json),
+        Command::Conntrack { bpffs, json, service } => conntrack_cmd(&bpffs, json, service.as_deref()),
+        Command::Status { bpffs, json } => status_cmd(&bpffs, json),
+        Command::Services { bpffs, json } => services_cmd(&bpffs, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -337,8 +361,31 @@ fn stats_cmd(bpffs: &std::path::Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn conntrack_cmd(bpffs: &std::path::Path, json: bool) -> anyhow::Result<()> {
-    let flows = stats::flows(bpffs)?;
+fn status_cmd(bpffs: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let s = wsfwd::status::status(bpffs)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string(&s)?)?;
+    } else {
+        write!(out, "{}", wsfwd::status::render_status(&s))?;
+    }
+    Ok(())
+}
+
+fn services_cmd(bpffs: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let s = wsfwd::status::services(bpffs)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string(&s)?)?;
+    } else {
+        write!(out, "{}", wsfwd::status::render_services(&s))?;
+    }
+    Ok(())
+}
+
+fn conntrack_cmd(bpffs: &std::path::Path, json: bool, service: Option<&str>) -> anyhow::Result<()> {
+    let only = service.map(|s| wsfwd::status::frontends_of(bpffs, s)).transpose()?;
+    let flows = stats::flows(bpffs, only.as_ref())?;
     let mut out = std::io::stdout().lock();
     if json {
         writeln!(out, "{}", serde_json::to_string(&flows)?)?;

@@ -1,11 +1,11 @@
 //! Reading a running agent's pinned maps: `wsfwd stats` and `wsfwd conntrack`.
-use std::{net::Ipv4Addr, path::Path};
+use std::{collections::BTreeSet, net::Ipv4Addr, path::Path};
 
 use anyhow::{Context as _, anyhow};
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use serde::Serialize;
 use wsfwd_common::{
-    abi::{Counter, DIR_ORIGINAL, FlowEntry, FlowKey, PROTO_TCP, map_names as names},
+    abi::{Counter, DIR_ORIGINAL, FlowEntry, FlowKey, PROTO_TCP, ServiceKey, map_names as names},
     tcp::NO_SCALE,
 };
 
@@ -67,8 +67,9 @@ pub struct TcpView {
     pub scale: Option<u8>,
 }
 
-/// Both directions of every gateway flow (`CONNTRACK`, `HANDSHAKES`) and full-NAT flow (`NAT`).
-pub fn flows(dir: &Path) -> anyhow::Result<Vec<Flow>> {
+/// Both directions of every gateway flow (`CONNTRACK`, `HANDSHAKES`) and
+/// full-NAT flow (`NAT`); with `only`, of the flows through those frontends.
+pub fn flows(dir: &Path, only: Option<&BTreeSet<ServiceKey>>) -> anyhow::Result<Vec<Flow>> {
     let now = monotonic_ns();
     let addr = |a: [u8; 4], p: [u8; 2]| format!("{}:{}", Ipv4Addr::from(a), u16::from_be_bytes(p));
     let mut out = Vec::new();
@@ -80,6 +81,13 @@ pub fn flows(dir: &Path) -> anyhow::Result<Vec<Flow>> {
             HashMap::try_from(if lru { Map::LruHashMap(data) } else { Map::HashMap(data) })?;
         for item in map.iter() {
             let (k, v) = item.with_context(|| format!("reading {name}"))?;
+            if let Some(only) = only {
+                // Its frontend: where a request was sent, or what a reply is sent from.
+                let (a, p) = if k.dir == DIR_ORIGINAL { (k.daddr, k.dport) } else { (v.to.saddr, v.to.sport) };
+                if !only.contains(&ServiceKey { addr: a, port: p, proto: k.proto, _pad: 0 }) {
+                    continue;
+                }
+            }
             out.push(Flow {
                 table,
                 direction: if k.dir == DIR_ORIGINAL { "original" } else { "reply" },

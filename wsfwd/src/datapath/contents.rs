@@ -7,7 +7,7 @@ use std::{
 };
 
 use wsfwd_common::abi::{
-    BACKEND_F_SNAT, Backend, MAX_SNAT_IPS, REVNAT_F_UNIQUE, RevNatEntry, RevNatKey,
+    BACKEND_F_SNAT, BACKEND_F_TERMINATING, Backend, MAX_SNAT_IPS, REVNAT_F_UNIQUE, RevNatEntry, RevNatKey,
     SVC_F_HASH_CLIENT, ServiceEntry, ServiceKey,
 };
 
@@ -54,6 +54,8 @@ pub struct Contents {
     pub maglev: Vec<u32>,
     pub revnat: Vec<(RevNatKey, RevNatEntry)>,
     pub snat_ips: Vec<Ipv4Addr>,
+    /// The service port of each frontend (`namespace/name:port`).
+    pub frontend_names: BTreeMap<ServiceKey, String>,
     /// Lines for the log: one per service port, one per endpoint.
     pub summary: Vec<String>,
 }
@@ -64,7 +66,9 @@ pub struct Contents {
 pub fn compile(services: &[Service], node: &Node, seed: u32) -> Result<Contents, String> {
     let node_addrs = &node.addrs;
     let mut c = Contents::default();
-    let mut backend_ids: BTreeMap<(Ipv4Addr, u16), u32> = BTreeMap::new();
+    // An endpoint in a table only as a terminating fallback is its own
+    // backend, flagged so (`wsfwd services` shows it).
+    let mut backend_ids: BTreeMap<(Ipv4Addr, u16, bool), u32> = BTreeMap::new();
     // Endpoint (address, port, protocol) -> the frontends that reach it.
     let mut reached_from: BTreeMap<(Ipv4Addr, u16, u8), BTreeSet<(Ipv4Addr, u16)>> = BTreeMap::new();
     let mut owner: BTreeMap<ServiceKey, String> = BTreeMap::new();
@@ -74,9 +78,10 @@ pub fn compile(services: &[Service], node: &Node, seed: u32) -> Result<Contents,
         let plan = ServiceTable::new(svc, node, seed);
         let offset = c.maglev.len() as u32;
         for &slot in plan.table.iter().flatten() {
-            let key = plan.keys[slot as usize];
+            let (addr, port) = plan.keys[slot as usize];
+            let terminating = !svc.endpoints[plan.live[slot as usize]].takes_new_flows();
             let next = backend_ids.len() as u32;
-            c.maglev.push(*backend_ids.entry(key).or_insert(next));
+            c.maglev.push(*backend_ids.entry((addr, port, terminating)).or_insert(next));
         }
         let table_size = plan.size();
         let flags = if svc.hash == HashInput::ClientIp { SVC_F_HASH_CLIENT } else { 0 };
@@ -99,6 +104,7 @@ pub fn compile(services: &[Service], node: &Node, seed: u32) -> Result<Contents,
                 ));
             }
             c.services.push((key, entry));
+            c.frontend_names.insert(key, svc.id());
         }
         // Every endpoint behind the node, ready or not: replies of flows
         // already pinned to a no-longer-ready endpoint must still be
@@ -125,8 +131,9 @@ pub fn compile(services: &[Service], node: &Node, seed: u32) -> Result<Contents,
     }
 
     c.backends = vec![Backend::default(); backend_ids.len()];
-    for ((addr, port), id) in backend_ids {
-        let mut b = Backend { addr: addr.octets(), port: port.to_be_bytes(), ..Backend::default() };
+    for ((addr, port, terminating), id) in backend_ids {
+        let flags = if terminating { BACKEND_F_TERMINATING } else { 0 };
+        let mut b = Backend { addr: addr.octets(), port: port.to_be_bytes(), flags, ..Backend::default() };
         match node.external.get(&addr) {
             None => c.summary.push(format!("endpoint {addr}:{port}: behind the node, sees the client address")),
             Some(route_src) => {

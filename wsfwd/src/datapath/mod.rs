@@ -107,6 +107,7 @@ fn layout(name: &str) -> (u32, u32) {
         names::ENDPOINT_ADDRS => (4, 1),
         names::META => (4, size_of::<Meta>()),
         names::ATTACHED => (4, size_of::<Attachment>()),
+        names::FRONTEND_NAMES => (size_of::<ServiceKey>(), size_of::<FrontendName>()),
         _ => (0, 0),
     };
     (k as u32, v as u32)
@@ -190,6 +191,7 @@ impl Datapath {
             .override_global(globals::SNAT_PORT_COUNT, &opts.snat_ports.1, true)
             .override_global(globals::HALF_OPEN_MAX, &opts.half_open_max, true)
             .map_max_entries(names::SERVICES, room(contents.services.len()))
+            .map_max_entries(names::FRONTEND_NAMES, room(contents.services.len()))
             .map_max_entries(names::BACKENDS, 2 * capacity.backends)
             .map_max_entries(names::MAGLEV, 2 * capacity.maglev)
             .map_max_entries(names::REVNAT, room(capacity.backends as usize))
@@ -246,7 +248,10 @@ impl Datapath {
             pins,
         };
         let prior = adopted.unwrap_or_default();
-        this.write_meta(Meta { layout: LAYOUT_VERSION, hash_seed: opts.hash_seed, ..prior })?;
+        let loaded_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        // The counts and the live half carry over from the adopted datapath.
+        let meta = Meta { layout: LAYOUT_VERSION, hash_seed: opts.hash_seed, last_load: LOAD_APPLIED, last_load_unix: loaded_at, ..prior };
+        this.write_meta(meta)?;
         this.replace(&contents)?;
         this.attach(ifaces, opts.attach)?;
         this.cleanup_on_drop = false;

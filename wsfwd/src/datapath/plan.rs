@@ -8,7 +8,7 @@ use aya::{
     Ebpf,
     maps::{Array, HashMap},
 };
-use wsfwd_common::abi::{Backend, RevNatEntry, RevNatKey, ServiceEntry, ServiceKey, map_names as names};
+use wsfwd_common::abi::{Backend, FrontendName, RevNatEntry, RevNatKey, ServiceEntry, ServiceKey, map_names as names};
 
 use super::contents::{self, Capacity, Contents};
 
@@ -56,6 +56,14 @@ pub fn write(ebpf: &mut Ebpf, c: &Contents, previous: &Contents, half: u32, cap:
     for a in old_addrs.difference(&addrs) {
         let _ = endpoints.remove(a);
     }
+    let mut names_map: HashMap<_, ServiceKey, FrontendName> = HashMap::try_from(map(ebpf, names::FRONTEND_NAMES)?)?;
+    for (k, name) in &c.frontend_names {
+        let mut v = FrontendName::default();
+        for (o, b) in v.0.iter_mut().zip(name.bytes().take(159)) {
+            *o = b;
+        }
+        names_map.insert(k, v, 0).context("writing FRONTEND_NAMES")?;
+    }
     // The switch: one write per frontend.
     let mut services: HashMap<_, ServiceKey, ServiceEntry> = HashMap::try_from(map(ebpf, names::SERVICES)?)?;
     for (k, v) in &c.services {
@@ -63,8 +71,14 @@ pub fn write(ebpf: &mut Ebpf, c: &Contents, previous: &Contents, half: u32, cap:
         services.insert(k, v, 0).context("writing SERVICES")?;
     }
     // What the new plan no longer has.
-    for (k, _) in previous.services.iter().filter(|(k, _)| !c.services.iter().any(|(n, _)| n == k)) {
+    let gone: Vec<ServiceKey> =
+        previous.services.iter().filter(|(k, _)| !c.services.iter().any(|(n, _)| n == k)).map(|(k, _)| *k).collect();
+    for k in &gone {
         let _ = services.remove(k);
+    }
+    let mut names_map: HashMap<_, ServiceKey, FrontendName> = HashMap::try_from(map(ebpf, names::FRONTEND_NAMES)?)?;
+    for k in &gone {
+        let _ = names_map.remove(k);
     }
     let mut revnat: HashMap<_, RevNatKey, RevNatEntry> = HashMap::try_from(map(ebpf, names::REVNAT)?)?;
     for (k, _) in previous.revnat.iter().filter(|(k, _)| !c.revnat.iter().any(|(n, _)| n == k)) {

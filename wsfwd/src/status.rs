@@ -1,0 +1,298 @@
+//! `wsfwd status` and `wsfwd services`: what the pinned datapath is doing,
+//! read from the pinned maps alone, so they answer with or without a
+//! running agent.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    path::Path,
+};
+
+use anyhow::Context as _;
+use aya::maps::{Array, HashMap, Map, MapData, MapInfo};
+use serde::Serialize;
+use wsfwd_common::abi::{
+    ATTACH_CLSACT, Attachment, BACKEND_F_SNAT, BACKEND_F_TERMINATING, Backend, DIR_ORIGINAL, FlowEntry, FlowKey,
+    FlowStatus, FrontendName, LOAD_APPLIED, LOAD_REJECTED, Meta, PROTO_TCP, RevNatEntry, RevNatKey, ServiceEntry, ServiceKey, map_names as names,
+};
+
+fn open(dir: &Path, name: &str) -> anyhow::Result<MapData> {
+    let path = dir.join(name);
+    MapData::from_pin(&path)
+        .with_context(|| format!("opening {} (has a wsfwd agent run with --bpffs {}?)", path.display(), dir.display()))
+}
+
+fn hash<K: aya::Pod, V: aya::Pod>(dir: &Path, name: &str) -> anyhow::Result<Vec<(K, V)>> {
+    let data = open(dir, name)?;
+    let map: HashMap<_, K, V> = match HashMap::try_from(Map::HashMap(data)) {
+        Ok(m) => m,
+        Err(_) => HashMap::try_from(Map::LruHashMap(open(dir, name)?))?,
+    };
+    map.iter().collect::<Result<Vec<_>, _>>().with_context(|| format!("reading {name}"))
+}
+
+fn c_str(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+fn addr(a: [u8; 4], p: [u8; 2]) -> String {
+    format!("{}:{}", Ipv4Addr::from(a), u16::from_be_bytes(p))
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub layout: u32,
+    /// The agent that wrote the state last, and whether it is running.
+    pub agent_pid: u32,
+    pub agent_running: bool,
+    pub config_generation: u32,
+    /// Unix seconds; 0 when no configuration was read since the maps were made.
+    pub last_load_unix: u64,
+    pub last_load: &'static str,
+    pub reloads_applied: u32,
+    pub reloads_rejected: u32,
+    pub attached: Vec<AttachedIface>,
+    /// Map name → entries in use and capacity.
+    pub maps: BTreeMap<&'static str, Occupancy>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttachedIface {
+    pub interface: String,
+    pub ifindex: u32,
+    pub mode: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Occupancy {
+    pub entries: u64,
+    pub capacity: u64,
+}
+
+pub fn status(dir: &Path) -> anyhow::Result<Status> {
+    let meta: Array<_, Meta> = Array::try_from(Map::Array(open(dir, names::META)?))?;
+    let meta = meta.get(&0, 0).context("reading META")?;
+    let mut attached: Vec<AttachedIface> = hash::<u32, Attachment>(dir, names::ATTACHED)?
+        .into_iter()
+        .map(|(ifindex, a)| AttachedIface {
+            interface: c_str(&a.name),
+            ifindex,
+            mode: if a.mode == ATTACH_CLSACT { "clsact" } else { "tcx" },
+        })
+        .collect();
+    attached.sort_by(|a, b| a.interface.cmp(&b.interface));
+    let mut maps = BTreeMap::new();
+    for name in [names::SERVICES, names::REVNAT, names::CONNTRACK, names::HANDSHAKES, names::NAT, names::HALF_OPEN] {
+        let info = MapInfo::from_pin(dir.join(name)).with_context(|| format!("reading {name}"))?;
+        let entries = match name {
+            names::SERVICES => hash::<ServiceKey, ServiceEntry>(dir, name)?.len(),
+            names::REVNAT => hash::<RevNatKey, RevNatEntry>(dir, name)?.len(),
+            names::HALF_OPEN => hash::<[u8; 4], u64>(dir, name)?.len(),
+            _ => hash::<FlowKey, FlowEntry>(dir, name)?.len(),
+        };
+        maps.insert(name, Occupancy { entries: entries as u64, capacity: u64::from(info.max_entries()) });
+    }
+    for name in [names::BACKENDS, names::MAGLEV] {
+        let info = MapInfo::from_pin(dir.join(name)).with_context(|| format!("reading {name}"))?;
+        // Two plans' room: what one plan may use.
+        maps.insert(name, Occupancy { entries: 0, capacity: u64::from(info.max_entries() / 2) });
+    }
+    let agent_running = meta.agent_pid != 0 && is_wsfwd(meta.agent_pid);
+    Ok(Status {
+        layout: meta.layout,
+        agent_pid: meta.agent_pid,
+        agent_running,
+        config_generation: meta.generation,
+        last_load_unix: meta.last_load_unix,
+        last_load: match meta.last_load {
+            LOAD_APPLIED => "applied",
+            LOAD_REJECTED => "rejected",
+            _ => "none",
+        },
+        reloads_applied: meta.reloads_applied,
+        reloads_rejected: meta.reloads_rejected,
+        attached,
+        maps,
+    })
+}
+
+/// Whether process `pid` is a live (not zombie) wsfwd.
+fn is_wsfwd(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    // "PID (COMM) STATE ...": COMM may hold spaces and parentheses.
+    let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { return false };
+    let comm = &stat[open + 1..close];
+    let state = stat[close + 1..].trim_start().chars().next();
+    comm == "wsfwd" && !matches!(state, Some('Z' | 'X'))
+}
+
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC`.
+fn utc(secs: u64) -> String {
+    let (days, rem) = ((secs / 86400) as i64, secs % 86400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+pub fn render_status(s: &Status) -> String {
+    let mut out = String::new();
+    let agent = if s.agent_running { format!("running (pid {})", s.agent_pid) } else { "not running: the datapath forwards on its own".into() };
+    out += &format!("agent:      {agent}\n");
+    out += &format!("layout:     {}\n", s.layout);
+    out += &format!("config:     generation {}, last read {} at {}\n", s.config_generation, s.last_load, utc(s.last_load_unix));
+    out += &format!("reloads:    {} applied, {} rejected\n", s.reloads_applied, s.reloads_rejected);
+    for a in &s.attached {
+        out += &format!("attached:   {} ({})\n", a.interface, a.mode);
+    }
+    for (name, o) in &s.maps {
+        if o.entries == 0 && matches!(*name, names::BACKENDS | names::MAGLEV) {
+            out += &format!("{:<12}{} per plan\n", format!("{}:", name.to_lowercase()), o.capacity);
+        } else {
+            out += &format!("{:<12}{} of {}\n", format!("{}:", name.to_lowercase()), o.entries, o.capacity);
+        }
+    }
+    out
+}
+
+/// One frontend and where its flows go, as `ipvsadm -Ln` lists a virtual service.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FrontendView {
+    pub service: String,
+    pub protocol: &'static str,
+    pub frontend: String,
+    /// "client address" or "5-tuple".
+    pub hash: &'static str,
+    pub table_size: u32,
+    pub flows: u64,
+    pub endpoints: Vec<EndpointView>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointView {
+    pub endpoint: String,
+    /// "active": takes new flows; "terminating": takes them only because no
+    /// endpoint is ready; "draining": only its own flows.
+    pub state: &'static str,
+    pub full_nat: bool,
+    pub slots: u32,
+    pub flows: u64,
+}
+
+/// Every frontend with its endpoints and live flow counts (a flow counts
+/// once, by its original direction; closing flows — RST, or FIN both ways —
+/// are not counted).
+pub fn services(dir: &Path) -> anyhow::Result<Vec<FrontendView>> {
+    let services = hash::<ServiceKey, ServiceEntry>(dir, names::SERVICES)?;
+    let names_by_key: BTreeMap<ServiceKey, String> =
+        hash::<ServiceKey, FrontendName>(dir, names::FRONTEND_NAMES)?.into_iter().map(|(k, v)| (k, c_str(&v.0))).collect();
+    let backends: Array<_, Backend> = Array::try_from(Map::Array(open(dir, names::BACKENDS)?))?;
+    let maglev: Array<_, u32> = Array::try_from(Map::Array(open(dir, names::MAGLEV)?))?;
+    // (frontend, endpoint) → live flows (not closing), and whether it is full NAT.
+    let mut flows: BTreeMap<(ServiceKey, ([u8; 4], [u8; 2])), (u64, bool)> = BTreeMap::new();
+    for (name, nat) in [(names::CONNTRACK, false), (names::HANDSHAKES, false), (names::NAT, true)] {
+        let entries: std::collections::HashMap<FlowKey, FlowEntry> = hash::<FlowKey, FlowEntry>(dir, name)?.into_iter().collect();
+        for (k, v) in &entries {
+            if k.dir != DIR_ORIGINAL {
+                continue;
+            }
+            let other = entries.get(&k.counterpart(&v.to)).map(|o| &o.state);
+            if FlowStatus::of(&v.state, other).closing {
+                continue;
+            }
+            let frontend = ServiceKey { addr: k.daddr, port: k.dport, proto: k.proto, _pad: 0 };
+            let e = flows.entry((frontend, (v.to.daddr, v.to.dport))).or_default();
+            e.0 += 1;
+            e.1 |= nat;
+        }
+    }
+    let mut out = Vec::new();
+    for (key, entry) in services {
+        let mut slots: BTreeMap<([u8; 4], [u8; 2]), (u32, Backend)> = BTreeMap::new();
+        for i in 0..entry.table_size {
+            let id = maglev.get(&(entry.table_offset + i), 0).context("reading MAGLEV")?;
+            let b = backends.get(&id, 0).context("reading BACKENDS")?;
+            slots.entry((b.addr, b.port)).or_insert((0, b)).0 += 1;
+        }
+        let mut endpoints: Vec<EndpointView> = slots
+            .iter()
+            .map(|(ep, (n, b))| EndpointView {
+                endpoint: addr(ep.0, ep.1),
+                state: if b.flags & BACKEND_F_TERMINATING != 0 { "terminating" } else { "active" },
+                full_nat: b.flags & BACKEND_F_SNAT != 0,
+                slots: *n,
+                flows: flows.get(&(key, *ep)).map_or(0, |f| f.0),
+            })
+            .collect();
+        let in_table: BTreeSet<_> = slots.keys().copied().collect();
+        for ((f, ep), (n, nat)) in flows.range((key, ([0; 4], [0; 2]))..) {
+            if *f != key {
+                break;
+            }
+            if !in_table.contains(ep) {
+                endpoints.push(EndpointView { endpoint: addr(ep.0, ep.1), state: "draining", full_nat: *nat, slots: 0, flows: *n });
+            }
+        }
+        out.push(FrontendView {
+            service: names_by_key.get(&key).cloned().unwrap_or_default(),
+            protocol: if key.proto == PROTO_TCP { "TCP" } else { "UDP" },
+            frontend: addr(key.addr, key.port),
+            hash: if entry.flags & wsfwd_common::abi::SVC_F_HASH_CLIENT != 0 { "client address" } else { "5-tuple" },
+            table_size: entry.table_size,
+            flows: endpoints.iter().map(|e| e.flows).sum(),
+            endpoints,
+        });
+    }
+    out.sort_by(|a, b| (&a.service, &a.frontend).cmp(&(&b.service, &b.frontend)));
+    Ok(out)
+}
+
+pub fn render_services(frontends: &[FrontendView]) -> String {
+    let mut out = String::from("Prot Frontend              Service / scheduling                     Flows\n");
+    out += "  -> Endpoint              State        Slots      Flows\n";
+    for f in frontends {
+        let sched = format!("{} (maglev {}, by {})", f.service, f.table_size, f.hash);
+        out += &format!("{:<4} {:<21} {:<40} {:>5}\n", f.protocol, f.frontend, sched, f.flows);
+        for e in &f.endpoints {
+            let state = if e.full_nat { format!("{} nat", e.state) } else { e.state.to_owned() };
+            out += &format!("  -> {:<21} {:<12} {:>5} {:>10}\n", e.endpoint, state, e.slots, e.flows);
+        }
+    }
+    out
+}
+
+/// The frontends of service port `service` (`namespace/name:port`), or of
+/// every port of `namespace/name`.
+pub fn frontends_of(dir: &Path, service: &str) -> anyhow::Result<BTreeSet<ServiceKey>> {
+    let found: BTreeSet<ServiceKey> = hash::<ServiceKey, FrontendName>(dir, names::FRONTEND_NAMES)?
+        .into_iter()
+        .filter(|(_, v)| {
+            let name = c_str(&v.0);
+            name == service || name.split_once(':').is_some_and(|(n, _)| n == service)
+        })
+        .map(|(k, _)| k)
+        .collect();
+    anyhow::ensure!(!found.is_empty(), "no service {service} (give namespace/name or namespace/name:port)");
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_dates() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(super::utc(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(super::utc(1_795_784_461), "2026-11-27 13:01:01 UTC");
+    }
+}

@@ -1,4 +1,5 @@
-//! The test topologies (DESIGN.md), built from network namespaces and veths.
+//! The test topologies (T1: endpoints behind the node; T2: endpoints on the
+//! client's segment, full NAT), built from network namespaces and veths.
 //!
 //! ```text
 //! T1 (gateway):   client c0 10.0.1.2-17 ── n0 10.0.1.1 [node] nbK 10.244.K.1 ── e0 10.244.K.10 [bK]

@@ -119,7 +119,7 @@ mod tests {
         }
     }
 
-    /// The size at which DESIGN.md quotes Maglev's bounds. At the smaller
+    /// The size at which Maglev's disruption bound holds (removing one endpoint moves at most ~2% of the others' slots). At the smaller
     /// per-service sizes the mean is similar but single removals can move up to
     /// ~3-5% of the other slots for small N (a memory trade-off: only new flows
     /// of a service whose endpoints changed are affected).

@@ -157,3 +157,26 @@ pub async fn udp_expect_refused(ns: &Netns, src: Ipv4Addr, dst: SocketAddrV4) ->
     }
     bail!("no ICMP port unreachable reached {src} for {dst}")
 }
+
+/// `GET path` over HTTP/1.1 to `dst`, from inside `ns`: the status line and
+/// the body.
+pub async fn http_get(ns: &Netns, dst: SocketAddrV4, path: &str) -> anyhow::Result<(String, String)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut tcp = tcp_connect(ns, *dst.ip(), dst).await?;
+    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: {dst}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(20), tcp.read_to_string(&mut response)).await.context("no HTTP response within 20 s")??;
+    let (head, body) = response.split_once("\r\n\r\n").context("no end of headers")?;
+    Ok((head.lines().next().unwrap_or_default().to_owned(), body.to_owned()))
+}
+
+/// The samples of Prometheus text: `name{labels}` → value.
+pub fn prometheus_samples(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}

@@ -9,7 +9,7 @@ use wsfwd_common::DEFAULT_HASH_SEED;
 use wsfwd_tests::{
     agent::{self, Agent, Stop},
     checks,
-    client::ws_connect,
+    client::{http_get, prometheus_samples, ws_connect},
     fleet::Fleet,
     sys::run,
     topo::{SEED_CONFIG, Spec, Topo, upstream_config},
@@ -64,12 +64,36 @@ async fn restarts_lose_nothing(t: &Topo, mut agent: Agent, clsact: bool) {
     }
     assert!(fleet.echoes() >= (CONNECTIONS * 10) as u64);
     views_agree(t, &agent, &fleet, "after the restarts");
+    metrics_agree(t, &fleet, "after the restarts").await;
     let status = agent.status().unwrap();
     assert_eq!(status["agentRunning"], true, "{status}");
     assert_eq!(status["layout"], wsfwd_common::abi::LAYOUT_VERSION, "{status}");
     assert_eq!(status["attached"][0]["interface"], "n0", "{status}");
     assert_eq!(status["attached"][0]["mode"], if clsact { "clsact" } else { "tcx" }, "{status}");
     fleet.close().await;
+}
+
+/// The agent's metrics (from inside the node: they are on its loopback)
+/// count the fleet's connections on each endpoint, and nothing was evicted.
+async fn metrics_agree(t: &Topo, fleet: &Fleet, when: &str) -> std::collections::BTreeMap<String, f64> {
+    let addr = std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 9477);
+    let (status, body) = http_get(&t.node, addr, "/metrics").await.unwrap();
+    assert!(status.contains("200"), "{when}: {status}\n{body}");
+    let samples = prometheus_samples(&body);
+    let vip = t.vip().to_string();
+    for (backend, n) in fleet.by_backend() {
+        let b = t.backends.iter().find(|b| b.name == backend).unwrap();
+        let port = if b.behind { 9080 } else { t.spec.ws_port };
+        let key = format!(
+            r#"wsfwd_endpoint_flows{{service="default/testim-service:9080",frontend="{vip}",endpoint="{}:{port}",state="active"}}"#,
+            b.addr
+        );
+        assert_eq!(samples.get(&key), Some(&(n as f64)), "{when}: {key} in\n{body}");
+    }
+    assert_eq!(samples.get("wsfwd_conntrack_evictions_estimated_total"), Some(&0.0), "{when}:\n{body}");
+    assert!(samples.get(r#"wsfwd_packets_total{reason="redirected"}"#).is_some_and(|&v| v > 0.0), "{when}:\n{body}");
+    assert!(body.contains("# TYPE wsfwd_packets counter"), "{when}: Prometheus counters end in _total:\n{body}");
+    samples
 }
 
 /// `wsfwd services` counts on each endpoint of the VIP the fleet's
@@ -275,6 +299,10 @@ async fn reloads_lose_nothing(t: &Topo, agent: &Agent, configs: [String; 4]) {
     fleet.run_for(2).await.unwrap();
     new_connections_follow(t, &with_three, "after SIGHUP").await;
     assert!(fleet.lost().is_empty());
+    let samples = metrics_agree(t, &fleet, "after the reloads").await;
+    assert_eq!(samples.get(r#"wsfwd_reloads_total{result="rejected"}"#), Some(&1.0));
+    // Five files applied, and the SIGHUP that found nothing to apply.
+    assert_eq!(samples.get(r#"wsfwd_reloads_total{result="applied"}"#), Some(&6.0));
     fleet.close().await;
 }
 
@@ -364,4 +392,69 @@ async fn drain_timeout_resets_both_ways_full_nat_t2() {
     let (e1, e2, e3) = ("10.0.2.21", "10.0.2.22", "10.0.2.23");
     let all = upstream_with(&[(e1, true), (e2, true), (e3, true)]);
     drain_timeout_case(&t, &all, &upstream_with(&[(e2, true), (e3, true)]), "e1").await;
+}
+
+/// `sessionAffinity: ClientIP` with `timeoutSeconds: 6`: after an endpoint is
+/// added, reconnecting clients keep their endpoint (through a restart too)
+/// until their timeout, then follow Maglev; an affinity to an endpoint that
+/// stops being ready is not honoured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_ip_affinity_outlasts_endpoint_changes_until_its_timeout() {
+    let mut t = Topo::new("af", Spec::T1).unwrap();
+    t.start_ws_peers().unwrap();
+    let (b1, b2, b3) = ("10.244.1.10", "10.244.2.10", "10.244.3.10");
+    let with = |eps: &[(&str, bool)]| {
+        seed_with(eps).replace(
+            "  sessionAffinity: ClientIP\n",
+            "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 6}}\n",
+        )
+    };
+    let two = with(&[(b1, true), (b2, true)]);
+    let three = with(&[(b1, true), (b2, true), (b3, true)]);
+    assert_ne!(two, seed_with(&[(b1, true), (b2, true)]));
+    let agent = Agent::start(&t.node, &t.dir, &two, EXTRA).unwrap();
+    let connect = |src| {
+        let t = &t;
+        async move {
+            let (ws, hello) = ws_connect(&t.client, src, t.vip()).await.unwrap();
+            drop(ws);
+            hello.backend
+        }
+    };
+    let mut first = std::collections::BTreeMap::new();
+    for &src in &t.clients {
+        first.insert(src, connect(src).await);
+    }
+    let maglev = |config: &str, src| {
+        let addr = checks::predicted_for_client(config, "testim-service", DEFAULT_HASH_SEED, src);
+        t.backend_by_addr(&addr).unwrap().name.clone()
+    };
+    let moved: Vec<_> = t.clients.iter().filter(|&&c| maglev(&three, c) != first[&c]).collect();
+    assert!(!moved.is_empty(), "no client's Maglev choice moves: the test would prove nothing");
+
+    write_config(agent.config_path(), &three, Write::Rename);
+    agent.wait_for_log("applied (generation", 1, Duration::from_secs(5)).unwrap();
+    for &src in &t.clients {
+        assert_eq!(connect(src).await, first[&src], "{src} lost its affinity when an endpoint was added");
+    }
+    // Affinities are pinned with the maps: a restarted agent honours them.
+    let halted = tokio::task::block_in_place(|| agent.halt(Stop::Term)).unwrap();
+    let agent = tokio::task::block_in_place(|| halted.resume(&t.node, EXTRA)).unwrap();
+    for &src in &t.clients {
+        assert_eq!(connect(src).await, first[&src], "{src} lost its affinity across a restart");
+    }
+    // Idle past the timeout: Maglev decides again.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    for &src in &t.clients {
+        assert_eq!(connect(src).await, maglev(&three, src), "{src} after its affinity timed out");
+    }
+    // An affinity to an endpoint that is no longer ready is not honoured.
+    let b1_clients: Vec<_> = t.clients.iter().filter(|&&c| maglev(&three, c) == "b1").copied().collect();
+    assert!(!b1_clients.is_empty());
+    let b1_down = with(&[(b1, false), (b2, true), (b3, true)]);
+    write_config(agent.config_path(), &b1_down, Write::Rename);
+    agent.wait_for_log("applied (generation", 1, Duration::from_secs(5)).unwrap();
+    for src in b1_clients {
+        assert_eq!(connect(src).await, maglev(&b1_down, src), "{src} was sent to a not-ready endpoint by its affinity");
+    }
 }

@@ -25,10 +25,12 @@ pub mod map_names {
     pub const META: &str = "META";
     pub const ATTACHED: &str = "ATTACHED";
     pub const FRONTEND_NAMES: &str = "FRONTEND_NAMES";
+    pub const AFFINITY: &str = "AFFINITY";
+    pub const READY: &str = "READY";
     /// Every pinned map: what a restarted agent adopts.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 16] = [
         SERVICES, BACKENDS, MAGLEV, CONNTRACK, REVNAT, NAT, SNAT_IPS, COUNTERS, HALF_OPEN, HANDSHAKES, ENDPOINT_ADDRS, META,
-        ATTACHED, FRONTEND_NAMES,
+        ATTACHED, FRONTEND_NAMES, AFFINITY, READY,
     ];
 }
 
@@ -121,11 +123,46 @@ pub const SVC_F_HASH_CLIENT: u32 = 1;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServiceEntry {
+    /// Stable for as long as the service exists (reloads and restarts
+    /// included): `AFFINITY` and `READY` entries are keyed by it.
     pub service_id: u32,
     pub flags: u32,
     pub table_offset: u32,
     /// 0 when no endpoint takes new flows.
     pub table_size: u32,
+    /// `sessionAffinity: ClientIP` timeout in seconds; 0: no affinity table.
+    pub affinity_timeout_s: u32,
+}
+
+/// `AFFINITY` key: a client address of a service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AffinityKey {
+    pub service_id: u32,
+    pub client: [u8; 4],
+}
+
+/// `AFFINITY` value: the endpoint the client was given, and when the client
+/// was last seen (a new flow, or a packet of one of its flows, as the
+/// collector refreshes it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AffinityEntry {
+    pub addr: [u8; 4],
+    pub port: [u8; 2],
+    pub _pad: [u8; 2],
+    pub last_seen_ns: u64,
+}
+
+/// `READY` key: an endpoint that takes new flows of a service with
+/// affinity; the value is its id in `BACKENDS` (live plan).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReadyKey {
+    pub service_id: u32,
+    pub addr: [u8; 4],
+    pub port: [u8; 2],
+    pub _pad: [u8; 2],
 }
 
 /// The endpoint is not behind the node: its flows are full-NATed (DNAT and
@@ -488,7 +525,10 @@ impl Counter {
 const _: () = {
     use core::mem::size_of;
     assert!(size_of::<ServiceKey>() == 8);
-    assert!(size_of::<ServiceEntry>() == 16);
+    assert!(size_of::<ServiceEntry>() == 20);
+    assert!(size_of::<AffinityKey>() == 8);
+    assert!(size_of::<AffinityEntry>() == 16);
+    assert!(size_of::<ReadyKey>() == 12);
     assert!(size_of::<Backend>() == 12);
     assert!(size_of::<FlowKey>() == 16);
     assert!(size_of::<Rewrite>() == 12);
@@ -525,4 +565,7 @@ mod pod {
     unsafe impl aya::Pod for Meta {}
     unsafe impl aya::Pod for Attachment {}
     unsafe impl aya::Pod for FrontendName {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for AffinityEntry {}
+    unsafe impl aya::Pod for ReadyKey {}
 }

@@ -160,7 +160,7 @@ enum NewFlow {
 
 #[inline(always)]
 fn new_flow(p: &Packet, svc: &ServiceEntry, now: u64, to: &mut Rewrite) -> NewFlow {
-    let Some(backend) = select::pick(svc, p) else { return NewFlow::Refuse(Counter::DropNoEndpoint) };
+    let Some(backend) = select::pick(svc, p, now) else { return NewFlow::Refuse(Counter::DropNoEndpoint) };
     let created = if backend.flags & BACKEND_F_SNAT != 0 {
         // Unlike a gateway flow, a full-NAT flow cannot be rebuilt mid-stream:
         // the endpoint never saw a connection from a new mapping.

@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use wsfwd_common::abi::{
-    Attachment, Backend, COUNTER_COUNT, FlowEntry, FlowKey, FragKey, FrontendName, MAX_SNAT_IPS, Meta, RevNatEntry, RevNatKey, Rewrite, ServiceEntry, ServiceKey,
+    AffinityEntry, AffinityKey, Attachment, Backend, COUNTER_COUNT, FlowEntry, FlowKey, FragKey, FrontendName, MAX_SNAT_IPS, Meta, ReadyKey, RevNatEntry, RevNatKey, Rewrite, ServiceEntry, ServiceKey,
 };
 
 #[map]
@@ -65,6 +65,16 @@ pub static META: Array<Meta> = Array::with_max_entries(1, 0);
 /// Written and read by the agent only: where the programs are attached.
 #[map]
 pub static ATTACHED: HashMap<u32, Attachment> = HashMap::with_max_entries(256, 0);
+
+/// ClientIP affinity: the endpoint each client of a service was given. LRU:
+/// a flood of client addresses evicts the oldest, which then follow Maglev.
+#[map]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityEntry> = LruHashMap::with_max_entries(1, 0);
+
+/// The endpoints that take new flows of each service with affinity: an
+/// affinity is honoured only while its endpoint is here.
+#[map]
+pub static READY: HashMap<ReadyKey, u32> = HashMap::with_max_entries(1, 0);
 
 /// Written and read by the agent only: the service port of each frontend.
 #[map]

@@ -2,27 +2,70 @@
 //! their ports after the quarantine), recounts half-open flows, and says
 //! which endpoints still carry gateway flows (a departed endpoint's replies
 //! are translated until its last flow ends).
-use std::{collections::BTreeSet, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
-use wsfwd_common::abi::{DIR_REPLY, FlowEntry, FlowKey, RevNatKey};
+use wsfwd_common::abi::{AffinityKey, DIR_ORIGINAL, DIR_REPLY, FlowEntry, FlowKey, RevNatKey, ServiceKey};
 
 use crate::datapath::{self, Datapath, gc};
 
-/// Sweeps every flow table once. Returns the endpoints (as reply sources)
-/// that gateway flows still use.
-pub fn collect(dp: &mut Datapath, timeouts: &gc::Timeouts, quarantine: Duration) -> BTreeSet<RevNatKey> {
+/// What one collection found.
+pub struct Collected {
+    /// The endpoints (as reply sources) that gateway flows still use.
+    pub in_use: BTreeSet<RevNatKey>,
+    /// Gateway flows it removed.
+    pub gateway_removed: u64,
+}
+
+/// Sweeps every flow table once.
+pub fn collect(dp: &mut Datapath, timeouts: &gc::Timeouts, quarantine: Duration) -> Collected {
     let now = gc::monotonic_ns();
-    let (ct, _) = sweep("conntrack", dp.conntrack(), now, timeouts, Duration::ZERO);
-    let (hs, _) = sweep("handshakes", dp.handshakes(), now, timeouts, Duration::ZERO);
+    let (ct, ct_removed) = sweep("conntrack", dp.conntrack(), now, timeouts, Duration::ZERO);
+    let (hs, hs_removed) = sweep("handshakes", dp.handshakes(), now, timeouts, Duration::ZERO);
     // SNAT ports stay reserved for the quarantine after their flow ended.
     let (nat, half_open) = dp.nat_and_half_open();
     let (entries, removed) = sweep("nat", nat, now, timeouts, quarantine);
     recount_half_open(half_open, &gc::half_open(&entries, &removed));
-    ct.iter()
+    let in_use = ct
+        .iter()
         .chain(&hs)
         .filter(|(k, _)| k.dir == DIR_REPLY)
         .map(|(k, _)| RevNatKey { addr: k.saddr, port: k.sport, proto: k.proto, _pad: 0 })
-        .collect()
+        .collect();
+    refresh_affinity(dp, &[&ct, &hs, &entries]);
+    Collected { in_use, gateway_removed: (ct_removed.len() + hs_removed.len()) as u64 }
+}
+
+/// A ClientIP affinity lasts `timeoutSeconds` after the client's last
+/// packet. The datapath stamps it only when it picks an endpoint (a new
+/// flow); here every flow the affinity sent to its endpoint carries its own
+/// last packet's time over to it.
+fn refresh_affinity(dp: &mut Datapath, snapshots: &[&[(FlowKey, FlowEntry)]]) {
+    let (_, affinity, live) = dp.flows_and_affinity();
+    let services: BTreeMap<ServiceKey, u32> =
+        live.services.iter().filter(|(_, v)| v.affinity_timeout_s != 0).map(|(k, v)| (*k, v.service_id)).collect();
+    if services.is_empty() {
+        return;
+    }
+    let mut newest: BTreeMap<AffinityKey, ([u8; 4], [u8; 2], u64)> = BTreeMap::new();
+    for (k, v) in snapshots.iter().flat_map(|s| s.iter()) {
+        let frontend = ServiceKey { addr: k.daddr, port: k.dport, proto: k.proto, _pad: 0 };
+        let Some(&service_id) = services.get(&frontend).filter(|_| k.dir == DIR_ORIGINAL) else { continue };
+        let key = AffinityKey { service_id, client: k.saddr };
+        let e = newest.entry(key).or_insert((v.to.daddr, v.to.dport, 0));
+        if (e.0, e.1) == (v.to.daddr, v.to.dport) {
+            e.2 = e.2.max(v.last_seen_ns);
+        }
+    }
+    for (key, (addr, port, last)) in newest {
+        let Ok(mut a) = affinity.get(&key, 0) else { continue };
+        if (a.addr, a.port) == (addr, port) && last > a.last_seen_ns {
+            a.last_seen_ns = last;
+            let _ = affinity.insert(key, a, 0);
+        }
+    }
 }
 
 /// Removes expired flows; returns the snapshot it decided from and the flows it removed.

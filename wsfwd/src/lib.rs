@@ -9,6 +9,7 @@ pub mod config;
 pub mod datapath;
 pub mod drain;
 pub mod maglev;
+pub mod metrics;
 pub mod model;
 pub mod netif;
 pub mod placement;

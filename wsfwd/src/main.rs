@@ -196,6 +196,21 @@ struct RunCli {
     /// 0: its flows keep going until they end.
     #[arg(long, value_name = "SECS", default_value_t = 3600)]
     drain_timeout: u64,
+    /// Where to serve Prometheus metrics (`GET /metrics`): an address:port,
+    /// or "none". The default keeps them on this host's loopback.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9477", value_parser = parse_metrics_addr)]
+    metrics_addr: MetricsAddr,
+}
+
+/// `--metrics-addr`: an address, or none.
+#[derive(Clone, Debug)]
+struct MetricsAddr(Option<std::net::SocketAddr>);
+
+fn parse_metrics_addr(s: &str) -> Result<MetricsAddr, String> {
+    if s == "none" {
+        return Ok(MetricsAddr(None));
+    }
+    s.parse().map(|a| MetricsAddr(Some(a))).map_err(|_| format!("{s:?}: expected ADDRESS:PORT (e.g. 127.0.0.1:9477) or \"none\""))
 }
 
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
@@ -309,6 +324,7 @@ fn run_cmd(a: RunCli) -> ExitCode {
         },
         gc_interval: Duration::from_secs(a.gc_interval),
         drain_timeout: Duration::from_secs(a.drain_timeout),
+        metrics_addr: a.metrics_addr.0,
         snat_ips: a.snat_ips,
         snat_ports: a.snat_ports,
         snat_quarantine: Duration::from_secs(a.snat_quarantine),

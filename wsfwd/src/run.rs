@@ -6,19 +6,22 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    sync::{Arc, Mutex},
     time::Instant,
 };
 
 use wsfwd_common::abi::{LOAD_APPLIED, LOAD_REJECTED, RevNatEntry, RevNatKey};
 
 use crate::{
+    bpffs::PinDir,
     collector, config,
-    datapath::{self, Datapath, gc},
+    datapath::{self, Datapath, contents::ServiceIds, gc},
     drain::{self, Drains},
+    metrics,
     model::Service,
     netif,
     placement::{self, Node},
-    reload, route,
+    reload, route, stats,
     watch::ConfigWatch,
 };
 
@@ -34,6 +37,8 @@ pub struct RunArgs {
     pub gc_interval: Duration,
     /// How long a drained endpoint keeps its flows; zero: until they end.
     pub drain_timeout: Duration,
+    /// Where to serve Prometheus metrics; `None`: nowhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     pub snat_ips: Vec<std::net::Ipv4Addr>,
     pub snat_ports: Option<(u16, u16)>,
     pub snat_quarantine: Duration,
@@ -143,7 +148,8 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let mut config_watch = ConfigWatch::new(&args.config).context("watching the config file (inotify)")?;
     let ifaces = netif::resolve(&args.ifaces).map_err(anyhow::Error::msg)?;
     let node = placement::resolve(&cfg.services, &ifaces, &args.snat_ips).map_err(anyhow::Error::msg)?;
-    let contents = datapath::contents::compile(&cfg.services, &node, args.hash_seed).map_err(anyhow::Error::msg)?;
+    // Compiled here only to find what would make the plan fail, before anything is touched.
+    datapath::contents::compile(&cfg.services, &node, args.hash_seed).map_err(anyhow::Error::msg)?;
     let snat_range = snat_ports(&args, &cfg.services)?;
     let (port_min, port_max) = snat_range;
     if args.hash_seed == wsfwd_common::DEFAULT_HASH_SEED {
@@ -164,14 +170,45 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         hash_seed: args.hash_seed,
         snat_ports: (u32::from(port_min), port_count),
         half_open_max,
-        bpffs: &args.bpffs,
         attach: args.tc_mode,
     };
-    let mut dp = Datapath::start(&contents, datapath::Capacity::of(&cfg.services), &ifaces, &opts)?;
-    dp.cleanup_on_drop = args.cleanup_on_exit;
-    if dp.start == datapath::Start::Adopted {
+    // One agent per pin directory: checked first, before anything else is taken.
+    let pins = PinDir::open(&args.bpffs)?;
+    // Bound before anything is attached: a busy port fails the start cleanly.
+    let metrics_listener = match args.metrics_addr {
+        Some(addr) => Some(
+            std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .and_then(tokio::net::TcpListener::from_std)
+                .with_context(|| format!("--metrics-addr {addr}"))?,
+        ),
+        None => None,
+    };
+    let dp = Datapath::start(pins, datapath::Capacity::of(&cfg.services), &ifaces, &opts)?;
+    let start = dp.start;
+    let counts = Arc::new(Mutex::new(metrics::AgentCounts::default()));
+    let mut agent = Agent {
+        args: &args,
+        ids: ServiceIds::from_live(dp.live()),
+        dp,
+        services: Vec::new(),
+        node: node.clone(),
+        last_read: text,
+        snat_range,
+        departed: BTreeMap::new(),
+        drains: Drains::new(args.drain_timeout),
+        counts: counts.clone(),
+    };
+    // The first plan: over an adopted datapath, endpoints it served that
+    // this config lacks drain from now.
+    agent.drains.update(&[], &cfg.services, Instant::now());
+    agent.apply(&cfg.services, &node)?;
+    agent.services = cfg.services;
+    agent.dp.cleanup_on_drop = args.cleanup_on_exit;
+    if start == datapath::Start::Adopted {
         log::info!("adopted the running datapath in {}: its flows are kept, its programs replaced", args.bpffs.display());
     }
+    let contents = agent.dp.live().clone();
     for line in &contents.summary {
         log::info!("{line}");
     }
@@ -188,24 +225,24 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             );
         }
     }
+    if let Some(listener) = metrics_listener {
+        let created = stats::counters(&args.bpffs).map(|c| metrics::gateway_flows_created(&c.into_iter().collect()));
+        let present = metrics::gateway_flows(&args.bpffs);
+        if let (Ok(created), Ok(present), Ok(mut c)) = (created, present, counts.lock()) {
+            c.at_start = Some((created, present));
+        }
+        log::info!("metrics on http://{}/metrics", listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()));
+        tokio::spawn(metrics::serve(listener, args.bpffs.clone(), counts));
+    }
     let names: Vec<&str> = ifaces.iter().map(|i| i.name.as_str()).collect();
     log::info!(
         "ready: {} frontends of {} service ports on {} (tc), conntrack {} entries, maps pinned in {}",
         contents.services.len(),
-        cfg.services.len(),
+        agent.services.len(),
         names.join(", "),
         args.ct_size,
         args.bpffs.display()
     );
-
-    let mut drains = Drains::new(args.drain_timeout);
-    drains.update(&[], &cfg.services, Instant::now());
-    // Endpoints the adopted datapath served that this config lacks drain from now.
-    let departed: BTreeMap<RevNatKey, RevNatEntry> = dp.inherited_departed.iter().copied().collect();
-    for k in departed.keys() {
-        drains.add(drain::key_of(k), Instant::now());
-    }
-    let mut agent = Agent { args: &args, dp, services: cfg.services, node, last_read: text, snat_range, departed, drains };
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
@@ -263,6 +300,10 @@ struct Agent<'a> {
     /// frontend their replies are translated to while their flows last.
     departed: BTreeMap<RevNatKey, RevNatEntry>,
     drains: Drains,
+    /// What the metrics need from the agent.
+    counts: Arc<Mutex<metrics::AgentCounts>>,
+    /// Service ids, kept stable across reloads (and adopted at start).
+    ids: ServiceIds,
 }
 
 impl Agent<'_> {
@@ -328,7 +369,8 @@ impl Agent<'_> {
     /// Endpoints behind the node that leave it keep their replies
     /// translated (`REVNAT`) until their last flow ends.
     fn apply(&mut self, services: &[Service], node: &Node) -> anyhow::Result<()> {
-        let mut next = datapath::contents::compile(services, node, self.args.hash_seed).map_err(anyhow::Error::msg)?;
+        let mut next = datapath::contents::compile_with(services, node, self.args.hash_seed, &mut self.ids)
+            .map_err(anyhow::Error::msg)?;
         let keys: BTreeSet<RevNatKey> = next.revnat.iter().map(|(k, _)| *k).collect();
         let mut departed = self.departed.clone();
         departed.extend(self.dp.live().revnat.iter().filter(|(k, _)| !keys.contains(k)).copied());
@@ -385,7 +427,11 @@ impl Agent<'_> {
                 Err(e) => log::warn!("ending drained flows: {e}"),
             }
         }
-        let in_use = collector::collect(&mut self.dp, &self.args.timeouts, self.args.snat_quarantine);
+        let collected = collector::collect(&mut self.dp, &self.args.timeouts, self.args.snat_quarantine);
+        if let Ok(mut c) = self.counts.lock() {
+            c.gateway_flows_collected += collected.gateway_removed;
+        }
+        let in_use = collected.in_use;
         let done: Vec<RevNatKey> = self.departed.keys().filter(|k| !in_use.contains(k)).copied().collect();
         if done.is_empty() {
             return;

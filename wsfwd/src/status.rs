@@ -30,6 +30,11 @@ fn hash<K: aya::Pod, V: aya::Pod>(dir: &Path, name: &str) -> anyhow::Result<Vec<
     map.iter().collect::<Result<Vec<_>, _>>().with_context(|| format!("reading {name}"))
 }
 
+/// Every entry of flow table `name` (`CONNTRACK`, `HANDSHAKES` or `NAT`).
+pub fn flow_entries(dir: &Path, name: &str) -> anyhow::Result<Vec<(FlowKey, FlowEntry)>> {
+    hash(dir, name)
+}
+
 fn c_str(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     String::from_utf8_lossy(&bytes[..end]).into_owned()

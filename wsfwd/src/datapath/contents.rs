@@ -7,7 +7,7 @@ use std::{
 };
 
 use wsfwd_common::abi::{
-    BACKEND_F_SNAT, BACKEND_F_TERMINATING, Backend, MAX_SNAT_IPS, REVNAT_F_UNIQUE, RevNatEntry, RevNatKey,
+    BACKEND_F_SNAT, BACKEND_F_TERMINATING, Backend, ReadyKey, MAX_SNAT_IPS, REVNAT_F_UNIQUE, RevNatEntry, RevNatKey,
     SVC_F_HASH_CLIENT, ServiceEntry, ServiceKey,
 };
 
@@ -28,6 +28,10 @@ pub const SNAT_IPS_PER_PLAN: u32 = MAX_SNAT_IPS / 2;
 pub struct Capacity {
     pub backends: u32,
     pub maglev: u32,
+    /// `READY` entries: endpoints of services with affinity.
+    pub ready: u32,
+    /// Frontends (`SERVICES` entries): a NodePort counts once per node address.
+    pub frontends: u32,
 }
 
 impl Capacity {
@@ -35,14 +39,26 @@ impl Capacity {
         let endpoints: BTreeSet<(Ipv4Addr, u16)> =
             services.iter().flat_map(|s| s.endpoints.iter().map(|e| (e.address, e.port))).collect();
         let maglev: usize = services.iter().map(|s| maglev::table_size(s.endpoints.len()) as usize).sum();
-        Capacity { backends: endpoints.len().max(1) as u32, maglev: maglev.max(1) as u32 }
+        let ready: usize = services.iter().filter(|s| s.affinity_timeout_seconds.is_some()).map(|s| s.endpoints.len()).sum();
+        let frontends: usize = services.iter().map(|s| s.frontends.len()).sum();
+        Capacity {
+            backends: endpoints.len().max(1) as u32,
+            maglev: maglev.max(1) as u32,
+            ready: ready.max(1) as u32,
+            frontends: frontends.max(1) as u32,
+        }
     }
 
     /// Room for reloads and re-placement to grow into: twice what the plan
     /// needs, and at least 256 endpoints and 65,536 Maglev slots (784 KiB
     /// for both halves). Fixed for as long as the maps stay pinned.
     pub fn with_headroom(self) -> Self {
-        Capacity { backends: self.backends.saturating_mul(2).max(256), maglev: self.maglev.saturating_mul(2).max(65536) }
+        Capacity {
+            backends: self.backends.saturating_mul(2).max(256),
+            maglev: self.maglev.saturating_mul(2).max(65536),
+            ready: self.ready.saturating_mul(2).max(1024),
+            frontends: self.frontends,
+        }
     }
 }
 
@@ -56,14 +72,59 @@ pub struct Contents {
     pub snat_ips: Vec<Ipv4Addr>,
     /// The service port of each frontend (`namespace/name:port`).
     pub frontend_names: BTreeMap<ServiceKey, String>,
+    /// Services with affinity: their endpoints that take new flows, with
+    /// their backend ids.
+    pub ready: Vec<(ReadyKey, u32)>,
     /// Lines for the log: one per service port, one per endpoint.
     pub summary: Vec<String>,
 }
 
-/// Compiles services into map entries. Fails when two frontends resolve to
-/// the same address, port and protocol (an externalIP equal to a node
-/// address, say).
+/// Service ids, stable for as long as a service exists: reloads and
+/// restarts keep them, so `AFFINITY` and `READY` entries keep meaning the
+/// same service. A new service gets a hash of its name (probing past ids in
+/// use), never an id another live service has.
+#[derive(Clone, Debug, Default)]
+pub struct ServiceIds(BTreeMap<String, u32>);
+
+impl ServiceIds {
+    /// The ids a running datapath uses (frontends and their service names).
+    pub fn from_live(c: &Contents) -> Self {
+        let by_key: BTreeMap<ServiceKey, u32> = c.services.iter().map(|(k, v)| (*k, v.service_id)).collect();
+        Self(c.frontend_names.iter().filter_map(|(k, name)| Some((name.clone(), *by_key.get(k)?))).collect())
+    }
+
+    /// Ids for `services`, in order; names no longer given are forgotten.
+    fn assign(&mut self, services: &[Service]) -> Vec<u32> {
+        let names: BTreeSet<String> = services.iter().map(Service::id).collect();
+        self.0.retain(|name, _| names.contains(name));
+        let mut used: BTreeSet<u32> = self.0.values().copied().collect();
+        for name in &names {
+            if !self.0.contains_key(name) {
+                let mut id = fnv1a(name.as_bytes());
+                while !used.insert(id) {
+                    id = id.wrapping_add(1);
+                }
+                self.0.insert(name.clone(), id);
+            }
+        }
+        services.iter().map(|s| self.0[&s.id()]).collect()
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |h, &b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+}
+
+/// Compiles services into map entries, with ids of their own (`wsfwd check`,
+/// tests). Fails when two frontends resolve to the same address, port and
+/// protocol (an externalIP equal to a node address, say).
 pub fn compile(services: &[Service], node: &Node, seed: u32) -> Result<Contents, String> {
+    compile_with(services, node, seed, &mut ServiceIds::default())
+}
+
+/// `compile`, keeping the ids in `ids` (a running agent's).
+pub fn compile_with(services: &[Service], node: &Node, seed: u32, ids: &mut ServiceIds) -> Result<Contents, String> {
+    let service_ids = ids.assign(services);
     let node_addrs = &node.addrs;
     let mut c = Contents::default();
     // An endpoint in a table only as a terminating fallback is its own
@@ -73,7 +134,7 @@ pub fn compile(services: &[Service], node: &Node, seed: u32) -> Result<Contents,
     let mut reached_from: BTreeMap<(Ipv4Addr, u16, u8), BTreeSet<(Ipv4Addr, u16)>> = BTreeMap::new();
     let mut owner: BTreeMap<ServiceKey, String> = BTreeMap::new();
 
-    for (id, svc) in services.iter().enumerate() {
+    for (svc, &id) in services.iter().zip(&service_ids) {
         let proto = svc.protocol.number();
         let plan = ServiceTable::new(svc, node, seed);
         let offset = c.maglev.len() as u32;
@@ -85,7 +146,20 @@ pub fn compile(services: &[Service], node: &Node, seed: u32) -> Result<Contents,
         }
         let table_size = plan.size();
         let flags = if svc.hash == HashInput::ClientIp { SVC_F_HASH_CLIENT } else { 0 };
-        let entry = ServiceEntry { service_id: id as u32, flags, table_offset: offset, table_size };
+        let affinity_timeout_s = svc.affinity_timeout_seconds.unwrap_or(0);
+        let entry = ServiceEntry { service_id: id, flags, table_offset: offset, table_size, affinity_timeout_s };
+        if affinity_timeout_s != 0 {
+            // Where each endpoint that takes new flows is in `BACKENDS`.
+            let mut seen = BTreeSet::new();
+            for &slot in plan.table.iter().flatten() {
+                let (addr, port) = plan.keys[slot as usize];
+                let terminating = !svc.endpoints[plan.live[slot as usize]].takes_new_flows();
+                if seen.insert((addr, port)) {
+                    let key = ReadyKey { service_id: id, addr: addr.octets(), port: port.to_be_bytes(), _pad: [0; 2] };
+                    c.ready.push((key, backend_ids[&(addr, port, terminating)]));
+                }
+            }
+        }
 
         let mut addrs = Vec::new();
         for f in &svc.frontends {

@@ -19,7 +19,7 @@ use aya::{
     programs::{SchedClassifier, TcAttachType},
 };
 use wsfwd_common::abi::{
-    Attachment, FlowEntry, FlowKey, LAYOUT_VERSION, LOAD_APPLIED, Meta, RevNatEntry, RevNatKey, globals,
+    AffinityEntry, AffinityKey, Attachment, FlowEntry, FlowKey, LAYOUT_VERSION, LOAD_APPLIED, Meta, globals,
     map_names as names,
 };
 
@@ -33,7 +33,7 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 const INGRESS: &str = "wsfwd_tc_ingress";
 const EGRESS: &str = "wsfwd_tc_egress";
 
-pub struct Options<'a> {
+pub struct Options {
     pub ct_size: u32,
     pub nat_size: u32,
     pub hash_seed: u32,
@@ -41,13 +41,14 @@ pub struct Options<'a> {
     pub snat_ports: (u32, u32),
     /// Full-NAT TCP flows one client address may hold before their handshakes complete.
     pub half_open_max: u32,
-    pub bpffs: &'a Path,
     pub attach: attach::Mode,
 }
 
 pub type FlowMap = HashMap<MapData, FlowKey, FlowEntry>;
 /// Half-open full-NAT flows by client address.
 pub type HalfOpenMap = HashMap<MapData, [u8; 4], u64>;
+/// ClientIP affinities.
+pub type AffinityMap = HashMap<MapData, AffinityKey, AffinityEntry>;
 
 /// How the agent found the pin directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,18 +66,17 @@ pub struct Datapath {
     nat: FlowMap,
     half_open: HalfOpenMap,
     meta: Array<MapData, Meta>,
+    affinity: AffinityMap,
     /// The live plan, and which half of the plan maps it is in.
     live: Contents,
     half: u32,
     capacity: Capacity,
     pub start: Start,
-    /// Endpoints behind the node the adopted datapath translated replies for
-    /// that the new configuration lacks: kept (their flows drain).
-    pub inherited_departed: Vec<(RevNatKey, RevNatEntry)>,
     /// Where the programs are attached: (interface, mode).
     attached: Vec<(String, u32)>,
-    /// Remove everything when dropped: set until a fresh start completes
-    /// (so a failure leaves nothing behind), and by `--cleanup-on-exit`.
+    /// Remove everything when dropped: set by a fresh start until its owner
+    /// has a plan live (so a failure leaves nothing behind), and by
+    /// `--cleanup-on-exit`.
     pub cleanup_on_drop: bool,
     pins: PinDir,
 }
@@ -108,6 +108,8 @@ fn layout(name: &str) -> (u32, u32) {
         names::META => (4, size_of::<Meta>()),
         names::ATTACHED => (4, size_of::<Attachment>()),
         names::FRONTEND_NAMES => (size_of::<ServiceKey>(), size_of::<FrontendName>()),
+        names::AFFINITY => (size_of::<AffinityKey>(), size_of::<AffinityEntry>()),
+        names::READY => (size_of::<ReadyKey>(), 4),
         _ => (0, 0),
     };
     (k as u32, v as u32)
@@ -156,17 +158,18 @@ fn max_entries(pins: &PinDir, name: &str) -> anyhow::Result<u32> {
 }
 
 impl Datapath {
-    /// Starts forwarding `contents`: over the datapath pinned in
-    /// `opts.bpffs` if there is one (its flows kept, its programs replaced
-    /// in place), else from nothing.
-    pub fn start(contents: &Contents, need: Capacity, ifaces: &[Iface], opts: &Options<'_>) -> anyhow::Result<Self> {
-        let pins = PinDir::open(opts.bpffs)?;
+    /// Takes over the datapath pinned in `pins` (its flows kept, its
+    /// programs replaced in place, its plan live until `replace`), or starts
+    /// one with an empty plan, attached.
+    pub fn start(pins: PinDir, need: Capacity, ifaces: &[Iface], opts: &Options) -> anyhow::Result<Self> {
         let adopted = pinned_meta(&pins)?;
         let capacity = match adopted {
             // The plan maps have the size they were made with.
             Some(_) => Capacity {
                 backends: max_entries(&pins, names::BACKENDS)? / 2,
                 maglev: max_entries(&pins, names::MAGLEV)? / 2,
+                ready: max_entries(&pins, names::READY)?,
+                frontends: max_entries(&pins, names::SERVICES)?,
             },
             None => need.with_headroom(),
         };
@@ -190,8 +193,11 @@ impl Datapath {
             .override_global(globals::SNAT_PORT_MIN, &opts.snat_ports.0, true)
             .override_global(globals::SNAT_PORT_COUNT, &opts.snat_ports.1, true)
             .override_global(globals::HALF_OPEN_MAX, &opts.half_open_max, true)
-            .map_max_entries(names::SERVICES, room(contents.services.len()))
-            .map_max_entries(names::FRONTEND_NAMES, room(contents.services.len()))
+            .map_max_entries(names::SERVICES, room(need.frontends as usize))
+            .map_max_entries(names::FRONTEND_NAMES, room(need.frontends as usize))
+            .map_max_entries(names::READY, capacity.ready)
+            // Clients with affinity, over every service that has it.
+            .map_max_entries(names::AFFINITY, handshakes_size(opts.ct_size))
             .map_max_entries(names::BACKENDS, 2 * capacity.backends)
             .map_max_entries(names::MAGLEV, 2 * capacity.maglev)
             .map_max_entries(names::REVNAT, room(capacity.backends as usize))
@@ -222,15 +228,11 @@ impl Datapath {
         let nat = HashMap::try_from(take(&mut ebpf, names::NAT)?)?;
         let half_open = HashMap::try_from(take(&mut ebpf, names::HALF_OPEN)?)?;
         let meta = Array::try_from(take(&mut ebpf, names::META)?)?;
+        let affinity = HashMap::try_from(take(&mut ebpf, names::AFFINITY)?)?;
         let (previous, half) = match adopted {
             Some(m) => (plan::read_live(&mut ebpf)?, m.live_half),
             None => (Contents::default(), 1),
         };
-        // Endpoints the running plan had and this one lacks keep their replies translated.
-        let inherited_departed: Vec<_> =
-            previous.revnat.iter().filter(|(k, _)| !contents.revnat.iter().any(|(n, _)| n == k)).copied().collect();
-        let mut contents = contents.clone();
-        contents.revnat.extend(inherited_departed.iter().copied());
         let mut this = Self {
             ebpf,
             conntrack,
@@ -238,11 +240,11 @@ impl Datapath {
             nat,
             half_open,
             meta,
+            affinity,
             live: previous,
             half,
             capacity,
             start: if adopted.is_some() { Start::Adopted } else { Start::Fresh },
-            inherited_departed,
             attached: Vec::new(),
             cleanup_on_drop: adopted.is_none(),
             pins,
@@ -252,9 +254,7 @@ impl Datapath {
         // The counts and the live half carry over from the adopted datapath.
         let meta = Meta { layout: LAYOUT_VERSION, hash_seed: opts.hash_seed, last_load: LOAD_APPLIED, last_load_unix: loaded_at, ..prior };
         this.write_meta(meta)?;
-        this.replace(&contents)?;
         this.attach(ifaces, opts.attach)?;
-        this.cleanup_on_drop = false;
         Ok(this)
     }
 
@@ -358,6 +358,11 @@ impl Datapath {
     /// Every flow table: established and unestablished gateway flows, full NAT.
     pub fn flow_tables(&mut self) -> [&mut FlowMap; 3] {
         [&mut self.conntrack, &mut self.handshakes, &mut self.nat]
+    }
+
+    /// Flow tables (as `flow_tables`) and the affinities their flows refresh.
+    pub fn flows_and_affinity(&mut self) -> ([&mut FlowMap; 3], &mut AffinityMap, &Contents) {
+        ([&mut self.conntrack, &mut self.handshakes, &mut self.nat], &mut self.affinity, &self.live)
     }
 
     /// Full-NAT flows and the per-client count of those still half-open.

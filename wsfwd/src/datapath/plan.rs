@@ -8,7 +8,7 @@ use aya::{
     Ebpf,
     maps::{Array, HashMap},
 };
-use wsfwd_common::abi::{Backend, FrontendName, RevNatEntry, RevNatKey, ServiceEntry, ServiceKey, map_names as names};
+use wsfwd_common::abi::{Backend, FrontendName, ReadyKey, RevNatEntry, RevNatKey, ServiceEntry, ServiceKey, map_names as names};
 
 use super::contents::{self, Capacity, Contents};
 
@@ -27,6 +27,12 @@ pub fn write(ebpf: &mut Ebpf, c: &Contents, previous: &Contents, half: u32, cap:
         c.maglev.len(),
         cap.backends,
         cap.maglev
+    );
+    anyhow::ensure!(
+        c.ready.len() <= cap.ready as usize,
+        "the plan has {} endpoints of services with affinity, more than the {} the pinned READY map holds",
+        c.ready.len(),
+        cap.ready
     );
     let (backend_base, maglev_base, snat_base) = (half * cap.backends, half * cap.maglev, half * contents::SNAT_IPS_PER_PLAN);
     // The idle half first: nothing refers to it yet.
@@ -64,6 +70,11 @@ pub fn write(ebpf: &mut Ebpf, c: &Contents, previous: &Contents, half: u32, cap:
         }
         names_map.insert(k, v, 0).context("writing FRONTEND_NAMES")?;
     }
+    // Endpoints an affinity may send to, at their ids in this half.
+    let mut ready: HashMap<_, ReadyKey, u32> = HashMap::try_from(map(ebpf, names::READY)?)?;
+    for (k, id) in &c.ready {
+        ready.insert(k, backend_base + id, 0).context("writing READY")?;
+    }
     // The switch: one write per frontend.
     let mut services: HashMap<_, ServiceKey, ServiceEntry> = HashMap::try_from(map(ebpf, names::SERVICES)?)?;
     for (k, v) in &c.services {
@@ -80,6 +91,10 @@ pub fn write(ebpf: &mut Ebpf, c: &Contents, previous: &Contents, half: u32, cap:
     for k in &gone {
         let _ = names_map.remove(k);
     }
+    let mut ready: HashMap<_, ReadyKey, u32> = HashMap::try_from(map(ebpf, names::READY)?)?;
+    for (k, _) in previous.ready.iter().filter(|(k, _)| !c.ready.iter().any(|(n, _)| n == k)) {
+        let _ = ready.remove(k);
+    }
     let mut revnat: HashMap<_, RevNatKey, RevNatEntry> = HashMap::try_from(map(ebpf, names::REVNAT)?)?;
     for (k, _) in previous.revnat.iter().filter(|(k, _)| !c.revnat.iter().any(|(n, _)| n == k)) {
         let _ = revnat.remove(k);
@@ -93,12 +108,24 @@ fn endpoint_addrs(c: &Contents) -> std::collections::BTreeSet<[u8; 4]> {
 }
 
 /// What the maps say is live, as far as a new plan must know to replace it:
-/// the frontends and the endpoints whose replies are translated. Read when
+/// the frontends (with their services' names and ids), the endpoints whose
+/// replies are translated, and those affinities may send to. Read when
 /// adopting a running datapath.
 pub fn read_live(ebpf: &mut Ebpf) -> anyhow::Result<Contents> {
     let services: HashMap<_, ServiceKey, ServiceEntry> = HashMap::try_from(map(ebpf, names::SERVICES)?)?;
     let services = services.iter().collect::<Result<Vec<_>, _>>().context("reading SERVICES")?;
     let revnat: HashMap<_, RevNatKey, RevNatEntry> = HashMap::try_from(map(ebpf, names::REVNAT)?)?;
     let revnat = revnat.iter().collect::<Result<Vec<_>, _>>().context("reading REVNAT")?;
-    Ok(Contents { services, revnat, ..Contents::default() })
+    let names_map: HashMap<_, ServiceKey, FrontendName> = HashMap::try_from(map(ebpf, names::FRONTEND_NAMES)?)?;
+    let frontend_names = names_map
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(k, v)| {
+            let end = v.0.iter().position(|&b| b == 0).unwrap_or(v.0.len());
+            (k, String::from_utf8_lossy(&v.0[..end]).into_owned())
+        })
+        .collect();
+    let ready: HashMap<_, ReadyKey, u32> = HashMap::try_from(map(ebpf, names::READY)?)?;
+    let ready = ready.iter().collect::<Result<Vec<_>, _>>().context("reading READY")?;
+    Ok(Contents { services, revnat, frontend_names, ready, ..Contents::default() })
 }

@@ -244,26 +244,49 @@ fn upstream_with(endpoints: &[(&str, bool)]) -> String {
     format!("{base}{eps}")
 }
 
-/// A new connection from each client address lands where `config` says.
-async fn new_connections_follow(t: &Topo, config: &str, step: &str) {
-    for &src in &t.clients {
-        let want = checks::predicted_for_client(config, "testim-service", DEFAULT_HASH_SEED, src);
-        let want = &t.backend_by_addr(&want).unwrap().name;
-        let (ws, hello) = ws_connect(&t.client, src, t.vip()).await.unwrap_or_else(|e| panic!("{step}: {src}: {e:#}"));
-        assert_eq!(&hello.backend, want, "{step}: a new connection from {src}");
-        drop(ws);
+/// Where each client address's connections go (the VIP's service has
+/// `sessionAffinity: ClientIP`, timeout 10800 s): its affinity's endpoint
+/// while that still takes new flows, else Maglev's choice, which becomes its
+/// affinity.
+struct Affinity(std::collections::BTreeMap<std::net::Ipv4Addr, String>);
+
+impl Affinity {
+    fn expected(&self, t: &Topo, config: &str, src: std::net::Ipv4Addr) -> String {
+        let services = wsfwd::config::parse(config).unwrap().services;
+        let svc = services.iter().find(|s| s.name == "testim-service").unwrap();
+        let serving = |name: &str| {
+            let addr = t.backends.iter().find(|b| b.name == name).unwrap().addr;
+            svc.endpoints.iter().any(|e| e.address == addr && e.takes_new_flows())
+        };
+        match self.0.get(&src) {
+            Some(b) if serving(b) => b.clone(),
+            _ => t.backend_by_addr(&checks::predicted_for_client(config, "testim-service", DEFAULT_HASH_SEED, src)).unwrap().name.clone(),
+        }
+    }
+
+    /// A new connection from each client address lands where `config` and
+    /// the clients' affinities say.
+    async fn new_connections_follow(&mut self, t: &Topo, config: &str, step: &str) {
+        for &src in &t.clients {
+            let want = self.expected(t, config, src);
+            let (ws, hello) = ws_connect(&t.client, src, t.vip()).await.unwrap_or_else(|e| panic!("{step}: {src}: {e:#}"));
+            assert_eq!(hello.backend, want, "{step}: a new connection from {src}");
+            self.0.insert(src, want);
+            drop(ws);
+        }
     }
 }
 
 /// Reloads under 1,000 live connections: each step is applied as the file
 /// changes (or on SIGHUP), no connection is lost, and new connections follow
-/// the new configuration.
+/// the new configuration and their clients' affinities.
 async fn reloads_lose_nothing(t: &Topo, agent: &Agent, configs: [String; 4]) {
     let [with_two, with_three, without_first, second_not_ready] = configs;
     let path = agent.config_path().to_owned();
     let fleet = Fleet::open(&t.client, &t.clients, t.vip(), CONNECTIONS).await.unwrap();
     fleet.run_for(1).await.unwrap();
-    new_connections_follow(t, &with_two, "at start").await;
+    let mut affinity = Affinity(Default::default());
+    affinity.new_connections_follow(t, &with_two, "at start").await;
     let mut applied = 0;
     let steps = [
         ("add an endpoint", &with_three, Write::Rename),
@@ -277,7 +300,7 @@ async fn reloads_lose_nothing(t: &Topo, agent: &Agent, configs: [String; 4]) {
         agent.wait_for_log("applied (generation", applied, Duration::from_secs(5)).unwrap_or_else(|e| panic!("{step}: {e:#}"));
         // Collections run every second: a drained endpoint's replies must stay translated.
         fleet.run_for(3).await.unwrap_or_else(|e| panic!("{step}: {e:#}"));
-        new_connections_follow(t, config, step).await;
+        affinity.new_connections_follow(t, config, step).await;
     }
     assert!(agent.log().contains("removed (its flows drain)"), "{}", agent.log());
 
@@ -288,7 +311,7 @@ async fn reloads_lose_nothing(t: &Topo, agent: &Agent, configs: [String; 4]) {
     agent.wait_for_log("rejected (1 error(s)); the running configuration is kept", 1, Duration::from_secs(5)).unwrap();
     agent.wait_for_log(r#""192.168.0.300" is not an IPv4 address"#, 1, Duration::from_secs(5)).unwrap();
     fleet.run_for(2).await.unwrap();
-    new_connections_follow(t, &second_not_ready, "after a rejected file").await;
+    affinity.new_connections_follow(t, &second_not_ready, "after a rejected file").await;
     // A valid file again, then SIGHUP: read again, nothing to apply.
     write_config(&path, &with_three, Write::Rename);
     applied += 1;
@@ -297,7 +320,7 @@ async fn reloads_lose_nothing(t: &Topo, agent: &Agent, configs: [String; 4]) {
     agent.wait_for_log("SIGHUP: reading", 1, Duration::from_secs(5)).unwrap();
     agent.wait_for_log("unchanged; nothing to apply", 1, Duration::from_secs(5)).unwrap();
     fleet.run_for(2).await.unwrap();
-    new_connections_follow(t, &with_three, "after SIGHUP").await;
+    affinity.new_connections_follow(t, &with_three, "after SIGHUP").await;
     assert!(fleet.lost().is_empty());
     let samples = metrics_agree(t, &fleet, "after the reloads").await;
     assert_eq!(samples.get(r#"wsfwd_reloads_total{result="rejected"}"#), Some(&1.0));

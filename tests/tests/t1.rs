@@ -176,7 +176,7 @@ async fn t1_06_without_the_agent_nothing_forwards_and_with_it_ebpf_does() {
     assert!(start.elapsed() <= Duration::from_secs(5));
     assert_eq!(backend_in_segs(&t), segs, "a SYN reached a backend without wsfwd");
 
-    let agent = Agent::start(&t.node, &t.dir, SEED_CONFIG, &[]).unwrap();
+    let agent = Agent::start(&t.node, &t.dir, SEED_CONFIG, &["--metrics-addr", "none"]).unwrap();
     let redirected_before = agent.stats().unwrap()["redirected"];
     let cap = Capture::start(&t.client, "c0", &t, "client");
     for &src in &t.clients {
@@ -191,6 +191,7 @@ async fn t1_06_without_the_agent_nothing_forwards_and_with_it_ebpf_does() {
     assert!(to_vip > 16 * 4, "captured only {to_vip} client-to-VIP packets");
     assert!(redirected * 100 >= to_vip * 99, "redirected {redirected} of {to_vip} client-to-VIP packets");
 
+    // Not a proxy: without its metrics listener the agent holds no socket at all.
     let sockets = t.node.exec(&["ss", "-tuanp"]).unwrap();
     let own: Vec<_> = sockets.lines().filter(|l| l.contains(&format!("pid={},", agent.pid()))).collect();
     assert!(own.is_empty(), "the agent holds sockets: {own:?}");

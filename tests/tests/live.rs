@@ -481,3 +481,38 @@ async fn client_ip_affinity_outlasts_endpoint_changes_until_its_timeout() {
         assert_eq!(connect(src).await, maglev(&b1_down, src), "{src} was sent to a not-ready endpoint by its affinity");
     }
 }
+
+/// A reload that changes one service leaves the other exactly as it was:
+/// its `SERVICES` entry (and so its table's region) is not rewritten, and its
+/// connections never notice; the changed service switches to a new table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_touches_only_the_service_that_changed() {
+    let mut t = Topo::new("df", Spec::T1).unwrap();
+    t.start_ws_peers().unwrap();
+    let (b1, b2, b3) = ("10.244.1.10", "10.244.2.10", "10.244.3.10");
+    let all = seed_with(&[(b1, true), (b2, true), (b3, true)]);
+    let agent = Agent::start(&t.node, &t.dir, &all, EXTRA).unwrap();
+    let dump = || -> std::collections::BTreeMap<String, String> {
+        let out = run(Command::new("bpftool").args(["map", "dump", "pinned"]).arg(agent.bpffs.join("SERVICES")).arg("-j")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v.as_array().unwrap().iter().map(|e| (e["key"].to_string(), e["value"].to_string())).collect()
+    };
+    let before = dump();
+    assert_eq!(before.len(), 2, "{before:?}");
+    // Only testim-service (the VIP) loses an endpoint; im-service (the NodePort) keeps all three.
+    let start = all.find("name: testim-service-7xk2p").unwrap();
+    let end = start + all[start..].find("---").unwrap();
+    let testim_only = format!("{}{}", &all[..start], &all[start..end].replace("- addresses: [\"10.244.3.10\"]\n  conditions: {ready: true}\n", "")) + &all[end..];
+    assert_ne!(testim_only, all);
+    write_config(agent.config_path(), &testim_only, Write::Rename);
+    agent.wait_for_log("applied (generation", 1, Duration::from_secs(5)).unwrap();
+    assert!(agent.log().contains("1 tables written, 1 frontends switched, 1 untouched"), "{}", agent.log());
+    let after = dump();
+    let node_port = |d: &std::collections::BTreeMap<String, String>| {
+        // 10.0.1.1:30100/TCP, as bpftool prints the key's bytes.
+        d.iter().find(|(k, _)| k.contains("\"0x0a\",\"0x00\",\"0x01\",\"0x01\",\"0x75\",\"0x94\"")).map(|(_, v)| v.clone())
+    };
+    assert!(node_port(&before).is_some(), "{before:?}");
+    assert_eq!(node_port(&after), node_port(&before), "the unchanged service's entry was rewritten");
+    assert_ne!(after, before, "the changed service did not switch");
+}

@@ -56,8 +56,7 @@ pub const LAYOUT_VERSION: u32 = 1;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Meta {
     pub layout: u32,
-    /// The half of `BACKENDS`/`MAGLEV`/`SNAT_IPS` the live plan is in.
-    pub live_half: u32,
+    pub _reserved: u32,
     pub hash_seed: u32,
     /// Bumped by every configuration applied (start, reload, re-placement).
     pub generation: u32,
@@ -174,7 +173,7 @@ pub const BACKEND_F_TERMINATING: u8 = 2;
 
 /// `BACKENDS` value (an array indexed by backend id): an endpoint.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct Backend {
     pub addr: [u8; 4],
     pub port: [u8; 2],

@@ -337,15 +337,20 @@ impl Agent<'_> {
         let applied = placed
             .map_err(anyhow::Error::msg)
             .and_then(|node| check_node_ports(self.snat_range, &cfg.services).map(|()| node))
-            .and_then(|node| self.apply(&cfg.services, &node).map(|()| node));
+            .and_then(|node| self.apply(&cfg.services, &node).map(|a| (node, a)));
         match applied {
-            Ok(node) => {
+            Ok((node, a)) => {
                 self.drains.update(&self.services, &cfg.services, Instant::now());
                 self.services = cfg.services;
                 self.node = node;
                 let _ = self.dp.record_load(LOAD_APPLIED);
                 let generation = self.dp.meta().map(|m| m.generation).unwrap_or(0);
-                log::info!("{path}: applied (generation {generation})");
+                log::info!(
+                    "{path}: applied (generation {generation}): {} tables written, {} frontends switched, {} untouched",
+                    a.tables_written,
+                    a.frontends_switched,
+                    a.frontends_untouched
+                );
                 for line in changes {
                     log::info!("  {line}");
                 }
@@ -368,7 +373,7 @@ impl Agent<'_> {
     /// Compiles `services` as placed on `node` and makes it the live plan.
     /// Endpoints behind the node that leave it keep their replies
     /// translated (`REVNAT`) until their last flow ends.
-    fn apply(&mut self, services: &[Service], node: &Node) -> anyhow::Result<()> {
+    fn apply(&mut self, services: &[Service], node: &Node) -> anyhow::Result<datapath::plan::Applied> {
         let mut next = datapath::contents::compile_with(services, node, self.args.hash_seed, &mut self.ids)
             .map_err(anyhow::Error::msg)?;
         let keys: BTreeSet<RevNatKey> = next.revnat.iter().map(|(k, _)| *k).collect();
@@ -376,12 +381,12 @@ impl Agent<'_> {
         departed.extend(self.dp.live().revnat.iter().filter(|(k, _)| !keys.contains(k)).copied());
         departed.retain(|k, _| !keys.contains(k));
         next.revnat.extend(departed.iter().map(|(k, v)| (*k, *v)));
-        self.dp.replace(&next)?;
+        let applied = self.dp.replace(&next)?;
         for k in departed.keys() {
             self.drains.add(drain::key_of(k), Instant::now());
         }
         self.departed = departed;
-        Ok(())
+        Ok(applied)
     }
 
     /// Places the endpoints again (routes or node addresses changed) and, if
@@ -396,7 +401,7 @@ impl Agent<'_> {
         };
         let services = self.services.clone();
         match self.apply(&services, &next) {
-            Ok(()) => {
+            Ok(_) => {
                 log::info!("routes changed: endpoints placed again");
                 for line in self.dp.live().summary.iter().filter(|l| l.starts_with("endpoint ")) {
                     log::info!("{line}");
@@ -442,7 +447,7 @@ impl Agent<'_> {
         let mut next = self.dp.live().clone();
         next.revnat.retain(|(k, _)| !done.contains(k));
         match self.dp.replace(&next) {
-            Ok(()) => {
+            Ok(_) => {
                 for k in done {
                     log::info!("endpoint {}:{} drained: its last flow ended", std::net::Ipv4Addr::from(k.addr), u16::from_be_bytes(k.port));
                 }

@@ -99,10 +99,22 @@ pub fn status(dir: &Path) -> anyhow::Result<Status> {
         };
         maps.insert(name, Occupancy { entries: entries as u64, capacity: u64::from(info.max_entries()) });
     }
-    for name in [names::BACKENDS, names::MAGLEV] {
+    // The plan maps: slots of the live tables, and the endpoints they name.
+    let tables: BTreeMap<u32, (u32, u32)> = hash::<ServiceKey, ServiceEntry>(dir, names::SERVICES)?
+        .into_iter()
+        .map(|(_, e)| (e.service_id, (e.table_offset, e.table_size)))
+        .collect();
+    let maglev: Array<_, u32> = Array::try_from(Map::Array(open(dir, names::MAGLEV)?))?;
+    let mut ids = BTreeSet::new();
+    for (offset, size) in tables.values() {
+        for i in 0..*size {
+            ids.insert(maglev.get(&(offset + i), 0).context("reading MAGLEV")?);
+        }
+    }
+    let slots: u64 = tables.values().map(|(_, size)| u64::from(*size)).sum();
+    for (name, used) in [(names::MAGLEV, slots), (names::BACKENDS, ids.len() as u64)] {
         let info = MapInfo::from_pin(dir.join(name)).with_context(|| format!("reading {name}"))?;
-        // Two plans' room: what one plan may use.
-        maps.insert(name, Occupancy { entries: 0, capacity: u64::from(info.max_entries() / 2) });
+        maps.insert(name, Occupancy { entries: used, capacity: u64::from(info.max_entries()) });
     }
     let agent_running = meta.agent_pid != 0 && is_wsfwd(meta.agent_pid);
     Ok(Status {
@@ -160,11 +172,7 @@ pub fn render_status(s: &Status) -> String {
         out += &format!("attached:   {} ({})\n", a.interface, a.mode);
     }
     for (name, o) in &s.maps {
-        if o.entries == 0 && matches!(*name, names::BACKENDS | names::MAGLEV) {
-            out += &format!("{:<12}{} per plan\n", format!("{}:", name.to_lowercase()), o.capacity);
-        } else {
-            out += &format!("{:<12}{} of {}\n", format!("{}:", name.to_lowercase()), o.entries, o.capacity);
-        }
+        out += &format!("{:<12}{} of {}\n", format!("{}:", name.to_lowercase()), o.entries, o.capacity);
     }
     out
 }

@@ -8,7 +8,7 @@
 pub mod attach;
 pub mod contents;
 pub mod gc;
-mod plan;
+pub mod plan;
 
 use std::path::Path;
 
@@ -19,7 +19,7 @@ use aya::{
     programs::{SchedClassifier, TcAttachType},
 };
 use wsfwd_common::abi::{
-    AffinityEntry, AffinityKey, Attachment, FlowEntry, FlowKey, LAYOUT_VERSION, LOAD_APPLIED, Meta, globals,
+    AffinityEntry, AffinityKey, Attachment, FlowEntry, FlowKey, LAYOUT_VERSION, LOAD_APPLIED, MAX_SNAT_IPS, Meta, globals,
     map_names as names,
 };
 
@@ -67,10 +67,9 @@ pub struct Datapath {
     half_open: HalfOpenMap,
     meta: Array<MapData, Meta>,
     affinity: AffinityMap,
-    /// The live plan, and which half of the plan maps it is in.
+    /// The live plan, as last applied, and where it is in the maps.
     live: Contents,
-    half: u32,
-    capacity: Capacity,
+    layout: plan::Layout,
     pub start: Start,
     /// Where the programs are attached: (interface, mode).
     attached: Vec<(String, u32)>,
@@ -229,10 +228,12 @@ impl Datapath {
         let half_open = HashMap::try_from(take(&mut ebpf, names::HALF_OPEN)?)?;
         let meta = Array::try_from(take(&mut ebpf, names::META)?)?;
         let affinity = HashMap::try_from(take(&mut ebpf, names::AFFINITY)?)?;
-        let (previous, half) = match adopted {
-            Some(m) => (plan::read_live(&mut ebpf)?, m.live_half),
-            None => (Contents::default(), 1),
+        let (maglev_size, backends_size) = (2 * capacity.maglev, 2 * capacity.backends);
+        let layout = match adopted {
+            Some(_) => plan::Layout::read(&mut ebpf, maglev_size, backends_size, MAX_SNAT_IPS)?,
+            None => plan::Layout::new(maglev_size, backends_size, MAX_SNAT_IPS),
         };
+        let previous = layout.live();
         let mut this = Self {
             ebpf,
             conntrack,
@@ -242,8 +243,7 @@ impl Datapath {
             meta,
             affinity,
             live: previous,
-            half,
-            capacity,
+            layout,
             start: if adopted.is_some() { Start::Adopted } else { Start::Fresh },
             attached: Vec::new(),
             cleanup_on_drop: adopted.is_none(),
@@ -251,7 +251,7 @@ impl Datapath {
         };
         let prior = adopted.unwrap_or_default();
         let loaded_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        // The counts and the live half carry over from the adopted datapath.
+        // The counts carry over from the adopted datapath.
         let meta = Meta { layout: LAYOUT_VERSION, hash_seed: opts.hash_seed, last_load: LOAD_APPLIED, last_load_unix: loaded_at, ..prior };
         this.write_meta(meta)?;
         this.attach(ifaces, opts.attach)?;
@@ -323,21 +323,15 @@ impl Datapath {
         self.write_meta(m)
     }
 
-    /// Makes `next` the live plan: written whole into the idle half, then
-    /// switched to frontend by frontend; what it no longer has is removed
-    /// last. Unchanged entries are rewritten with the same values.
-    pub fn replace(&mut self, next: &Contents) -> anyhow::Result<()> {
-        let half = 1 - self.half;
-        if let Err(e) = plan::write(&mut self.ebpf, next, &self.live, half, self.capacity) {
-            // Some frontends may have switched: point them all back at the
-            // live half (unchanged), so the next plan can use the idle one.
-            let _ = plan::write(&mut self.ebpf, &self.live, next, self.half, self.capacity);
-            return Err(e);
-        }
-        self.half = half;
+    /// Makes `next` the live plan: each service whose table changed gets it
+    /// in a fresh region and switches with one `SERVICES` write per
+    /// frontend; unchanged services are not touched (see `plan`).
+    pub fn replace(&mut self, next: &Contents) -> anyhow::Result<plan::Applied> {
+        let applied = self.layout.apply(&mut self.ebpf, next)?;
         self.live = next.clone();
         let meta = self.meta()?;
-        self.write_meta(Meta { live_half: half, generation: meta.generation + 1, ..meta })
+        self.write_meta(Meta { generation: meta.generation + 1, ..meta })?;
+        Ok(applied)
     }
 
     /// The live plan.

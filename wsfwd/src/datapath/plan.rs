@@ -1,131 +1,486 @@
-//! Writing a plan into the maps. `BACKENDS`, `MAGLEV` and `SNAT_IPS` hold
-//! two plans, each in its own half: the live one, and room for the next. A
-//! new plan is written whole into the idle half, then each frontend switches
-//! to it with one `SERVICES` write, so no packet ever sees a half-written
-//! table or endpoint.
+//! Where a plan lives in the maps, and how a new one becomes live without a
+//! packet ever seeing half of it.
+//!
+//! Each service's Maglev table has its own region of `MAGLEV`; each endpoint
+//! (as the datapath needs it: address, port, full-NAT flag, SNAT addresses)
+//! its own id in `BACKENDS`; each list of SNAT addresses its own range of
+//! `SNAT_IPS`. Applying a plan compares it with the live one service by
+//! service: an unchanged service is not touched at all; a changed one gets
+//! its new table written into a fresh region (new endpoints and SNAT lists
+//! first), then each of its frontends switches with one `SERVICES` write.
+//! Freed regions and ids are reused only after a grace period, so a packet
+//! that read the old `SERVICES` entry an instant before the switch still
+//! finds its old table intact.
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap as Std},
+    time::{Duration, Instant},
+};
+
 use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf,
     maps::{Array, HashMap},
 };
-use wsfwd_common::abi::{Backend, FrontendName, ReadyKey, RevNatEntry, RevNatKey, ServiceEntry, ServiceKey, map_names as names};
+use wsfwd_common::abi::{
+    BACKEND_F_SNAT, Backend, FrontendName, ReadyKey, RevNatEntry, RevNatKey, ServiceEntry, ServiceKey,
+    map_names as names,
+};
 
-use super::contents::{self, Capacity, Contents};
+use super::contents::Contents;
+
+/// How long a freed region or id stays untouched: far longer than any packet
+/// takes between reading `SERVICES` and reading its table.
+const GRACE: Duration = Duration::from_millis(100);
 
 fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::maps::Map> {
     ebpf.map_mut(name).ok_or_else(|| anyhow!("map {name} missing"))
 }
 
-/// Writes plan `c` into half `half` of the plan maps, then points the
-/// frontends at it and removes what `previous` had that `c` has not.
-pub fn write(ebpf: &mut Ebpf, c: &Contents, previous: &Contents, half: u32, cap: Capacity) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        c.backends.len() <= cap.backends as usize && c.maglev.len() <= cap.maglev as usize,
-        "the plan needs {} endpoints and {} Maglev slots, more than the pinned maps hold ({} and {}); they are \
-         sized when first created, so a larger configuration needs `wsfwd cleanup` and a fresh start",
-        c.backends.len(),
-        c.maglev.len(),
-        cap.backends,
-        cap.maglev
-    );
-    anyhow::ensure!(
-        c.ready.len() <= cap.ready as usize,
-        "the plan has {} endpoints of services with affinity, more than the {} the pinned READY map holds",
-        c.ready.len(),
-        cap.ready
-    );
-    let (backend_base, maglev_base, snat_base) = (half * cap.backends, half * cap.maglev, half * contents::SNAT_IPS_PER_PLAN);
-    // The idle half first: nothing refers to it yet.
-    let mut snat_ips: Array<_, [u8; 4]> = Array::try_from(map(ebpf, names::SNAT_IPS)?)?;
-    for (i, ip) in c.snat_ips.iter().enumerate() {
-        snat_ips.set(snat_base + i as u32, ip.octets(), 0).context("writing SNAT_IPS")?;
+fn need(m: Option<&mut aya::maps::Map>) -> anyhow::Result<&mut aya::maps::Map> {
+    m.ok_or_else(|| anyhow!("a plan map is missing from the object"))
+}
+
+/// Free space of an array map, as (offset → length) runs; first fit.
+#[derive(Clone, Debug)]
+struct Regions {
+    free: BTreeMap<u32, u32>,
+}
+
+impl Regions {
+    fn new(total: u32) -> Self {
+        Self { free: if total > 0 { [(0, total)].into() } else { BTreeMap::new() } }
     }
-    let mut backends: Array<_, Backend> = Array::try_from(map(ebpf, names::BACKENDS)?)?;
-    for (i, b) in c.backends.iter().enumerate() {
-        let b = Backend { snat_first: b.snat_first + snat_base as u8, ..*b };
-        backends.set(backend_base + i as u32, b, 0).context("writing BACKENDS")?;
-    }
-    let mut maglev: Array<_, u32> = Array::try_from(map(ebpf, names::MAGLEV)?)?;
-    for (i, id) in c.maglev.iter().enumerate() {
-        maglev.set(maglev_base + i as u32, backend_base + id, 0).context("writing MAGLEV")?;
-    }
-    // Replies of endpoints that may now be behind the node.
-    let mut revnat: HashMap<_, RevNatKey, RevNatEntry> = HashMap::try_from(map(ebpf, names::REVNAT)?)?;
-    for (k, v) in &c.revnat {
-        revnat.insert(k, v, 0).context("writing REVNAT")?;
-    }
-    let (addrs, old_addrs) = (endpoint_addrs(c), endpoint_addrs(previous));
-    let mut endpoints: HashMap<_, [u8; 4], u8> = HashMap::try_from(map(ebpf, names::ENDPOINT_ADDRS)?)?;
-    for a in &addrs {
-        endpoints.insert(a, 1, 0).context("writing ENDPOINT_ADDRS")?;
-    }
-    for a in old_addrs.difference(&addrs) {
-        let _ = endpoints.remove(a);
-    }
-    let mut names_map: HashMap<_, ServiceKey, FrontendName> = HashMap::try_from(map(ebpf, names::FRONTEND_NAMES)?)?;
-    for (k, name) in &c.frontend_names {
-        let mut v = FrontendName::default();
-        for (o, b) in v.0.iter_mut().zip(name.bytes().take(159)) {
-            *o = b;
+
+    fn alloc(&mut self, len: u32) -> Option<u32> {
+        if len == 0 {
+            return Some(0);
         }
-        names_map.insert(k, v, 0).context("writing FRONTEND_NAMES")?;
+        let (&at, &run) = self.free.iter().find(|(_, run)| **run >= len)?;
+        self.free.remove(&at);
+        if run > len {
+            self.free.insert(at + len, run - len);
+        }
+        Some(at)
     }
-    // Endpoints an affinity may send to, at their ids in this half.
-    let mut ready: HashMap<_, ReadyKey, u32> = HashMap::try_from(map(ebpf, names::READY)?)?;
-    for (k, id) in &c.ready {
-        ready.insert(k, backend_base + id, 0).context("writing READY")?;
+
+    /// Marks `[at, at + len)` used (adopting a running datapath).
+    fn take(&mut self, at: u32, len: u32) {
+        if len == 0 {
+            return;
+        }
+        let Some((&start, &run)) = self.free.range(..=at).next_back() else { return };
+        if start + run < at + len {
+            return;
+        }
+        self.free.remove(&start);
+        if at > start {
+            self.free.insert(start, at - start);
+        }
+        if start + run > at + len {
+            self.free.insert(at + len, start + run - at - len);
+        }
     }
-    // The switch: one write per frontend.
-    let mut services: HashMap<_, ServiceKey, ServiceEntry> = HashMap::try_from(map(ebpf, names::SERVICES)?)?;
-    for (k, v) in &c.services {
-        let v = ServiceEntry { table_offset: maglev_base + v.table_offset, ..*v };
-        services.insert(k, v, 0).context("writing SERVICES")?;
+
+    fn release(&mut self, at: u32, len: u32) {
+        if len == 0 {
+            return;
+        }
+        let (mut at, mut len) = (at, len);
+        if let Some((&prev, &run)) = self.free.range(..at).next_back() {
+            if prev + run == at {
+                self.free.remove(&prev);
+                (at, len) = (prev, len + run);
+            }
+        }
+        if let Some(&next_run) = self.free.get(&(at + len)) {
+            self.free.remove(&(at + len));
+            len += next_run;
+        }
+        self.free.insert(at, len);
     }
-    // What the new plan no longer has.
-    let gone: Vec<ServiceKey> =
-        previous.services.iter().filter(|(k, _)| !c.services.iter().any(|(n, _)| n == k)).map(|(k, _)| *k).collect();
-    for k in &gone {
-        let _ = services.remove(k);
-    }
-    let mut names_map: HashMap<_, ServiceKey, FrontendName> = HashMap::try_from(map(ebpf, names::FRONTEND_NAMES)?)?;
-    for k in &gone {
-        let _ = names_map.remove(k);
-    }
-    let mut ready: HashMap<_, ReadyKey, u32> = HashMap::try_from(map(ebpf, names::READY)?)?;
-    for (k, _) in previous.ready.iter().filter(|(k, _)| !c.ready.iter().any(|(n, _)| n == k)) {
-        let _ = ready.remove(k);
-    }
-    let mut revnat: HashMap<_, RevNatKey, RevNatEntry> = HashMap::try_from(map(ebpf, names::REVNAT)?)?;
-    for (k, _) in previous.revnat.iter().filter(|(k, _)| !c.revnat.iter().any(|(n, _)| n == k)) {
-        let _ = revnat.remove(k);
-    }
-    Ok(())
 }
 
-/// The addresses of a plan's endpoints behind the node.
-fn endpoint_addrs(c: &Contents) -> std::collections::BTreeSet<[u8; 4]> {
-    c.revnat.iter().map(|(k, _)| k.addr).collect()
+/// Something freed, waiting out the grace period.
+#[derive(Clone, Copy, Debug)]
+enum Freed {
+    Maglev(u32, u32),
+    Backend(u32),
+    Snat(u32, u32),
 }
 
-/// What the maps say is live, as far as a new plan must know to replace it:
-/// the frontends (with their services' names and ids), the endpoints whose
-/// replies are translated, and those affinities may send to. Read when
-/// adopting a running datapath.
-pub fn read_live(ebpf: &mut Ebpf) -> anyhow::Result<Contents> {
-    let services: HashMap<_, ServiceKey, ServiceEntry> = HashMap::try_from(map(ebpf, names::SERVICES)?)?;
-    let services = services.iter().collect::<Result<Vec<_>, _>>().context("reading SERVICES")?;
-    let revnat: HashMap<_, RevNatKey, RevNatEntry> = HashMap::try_from(map(ebpf, names::REVNAT)?)?;
-    let revnat = revnat.iter().collect::<Result<Vec<_>, _>>().context("reading REVNAT")?;
-    let names_map: HashMap<_, ServiceKey, FrontendName> = HashMap::try_from(map(ebpf, names::FRONTEND_NAMES)?)?;
-    let frontend_names = names_map
-        .iter()
-        .filter_map(Result::ok)
-        .map(|(k, v)| {
-            let end = v.0.iter().position(|&b| b == 0).unwrap_or(v.0.len());
-            (k, String::from_utf8_lossy(&v.0[..end]).into_owned())
-        })
-        .collect();
-    let ready: HashMap<_, ReadyKey, u32> = HashMap::try_from(map(ebpf, names::READY)?)?;
-    let ready = ready.iter().collect::<Result<Vec<_>, _>>().context("reading READY")?;
-    Ok(Contents { services, revnat, frontend_names, ready, ..Contents::default() })
+/// A service's live table: its region and the backend ids in its slots.
+#[derive(Clone, Debug, PartialEq)]
+struct Table {
+    offset: u32,
+    slots: Vec<u32>,
+}
+
+/// What is live in the maps, and where.
+pub struct Layout {
+    maglev: Regions,
+    backend_ids: Regions,
+    snat_slots: Regions,
+    backends: Std<Backend, u32>,
+    snat_lists: Std<Vec<[u8; 4]>, u32>,
+    tables: BTreeMap<u32, Table>,
+    services: BTreeMap<ServiceKey, ServiceEntry>,
+    names: BTreeMap<ServiceKey, String>,
+    revnat: BTreeMap<RevNatKey, RevNatEntry>,
+    ready: BTreeMap<ReadyKey, u32>,
+    endpoint_addrs: BTreeSet<[u8; 4]>,
+    pending: Vec<(Instant, Freed)>,
+}
+
+/// What an `apply` changed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Applied {
+    /// Maglev tables written (services whose table changed, or new).
+    pub tables_written: usize,
+    /// `SERVICES` entries written.
+    pub frontends_switched: usize,
+    /// Frontends left exactly as they were.
+    pub frontends_untouched: usize,
+}
+
+/// What one `apply` wrote: enough to undo it.
+#[derive(Default)]
+struct Written {
+    allocated: Vec<Freed>,
+    /// Frontends switched, with their previous entry.
+    switched: Vec<(ServiceKey, Option<ServiceEntry>)>,
+    /// `READY` entries written, with their previous value.
+    ready: Vec<(ReadyKey, Option<u32>)>,
+}
+
+impl Layout {
+    /// An empty layout over maps of these sizes.
+    pub fn new(maglev: u32, backends: u32, snat: u32) -> Self {
+        Self {
+            maglev: Regions::new(maglev),
+            backend_ids: Regions::new(backends),
+            snat_slots: Regions::new(snat),
+            backends: Std::new(),
+            snat_lists: Std::new(),
+            tables: BTreeMap::new(),
+            services: BTreeMap::new(),
+            names: BTreeMap::new(),
+            revnat: BTreeMap::new(),
+            ready: BTreeMap::new(),
+            endpoint_addrs: BTreeSet::new(),
+            pending: Vec::new(),
+        }
+    }
+
+    /// The layout a running datapath's maps hold.
+    pub fn read(ebpf: &mut Ebpf, maglev_size: u32, backends_size: u32, snat_size: u32) -> anyhow::Result<Self> {
+        let mut this = Self::new(maglev_size, backends_size, snat_size);
+        let services: HashMap<_, ServiceKey, ServiceEntry> = HashMap::try_from(map(ebpf, names::SERVICES)?)?;
+        this.services = services.iter().collect::<Result<_, _>>().context("reading SERVICES")?;
+        let maglev: Array<_, u32> = Array::try_from(map(ebpf, names::MAGLEV)?)?;
+        for e in this.services.values() {
+            if this.tables.contains_key(&e.service_id) {
+                continue;
+            }
+            let slots = (0..e.table_size)
+                .map(|i| maglev.get(&(e.table_offset + i), 0))
+                .collect::<Result<Vec<_>, _>>()
+                .context("reading MAGLEV")?;
+            this.maglev.take(e.table_offset, e.table_size);
+            this.tables.insert(e.service_id, Table { offset: e.table_offset, slots });
+        }
+        let backends: Array<_, Backend> = Array::try_from(map(ebpf, names::BACKENDS)?)?;
+        let ids: BTreeSet<u32> = this.tables.values().flat_map(|t| t.slots.iter().copied()).collect();
+        for id in ids {
+            let b = backends.get(&id, 0).context("reading BACKENDS")?;
+            this.backend_ids.take(id, 1);
+            this.backends.insert(b, id);
+        }
+        let snat: Array<_, [u8; 4]> = Array::try_from(map(ebpf, names::SNAT_IPS)?)?;
+        for b in this.backends.keys().filter(|b| b.flags & BACKEND_F_SNAT != 0) {
+            let list = (0..u32::from(b.snat_count))
+                .map(|i| snat.get(&(u32::from(b.snat_first) + i), 0))
+                .collect::<Result<Vec<_>, _>>()
+                .context("reading SNAT_IPS")?;
+            if this.snat_lists.insert(list, u32::from(b.snat_first)).is_none() {
+                this.snat_slots.take(u32::from(b.snat_first), u32::from(b.snat_count));
+            }
+        }
+        let revnat: HashMap<_, RevNatKey, RevNatEntry> = HashMap::try_from(map(ebpf, names::REVNAT)?)?;
+        this.revnat = revnat.iter().collect::<Result<_, _>>().context("reading REVNAT")?;
+        let ready: HashMap<_, ReadyKey, u32> = HashMap::try_from(map(ebpf, names::READY)?)?;
+        this.ready = ready.iter().collect::<Result<_, _>>().context("reading READY")?;
+        let addrs: HashMap<_, [u8; 4], u8> = HashMap::try_from(map(ebpf, names::ENDPOINT_ADDRS)?)?;
+        this.endpoint_addrs = addrs.keys().collect::<Result<_, _>>().context("reading ENDPOINT_ADDRS")?;
+        let names_map: HashMap<_, ServiceKey, FrontendName> = HashMap::try_from(map(ebpf, names::FRONTEND_NAMES)?)?;
+        this.names = names_map
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| {
+                let end = v.0.iter().position(|&b| b == 0).unwrap_or(v.0.len());
+                (k, String::from_utf8_lossy(&v.0[..end]).into_owned())
+            })
+            .collect();
+        Ok(this)
+    }
+
+    /// What is live, in the agent's terms: frontends (with their services'
+    /// names and ids), endpoints whose replies are translated, and the
+    /// endpoints affinities may send to.
+    pub fn live(&self) -> Contents {
+        Contents {
+            services: self.services.iter().map(|(k, v)| (*k, *v)).collect(),
+            revnat: self.revnat.iter().map(|(k, v)| (*k, *v)).collect(),
+            frontend_names: self.names.clone(),
+            ready: self.ready.iter().map(|(k, v)| (*k, *v)).collect(),
+            ..Contents::default()
+        }
+    }
+
+    fn release_due(&mut self, now: Instant) {
+        let (due, keep): (Vec<_>, Vec<_>) = self.pending.drain(..).partition(|(at, _)| now.duration_since(*at) >= GRACE);
+        self.pending = keep;
+        for (_, f) in due {
+            self.release(f);
+        }
+    }
+
+    fn release(&mut self, f: Freed) {
+        match f {
+            Freed::Maglev(at, len) => self.maglev.release(at, len),
+            Freed::Backend(id) => self.backend_ids.release(id, 1),
+            Freed::Snat(at, len) => self.snat_slots.release(at, len),
+        }
+    }
+
+    /// Makes `next` live, touching only what changed. On failure nothing
+    /// new stays referenced: frontends already switched are switched back.
+    pub fn apply(&mut self, ebpf: &mut Ebpf, next: &Contents) -> anyhow::Result<Applied> {
+        self.release_due(Instant::now());
+        let mut w = Written::default();
+        let result = self.write(ebpf, next, &mut w);
+        if result.is_err() {
+            if let Ok(m) = map(ebpf, names::READY) {
+                if let Ok(mut ready) = HashMap::<_, ReadyKey, u32>::try_from(m) {
+                    for (k, old) in w.ready.iter().rev() {
+                        let _ = match old {
+                            Some(v) => ready.insert(k, v, 0),
+                            None => ready.remove(k),
+                        };
+                    }
+                }
+            }
+            if let Ok(m) = map(ebpf, names::SERVICES) {
+                if let Ok(mut services) = HashMap::<_, ServiceKey, ServiceEntry>::try_from(m) {
+                    for (k, old) in w.switched.iter().rev() {
+                        let _ = match old {
+                            Some(v) => services.insert(k, v, 0),
+                            None => services.remove(k),
+                        };
+                    }
+                }
+            }
+            // Written but never referenced: free at once.
+            for f in w.allocated {
+                self.release(f);
+            }
+            self.backends.retain(|_, id| self.tables.values().any(|t| t.slots.contains(id)));
+        }
+        result
+    }
+
+    fn write(&mut self, ebpf: &mut Ebpf, next: &Contents, w: &mut Written) -> anyhow::Result<Applied> {
+        let mut applied = Applied::default();
+        let [snat_m, backends_m, maglev_m, revnat_m, endpoints_m, names_m, ready_m, services_m] = ebpf.maps_disjoint_mut([
+            names::SNAT_IPS,
+            names::BACKENDS,
+            names::MAGLEV,
+            names::REVNAT,
+            names::ENDPOINT_ADDRS,
+            names::FRONTEND_NAMES,
+            names::READY,
+            names::SERVICES,
+        ]);
+        let full = |what: &str| anyhow!("the pinned {what} map is full; they are sized when first created, so a larger configuration needs `wsfwd cleanup` and a fresh start");
+        // SNAT address lists, then endpoints: written before any table names them.
+        let mut snat_ips: Array<_, [u8; 4]> = Array::try_from(need(snat_m)?)?;
+        let mut global = Vec::with_capacity(next.backends.len());
+        let mut new_lists: Std<Vec<[u8; 4]>, u32> = Std::new();
+        for b in &next.backends {
+            let mut g = *b;
+            if b.flags & BACKEND_F_SNAT != 0 {
+                let (first, count) = (usize::from(b.snat_first), usize::from(b.snat_count));
+                let list: Vec<[u8; 4]> = next.snat_ips[first..first + count].iter().map(|a| a.octets()).collect();
+                let at = match self.snat_lists.get(&list).or_else(|| new_lists.get(&list)) {
+                    Some(&at) => at,
+                    None => {
+                        let at = self.snat_slots.alloc(count as u32).ok_or_else(|| full("SNAT_IPS"))?;
+                        w.allocated.push(Freed::Snat(at, count as u32));
+                        for (i, ip) in list.iter().enumerate() {
+                            snat_ips.set(at + i as u32, *ip, 0).context("writing SNAT_IPS")?;
+                        }
+                        new_lists.insert(list, at);
+                        at
+                    }
+                };
+                g.snat_first = at as u8;
+            }
+            global.push(g);
+        }
+        let mut backends: Array<_, Backend> = Array::try_from(need(backends_m)?)?;
+        let mut ids = Vec::with_capacity(global.len());
+        for g in &global {
+            let id = match self.backends.get(g) {
+                Some(&id) => id,
+                None => {
+                    let id = self.backend_ids.alloc(1).ok_or_else(|| full("BACKENDS"))?;
+                    w.allocated.push(Freed::Backend(id));
+                    backends.set(id, *g, 0).context("writing BACKENDS")?;
+                    self.backends.insert(*g, id);
+                    id
+                }
+            };
+            ids.push(id);
+        }
+        // Tables: unchanged ones stay where they are; changed ones go to a fresh region.
+        let mut maglev: Array<_, u32> = Array::try_from(need(maglev_m)?)?;
+        let mut tables: BTreeMap<u32, Table> = BTreeMap::new();
+        for (_, e) in &next.services {
+            if tables.contains_key(&e.service_id) {
+                continue;
+            }
+            let slots: Vec<u32> = next.maglev[e.table_offset as usize..][..e.table_size as usize]
+                .iter()
+                .map(|&local| ids[local as usize])
+                .collect();
+            let table = match self.tables.get(&e.service_id) {
+                Some(t) if t.slots == slots => t.clone(),
+                _ => {
+                    let offset = self.maglev.alloc(slots.len() as u32).ok_or_else(|| full("MAGLEV"))?;
+                    w.allocated.push(Freed::Maglev(offset, slots.len() as u32));
+                    for (i, id) in slots.iter().enumerate() {
+                        maglev.set(offset + i as u32, *id, 0).context("writing MAGLEV")?;
+                    }
+                    applied.tables_written += 1;
+                    Table { offset, slots }
+                }
+            };
+            tables.insert(e.service_id, table);
+        }
+        // Everything a new entry may lead to, before the switch.
+        let mut revnat: HashMap<_, RevNatKey, RevNatEntry> = HashMap::try_from(need(revnat_m)?)?;
+        let next_revnat: BTreeMap<RevNatKey, RevNatEntry> = next.revnat.iter().copied().collect();
+        for (k, v) in &next_revnat {
+            if self.revnat.get(k) != Some(v) {
+                revnat.insert(k, v, 0).context("writing REVNAT")?;
+            }
+        }
+        let addrs: BTreeSet<[u8; 4]> = next_revnat.keys().map(|k| k.addr).collect();
+        let mut endpoints: HashMap<_, [u8; 4], u8> = HashMap::try_from(need(endpoints_m)?)?;
+        for a in addrs.difference(&self.endpoint_addrs) {
+            endpoints.insert(a, 1, 0).context("writing ENDPOINT_ADDRS")?;
+        }
+        let mut names_map: HashMap<_, ServiceKey, FrontendName> = HashMap::try_from(need(names_m)?)?;
+        for (k, name) in &next.frontend_names {
+            if self.names.get(k) != Some(name) {
+                let mut v = FrontendName::default();
+                for (o, b) in v.0.iter_mut().zip(name.bytes().take(159)) {
+                    *o = b;
+                }
+                names_map.insert(k, v, 0).context("writing FRONTEND_NAMES")?;
+            }
+        }
+        let mut ready: HashMap<_, ReadyKey, u32> = HashMap::try_from(need(ready_m)?)?;
+        let next_ready: BTreeMap<ReadyKey, u32> = next.ready.iter().map(|(k, local)| (*k, ids[*local as usize])).collect();
+        for (k, id) in &next_ready {
+            if self.ready.get(k) != Some(id) {
+                ready.insert(k, id, 0).context("writing READY")?;
+                w.ready.push((*k, self.ready.get(k).copied()));
+            }
+        }
+        // The switch: one write per frontend whose entry changed.
+        let mut services: HashMap<_, ServiceKey, ServiceEntry> = HashMap::try_from(need(services_m)?)?;
+        let mut next_services = BTreeMap::new();
+        for (k, e) in &next.services {
+            let v = ServiceEntry { table_offset: tables[&e.service_id].offset, ..*e };
+            let old = self.services.get(k).copied();
+            if old != Some(v) {
+                services.insert(k, v, 0).with_context(|| format!("writing SERVICES (frontend {k:?})"))?;
+                w.switched.push((*k, old));
+                applied.frontends_switched += 1;
+            } else {
+                applied.frontends_untouched += 1;
+            }
+            next_services.insert(*k, v);
+        }
+
+        // Live. What the new plan no longer has goes last.
+        for k in self.services.keys().filter(|k| !next_services.contains_key(*k)) {
+            let _ = services.remove(k);
+        }
+        for k in self.names.keys().filter(|k| !next.frontend_names.contains_key(*k)) {
+            let _ = names_map.remove(k);
+        }
+        for k in self.ready.keys().filter(|k| !next_ready.contains_key(*k)) {
+            let _ = ready.remove(k);
+        }
+        for k in self.revnat.keys().filter(|k| !next_revnat.contains_key(*k)) {
+            let _ = revnat.remove(k);
+        }
+        for a in self.endpoint_addrs.difference(&addrs) {
+            let _ = endpoints.remove(a);
+        }
+        // Regions, ids and SNAT ranges nothing refers to any more wait out the grace period.
+        let now = Instant::now();
+        for (sid, t) in &self.tables {
+            if tables.get(sid).is_none_or(|n| n.offset != t.offset) {
+                self.pending.push((now, Freed::Maglev(t.offset, t.slots.len() as u32)));
+            }
+        }
+        let used: BTreeSet<u32> = tables.values().flat_map(|t| t.slots.iter().copied()).collect();
+        let unused: Vec<(Backend, u32)> = self.backends.iter().filter(|(_, id)| !used.contains(id)).map(|(b, id)| (*b, *id)).collect();
+        for (b, id) in unused {
+            self.backends.remove(&b);
+            self.pending.push((now, Freed::Backend(id)));
+        }
+        self.snat_lists.extend(new_lists);
+        let used_snat: BTreeSet<u8> =
+            self.backends.keys().filter(|b| b.flags & BACKEND_F_SNAT != 0).map(|b| b.snat_first).collect();
+        let gone: Vec<(Vec<[u8; 4]>, u32)> =
+            self.snat_lists.iter().filter(|(_, at)| !used_snat.contains(&(**at as u8))).map(|(l, at)| (l.clone(), *at)).collect();
+        for (list, at) in gone {
+            self.snat_lists.remove(&list);
+            self.pending.push((now, Freed::Snat(at, list.len() as u32)));
+        }
+        self.tables = tables;
+        self.services = next_services;
+        self.names = next.frontend_names.clone();
+        self.ready = next_ready;
+        self.revnat = next_revnat;
+        self.endpoint_addrs = addrs;
+        Ok(applied)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Regions;
+
+    #[test]
+    fn regions_allocate_first_fit_and_coalesce() {
+        let mut r = Regions::new(100);
+        assert_eq!(r.alloc(30), Some(0));
+        assert_eq!(r.alloc(30), Some(30));
+        assert_eq!(r.alloc(50), None);
+        r.release(0, 30);
+        assert_eq!(r.alloc(40), Some(60));
+        r.release(30, 30);
+        // 0..60 is one run again.
+        assert_eq!(r.alloc(60), Some(0));
+        assert_eq!(r.alloc(1), None);
+        let mut r = Regions::new(100);
+        r.take(10, 20);
+        assert_eq!(r.alloc(10), Some(0));
+        assert_eq!(r.alloc(10), Some(30));
+        assert_eq!(r.alloc(0), Some(0), "an empty table needs no room");
+    }
 }

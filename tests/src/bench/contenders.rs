@@ -90,15 +90,22 @@ impl Running {
 }
 
 /// A synthetic service address for scale runs: 10.99.x.y.
-fn scale_vip(i: usize) -> Ipv4Addr {
+pub fn scale_vip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 99, (i / 250) as u8, (i % 250 + 1) as u8)
 }
 
-fn backends(t: &Topo) -> Vec<Ipv4Addr> {
+pub fn backends(t: &Topo) -> Vec<Ipv4Addr> {
     t.backends.iter().map(|b| b.addr).collect()
 }
 
 pub fn wsfwd_config(t: &Topo, extra_services: usize) -> String {
+    let all = backends(t);
+    wsfwd_config_with(extra_services, &all, &all)
+}
+
+/// `wsfwd_config` with the "ws" service's endpoints `ws` and the extra
+/// services' `rest`.
+pub fn wsfwd_config_with(extra_services: usize, ws: &[Ipv4Addr], rest: &[Ipv4Addr]) -> String {
     let eps = |port: u16, addrs: &[Ipv4Addr]| -> String {
         let mut s = format!("ports: [{{port: {port}}}]\nendpoints:\n");
         for a in addrs {
@@ -112,11 +119,10 @@ pub fn wsfwd_config(t: &Topo, extra_services: usize) -> String {
             eps(target, addrs)
         )
     };
-    let all = backends(t);
-    let mut out = svc("ws", VIP, WS_PORT, WS_PORT, &all);
-    out += &svc("bulk", VIP, BULK_PORT, BULK_PORT, &all[..1]);
+    let mut out = svc("ws", VIP, WS_PORT, WS_PORT, ws);
+    out += &svc("bulk", VIP, BULK_PORT, BULK_PORT, &rest[..1]);
     for i in 0..extra_services {
-        out += &svc(&format!("s{i}"), scale_vip(i), WS_PORT, WS_PORT, &all);
+        out += &svc(&format!("s{i}"), scale_vip(i), WS_PORT, WS_PORT, rest);
     }
     out
 }

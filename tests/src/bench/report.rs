@@ -167,6 +167,7 @@ pub fn markdown(r: &Results) -> String {
         bulk_table(r),
         memory_table(r),
         scale_table(r),
+        reload_table(r),
         notes(r),
     ]
     .join("\n")
@@ -419,6 +420,31 @@ fn scale_table(r: &Results) -> String {
     format!(
         "## Scale: connection rate with many services\n\n{}",
         md_table(&header, &rows)
+    )
+}
+
+/// The reload section alone.
+pub fn reload_section(r: &Results) -> String {
+    reload_table(r)
+}
+
+fn reload_table(r: &Results) -> String {
+    let Some(x) = &r.reload else { return "## Reloads\n\nNot measured (see errors).\n".into() };
+    let rows = vec![
+        vec![format!("one endpoint changed, 2 services ({} changes)", x.one_change_count), format!("{:.2}", x.one_change_p50_ms), format!("{:.2}", x.one_change_p99_ms)],
+        vec![format!("one endpoint changed, {} services", x.big_services), format!("{:.2}", x.big_one_change_p50_ms), format!("{:.2}", x.big_one_change_p99_ms)],
+        vec![format!("every service changed, {} services", x.big_services), format!("{:.0}", x.big_all_changed_ms), "".into()],
+    ];
+    format!(
+        "## Reloads\n\nTime from renaming a new config file into place to the change being live (the \
+         frontend's `SERVICES` entry switched), in ms: inotify, parsing, compiling and writing the \
+         maps included.\n\n{}\n64-byte echo p99: {} µs quiet, {} µs with {} reloads spread over the run \
+         ({} errors).\n",
+        md_table(&["change", "p50 (ms)", "p99 (ms)"], &rows),
+        num(x.echo_p99_us_quiet),
+        num(x.echo_p99_us_reloading),
+        x.reloads_during_echo,
+        x.echo_errors
     )
 }
 

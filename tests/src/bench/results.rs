@@ -89,6 +89,28 @@ pub struct Scale {
     pub map_bytes: Option<u64>,
 }
 
+/// Reloads: time from writing the config file to the change being live in
+/// the maps (the frontend's `SERVICES` entry switched), and WebSocket echo
+/// latency while reloads happen.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Reload {
+    /// One endpoint added or removed, in a small file.
+    pub one_change_count: usize,
+    pub one_change_p50_ms: f64,
+    pub one_change_p99_ms: f64,
+    /// The same in a file of `big_services` services (the others unchanged).
+    pub big_services: usize,
+    pub big_one_change_p50_ms: f64,
+    pub big_one_change_p99_ms: f64,
+    /// Every service of the big file changed at once.
+    pub big_all_changed_ms: f64,
+    /// 64-byte echo p99 without reloads, and with `reloads_during_echo` reloads spread over the run.
+    pub echo_p99_us_quiet: f64,
+    pub echo_p99_us_reloading: f64,
+    pub reloads_during_echo: usize,
+    pub echo_errors: u64,
+}
+
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Machine {
     pub cpu: String,
@@ -109,4 +131,6 @@ pub struct Results {
     pub ipvs: String,
     pub contenders: Vec<Contender>,
     pub scale: Vec<Scale>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reload: Option<Reload>,
 }

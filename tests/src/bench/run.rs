@@ -31,6 +31,11 @@ pub struct Sizes {
     pub idle_connections: usize,
     pub scale_services: &'static [usize],
     pub scale_time: Duration,
+    /// Reloads timed with a small file, and during the echo run.
+    pub reload_changes: usize,
+    /// The big file's services, and the changes timed in it.
+    pub reload_big_services: usize,
+    pub reload_big_changes: usize,
 }
 
 impl Sizes {
@@ -47,6 +52,9 @@ impl Sizes {
         idle_connections: 10_000,
         scale_services: &[1, 1000, 10_000],
         scale_time: Duration::from_secs(8),
+        reload_changes: 100,
+        reload_big_services: 10_000,
+        reload_big_changes: 20,
     };
     pub const SHORT: Sizes = Sizes {
         connections: 200,
@@ -61,6 +69,9 @@ impl Sizes {
         idle_connections: 2000,
         scale_services: &[1, 1000, 10_000],
         scale_time: Duration::from_secs(2),
+        reload_changes: 20,
+        reload_big_services: 10_000,
+        reload_big_changes: 5,
     };
 }
 
@@ -272,7 +283,7 @@ impl Bench {
 /// Runs everything and returns the results.
 pub async fn run_all(sizes: Sizes, short: bool, command: String) -> anyhow::Result<Results> {
     let scale_runs = 3 * sizes.scale_services.len() as u64;
-    let bench = Bench::new(sizes, ALL.len() as u64 * 5 + scale_runs)?;
+    let bench = Bench::new(sizes, ALL.len() as u64 * 5 + scale_runs + 1)?;
     let mut results = Results {
         command,
         short,
@@ -297,8 +308,28 @@ pub async fn run_all(sizes: Sizes, short: bool, command: String) -> anyhow::Resu
             bench.done();
         }
     }
+    bench.step("reload: time to live, echo latency during reloads");
+    let dir = bench.t.dir.join("reload");
+    std::fs::create_dir_all(&dir)?;
+    match super::reload::reload(&bench.t, &sizes, &dir).await {
+        Ok(r) => results.reload = Some(r),
+        Err(e) => results.contenders.iter_mut().filter(|c| c.name == Kind::Wsfwd.name()).for_each(|c| c.errors.push(format!("reload: {e:#}"))),
+    }
+    bench.done();
     bench.progress.finish_with_message("done");
     Ok(results)
+}
+
+/// Only the reload section (`wsfwd-bench --only reload`): printed, nothing written.
+pub async fn run_reload(sizes: Sizes) -> anyhow::Result<super::results::Reload> {
+    let bench = Bench::new(sizes, 1)?;
+    bench.step("reload: time to live, echo latency during reloads");
+    let dir = bench.t.dir.join("reload");
+    std::fs::create_dir_all(&dir)?;
+    let r = super::reload::reload(&bench.t, &sizes, &dir).await;
+    bench.done();
+    bench.progress.finish_with_message("done");
+    r
 }
 
 /// Raises the open-file limit as far as allowed: to 1M, else to the hard limit.

@@ -21,12 +21,35 @@ struct Args {
     /// The command line to record in the report (set by `cargo xtask bench`).
     #[arg(long, value_name = "CMD", default_value = "cargo xtask bench")]
     command: String,
+    /// Run one section only and print it, writing no report ("reload").
+    #[arg(long, value_name = "SECTION")]
+    only: Option<String>,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
     let args = Args::parse();
     let sizes = if args.short { Sizes::SHORT } else { Sizes::FULL };
+    match args.only.as_deref() {
+        None => {}
+        Some("reload") => {
+            return match wsfwd_tests::bench::run::run_reload(sizes).await {
+                Ok(r) => {
+                    let results = wsfwd_tests::bench::results::Results { reload: Some(r), ..Default::default() };
+                    println!("{}", report::reload_section(&results));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("reload benchmark failed: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(other) => {
+            eprintln!("--only {other}: the sections that run alone are: reload");
+            return ExitCode::from(2);
+        }
+    }
     let results = match run_all(sizes, args.short, args.command.clone()).await {
         Ok(r) => r,
         Err(e) => {

@@ -303,6 +303,8 @@ async fn reloads_lose_nothing(t: &Topo, agent: &Agent, configs: [String; 4]) {
         affinity.new_connections_follow(t, config, step).await;
     }
     assert!(agent.log().contains("removed (its flows drain)"), "{}", agent.log());
+    // A file written in place is read once written, never half-way (its truncation is not an empty config).
+    assert!(!agent.log().contains("-service:9080 removed"), "a partly written file was applied:\n{}", agent.log());
 
     // An invalid file is rejected, naming the error; nothing changes.
     let invalid = second_not_ready.replace("192.168.0.150", "192.168.0.300");

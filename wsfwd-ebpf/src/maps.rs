@@ -1,6 +1,7 @@
 //! The maps, declared once. Sizes here are placeholders: the agent sets the
 //! real ones at load time from the configuration and its flags.
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
@@ -14,9 +15,10 @@ pub static SERVICES: HashMap<ServiceKey, ServiceEntry> = HashMap::with_max_entri
 #[map]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(1, 0);
 
-/// Every service's Maglev table, back to back; entries are `BACKENDS` ids.
+/// Each service's Maglev table in its own region; entries are `BACKENDS`
+/// ids. Memory-mappable: the agent writes whole tables with plain stores.
 #[map]
-pub static MAGLEV: Array<u32> = Array::with_max_entries(1, 0);
+pub static MAGLEV: Array<u32> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 /// Gateway flows. LRU: an evicted flow is rebuilt from Maglev and `REVNAT`.
 #[map]

@@ -256,8 +256,6 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 if let Err(e) = changed {
                     log::warn!("watching {}: {e}", args.config.display());
                 }
-                // Let a writer finish (several events make one change).
-                tokio::time::sleep(CONFIG_SETTLE).await;
                 agent.reload("file changed", false);
             }
             _ = tick.tick() => agent.collect(),
@@ -283,7 +281,8 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
 
 /// How long route changes are left to settle before endpoints are placed again.
 const ROUTE_SETTLE: Duration = Duration::from_millis(300);
-/// How long a config file change is left to settle before it is read.
+/// How long a config file that does not parse is given to be finished by
+/// its writer (written in place, it is read as soon as writing starts).
 const CONFIG_SETTLE: Duration = Duration::from_millis(50);
 
 /// The running agent's state between events.
@@ -322,11 +321,24 @@ impl Agent<'_> {
         }
         self.last_read = text;
         log::info!("{why}: reading {path}");
-        let cfg = match config::parse(&String::from_utf8_lossy(&self.last_read)) {
+        let started = Instant::now();
+        let mut parsed = config::parse(&String::from_utf8_lossy(&self.last_read));
+        if parsed.is_err() && !force {
+            // Perhaps caught mid-write: judge what the writer leaves.
+            std::thread::sleep(CONFIG_SETTLE);
+            if let Ok(text) = std::fs::read(&self.args.config) {
+                if text != self.last_read {
+                    self.last_read = text;
+                    parsed = config::parse(&String::from_utf8_lossy(&self.last_read));
+                }
+            }
+        }
+        let cfg = match parsed {
             Ok(c) => c,
             Err(errors) => return self.rejected(&path, &errors),
         };
         cfg.notes.log();
+        let parsed_in = started.elapsed();
         let changes = reload::describe(&self.services, &cfg.services);
         if changes.is_empty() {
             log::info!("{path}: unchanged; nothing to apply");
@@ -346,10 +358,13 @@ impl Agent<'_> {
                 let _ = self.dp.record_load(LOAD_APPLIED);
                 let generation = self.dp.meta().map(|m| m.generation).unwrap_or(0);
                 log::info!(
-                    "{path}: applied (generation {generation}): {} tables written, {} frontends switched, {} untouched",
+                    "{path}: applied (generation {generation}): {} tables written, {} frontends switched, {} untouched; \
+                     parsed in {} ms, planned and written in {} ms",
                     a.tables_written,
                     a.frontends_switched,
-                    a.frontends_untouched
+                    a.frontends_untouched,
+                    parsed_in.as_millis(),
+                    (started.elapsed() - parsed_in).as_millis()
                 );
                 for line in changes {
                     log::info!("  {line}");

@@ -62,28 +62,48 @@ impl ConfigWatch {
         Ok(Self { fd })
     }
 
-    /// Waits until something changed in the watched directories; the
-    /// events themselves are drained and not looked at.
+    /// Waits until a change in the watched directories is complete: a file
+    /// closed after writing, or something renamed into place (or away,
+    /// deleted, its attributes changed). A file still being written — opened,
+    /// truncated, partly written — is not read: an in-place writer's
+    /// truncation would otherwise read as an empty configuration.
     pub async fn changed(&mut self) -> io::Result<()> {
+        const COMPLETE: u32 =
+            libc::IN_CLOSE_WRITE | libc::IN_MOVED_TO | libc::IN_MOVED_FROM | libc::IN_DELETE | libc::IN_ATTRIB;
         loop {
             let mut guard = self.fd.readable().await?;
             let mut buf = [0u8; 4096];
             let raw = guard.get_inner().as_raw_fd();
-            // SAFETY: reading into a buffer of the given size.
-            let n = unsafe { libc::read(raw, buf.as_mut_ptr().cast(), buf.len()) };
-            if n > 0 {
-                // Whatever else is queued belongs to the same change.
-                // SAFETY: as above.
-                while unsafe { libc::read(raw, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
-                guard.clear_ready();
+            let mut complete = false;
+            loop {
+                // SAFETY: reading into a buffer of the given size.
+                let n = unsafe { libc::read(raw, buf.as_mut_ptr().cast(), buf.len()) };
+                if n <= 0 {
+                    let e = io::Error::last_os_error();
+                    if n < 0 && e.kind() != io::ErrorKind::WouldBlock {
+                        return Err(e);
+                    }
+                    break;
+                }
+                complete |= masks(&buf[..n as usize]).any(|m| m & COMPLETE != 0);
+            }
+            guard.clear_ready();
+            if complete {
                 return Ok(());
             }
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::WouldBlock {
-                guard.clear_ready();
-                continue;
-            }
-            return Err(e);
         }
     }
+}
+
+/// The masks of the `inotify_event`s in `buf`.
+fn masks(buf: &[u8]) -> impl Iterator<Item = u32> + '_ {
+    const HEADER: usize = 16; // wd, mask, cookie, len
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let header = buf.get(at..at + HEADER)?;
+        let mask = u32::from_ne_bytes([header[4], header[5], header[6], header[7]]);
+        let len = u32::from_ne_bytes([header[12], header[13], header[14], header[15]]) as usize;
+        at += HEADER + len;
+        Some(mask)
+    })
 }

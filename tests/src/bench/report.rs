@@ -830,6 +830,19 @@ mod tests {
                 },
                 map_bytes: Some(5 << 20),
             }],
+            reload: Some(crate::bench::results::Reload {
+                one_change_count: 100,
+                one_change_p50_ms: 0.57,
+                one_change_p99_ms: 0.84,
+                big_services: 10_000,
+                big_one_change_p50_ms: 650.0,
+                big_one_change_p99_ms: 700.0,
+                big_all_changed_ms: 560.0,
+                echo_p99_us_quiet: 2000.0,
+                echo_p99_us_reloading: 2100.0,
+                reloads_during_echo: 100,
+                echo_errors: 0,
+            }),
         }
     }
 
@@ -862,6 +875,9 @@ mod tests {
         assert!(md.contains("| wsfwd-tc | 10000 | 8800 | 650 | 0 | 5.00 MiB |"));
         assert!(md.contains("cargo xtask bench --short"));
         assert!(md.contains("- Memory: 16.0 GiB"));
+        assert!(md.contains("| one endpoint changed, 2 services (100 changes) | 0.57 | 0.84 |"), "{md}");
+        assert!(md.contains("| every service changed, 10000 services | 560 |  |"), "{md}");
+        assert!(md.contains("64-byte echo p99: 2000 µs quiet, 2100 µs with 100 reloads"), "{md}");
     }
 
     #[test]

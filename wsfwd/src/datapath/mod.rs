@@ -114,6 +114,9 @@ fn layout(name: &str) -> (u32, u32) {
     (k as u32, v as u32)
 }
 
+/// `BPF_F_MMAPABLE`: `MAGLEV` is written through memory.
+const MMAPABLE: u32 = 1 << 10;
+
 /// What the pinned maps under `pins` are, or why they must not be adopted.
 fn pinned_meta(pins: &PinDir) -> anyhow::Result<Option<Meta>> {
     let found = pins.pinned_maps();
@@ -139,6 +142,9 @@ fn pinned_meta(pins: &PinDir) -> anyhow::Result<Option<Meta>> {
     for name in names::ALL {
         let info = MapInfo::from_pin(pins.path(name)).map_err(|_| refuse(format!("{name} missing")))?;
         let want = layout(name);
+        if name == names::MAGLEV && info.map_flags() & MMAPABLE == 0 {
+            return Err(refuse("MAGLEV is not memory-mappable".into()));
+        }
         if (info.key_size(), info.value_size()) != want {
             return Err(refuse(format!(
                 "{name} has {}-byte keys and {}-byte values, not {} and {}",
@@ -229,9 +235,10 @@ impl Datapath {
         let meta = Array::try_from(take(&mut ebpf, names::META)?)?;
         let affinity = HashMap::try_from(take(&mut ebpf, names::AFFINITY)?)?;
         let (maglev_size, backends_size) = (2 * capacity.maglev, 2 * capacity.backends);
+        let maglev_pin = pins.path(names::MAGLEV);
         let layout = match adopted {
-            Some(_) => plan::Layout::read(&mut ebpf, maglev_size, backends_size, MAX_SNAT_IPS)?,
-            None => plan::Layout::new(maglev_size, backends_size, MAX_SNAT_IPS),
+            Some(_) => plan::Layout::read(&mut ebpf, &maglev_pin, maglev_size, backends_size, MAX_SNAT_IPS)?,
+            None => plan::Layout::new(&maglev_pin, maglev_size, backends_size, MAX_SNAT_IPS)?,
         };
         let previous = layout.live();
         let mut this = Self {

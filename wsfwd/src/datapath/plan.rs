@@ -100,6 +100,66 @@ impl Regions {
     }
 }
 
+/// `MAGLEV`, mapped into the agent's memory: a table of any size is written
+/// with plain stores (no system call per slot). A BPF array keeps each value
+/// in an 8-byte cell.
+struct MaglevMem {
+    ptr: *mut u64,
+    entries: usize,
+    bytes: usize,
+}
+
+// SAFETY: the mapping is owned by this value and only used through `&mut self`.
+unsafe impl Send for MaglevMem {}
+
+/// Bytes per array cell: values are rounded up to 8.
+const CELL: usize = 8;
+
+impl MaglevMem {
+    fn open(path: &std::path::Path, entries: u32) -> anyhow::Result<Self> {
+        use std::os::fd::AsFd as _;
+        let data = aya::maps::MapData::from_pin(path).with_context(|| format!("opening {}", path.display()))?;
+        let fd = data.fd().as_fd();
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let bytes = (entries as usize * CELL).div_ceil(page) * page;
+        // SAFETY: a shared mapping of a mmapable BPF array of at least `bytes`;
+        // it stays valid after `data`'s descriptor closes.
+        let ptr = unsafe {
+            libc::mmap(std::ptr::null_mut(), bytes, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, std::os::fd::AsRawFd::as_raw_fd(&fd), 0)
+        };
+        if ptr == libc::MAP_FAILED {
+            anyhow::bail!("mapping MAGLEV into memory: {}", std::io::Error::last_os_error());
+        }
+        Ok(Self { ptr: ptr.cast(), entries: entries as usize, bytes })
+    }
+
+    fn write(&mut self, at: u32, slots: &[u32]) {
+        assert!(at as usize + slots.len() <= self.entries, "MAGLEV region out of bounds");
+        for (i, &id) in slots.iter().enumerate() {
+            // SAFETY: in bounds (checked); programs only read these cells, and
+            // only once a `SERVICES` entry (written after a fence) points here.
+            unsafe { self.ptr.add(at as usize + i).write_volatile(u64::from(id)) };
+        }
+    }
+
+    fn read(&self, at: u32, len: u32) -> Vec<u32> {
+        let (at, len) = (at as usize, len as usize);
+        if at + len > self.entries {
+            return Vec::new();
+        }
+        // SAFETY: in bounds (checked); the value is a cell's low four bytes.
+        (0..len).map(|i| unsafe { self.ptr.add(at + i).read_volatile() } as u32).collect()
+    }
+}
+
+impl Drop for MaglevMem {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `open`.
+        unsafe { libc::munmap(self.ptr.cast(), self.bytes) };
+    }
+}
+
 /// Something freed, waiting out the grace period.
 #[derive(Clone, Copy, Debug)]
 enum Freed {
@@ -117,6 +177,7 @@ struct Table {
 
 /// What is live in the maps, and where.
 pub struct Layout {
+    mem: MaglevMem,
     maglev: Regions,
     backend_ids: Regions,
     snat_slots: Regions,
@@ -153,9 +214,10 @@ struct Written {
 }
 
 impl Layout {
-    /// An empty layout over maps of these sizes.
-    pub fn new(maglev: u32, backends: u32, snat: u32) -> Self {
-        Self {
+    /// An empty layout over maps of these sizes (`MAGLEV` pinned at `maglev_pin`).
+    pub fn new(maglev_pin: &std::path::Path, maglev: u32, backends: u32, snat: u32) -> anyhow::Result<Self> {
+        Ok(Self {
+            mem: MaglevMem::open(maglev_pin, maglev)?,
             maglev: Regions::new(maglev),
             backend_ids: Regions::new(backends),
             snat_slots: Regions::new(snat),
@@ -168,23 +230,19 @@ impl Layout {
             ready: BTreeMap::new(),
             endpoint_addrs: BTreeSet::new(),
             pending: Vec::new(),
-        }
+        })
     }
 
     /// The layout a running datapath's maps hold.
-    pub fn read(ebpf: &mut Ebpf, maglev_size: u32, backends_size: u32, snat_size: u32) -> anyhow::Result<Self> {
-        let mut this = Self::new(maglev_size, backends_size, snat_size);
+    pub fn read(ebpf: &mut Ebpf, maglev_pin: &std::path::Path, maglev_size: u32, backends_size: u32, snat_size: u32) -> anyhow::Result<Self> {
+        let mut this = Self::new(maglev_pin, maglev_size, backends_size, snat_size)?;
         let services: HashMap<_, ServiceKey, ServiceEntry> = HashMap::try_from(map(ebpf, names::SERVICES)?)?;
         this.services = services.iter().collect::<Result<_, _>>().context("reading SERVICES")?;
-        let maglev: Array<_, u32> = Array::try_from(map(ebpf, names::MAGLEV)?)?;
         for e in this.services.values() {
             if this.tables.contains_key(&e.service_id) {
                 continue;
             }
-            let slots = (0..e.table_size)
-                .map(|i| maglev.get(&(e.table_offset + i), 0))
-                .collect::<Result<Vec<_>, _>>()
-                .context("reading MAGLEV")?;
+            let slots = this.mem.read(e.table_offset, e.table_size);
             this.maglev.take(e.table_offset, e.table_size);
             this.tables.insert(e.service_id, Table { offset: e.table_offset, slots });
         }
@@ -290,10 +348,9 @@ impl Layout {
 
     fn write(&mut self, ebpf: &mut Ebpf, next: &Contents, w: &mut Written) -> anyhow::Result<Applied> {
         let mut applied = Applied::default();
-        let [snat_m, backends_m, maglev_m, revnat_m, endpoints_m, names_m, ready_m, services_m] = ebpf.maps_disjoint_mut([
+        let [snat_m, backends_m, revnat_m, endpoints_m, names_m, ready_m, services_m] = ebpf.maps_disjoint_mut([
             names::SNAT_IPS,
             names::BACKENDS,
-            names::MAGLEV,
             names::REVNAT,
             names::ENDPOINT_ADDRS,
             names::FRONTEND_NAMES,
@@ -342,7 +399,6 @@ impl Layout {
             ids.push(id);
         }
         // Tables: unchanged ones stay where they are; changed ones go to a fresh region.
-        let mut maglev: Array<_, u32> = Array::try_from(need(maglev_m)?)?;
         let mut tables: BTreeMap<u32, Table> = BTreeMap::new();
         for (_, e) in &next.services {
             if tables.contains_key(&e.service_id) {
@@ -357,9 +413,7 @@ impl Layout {
                 _ => {
                     let offset = self.maglev.alloc(slots.len() as u32).ok_or_else(|| full("MAGLEV"))?;
                     w.allocated.push(Freed::Maglev(offset, slots.len() as u32));
-                    for (i, id) in slots.iter().enumerate() {
-                        maglev.set(offset + i as u32, *id, 0).context("writing MAGLEV")?;
-                    }
+                    self.mem.write(offset, &slots);
                     applied.tables_written += 1;
                     Table { offset, slots }
                 }
@@ -397,6 +451,8 @@ impl Layout {
                 w.ready.push((*k, self.ready.get(k).copied()));
             }
         }
+        // Tables written through memory must be visible before an entry points at them.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         // The switch: one write per frontend whose entry changed.
         let mut services: HashMap<_, ServiceKey, ServiceEntry> = HashMap::try_from(need(services_m)?)?;
         let mut next_services = BTreeMap::new();

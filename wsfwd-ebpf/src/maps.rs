@@ -1,7 +1,7 @@
 //! The maps, declared once. Sizes here are placeholders: the agent sets the
 //! real ones at load time from the configuration and its flags.
 use aya_ebpf::{
-    bindings::BPF_F_MMAPABLE,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
@@ -9,8 +9,11 @@ use wsfwd_common::abi::{
     AffinityEntry, AffinityKey, Attachment, Backend, COUNTER_COUNT, FlowEntry, FlowKey, FragKey, FrontendName, MAX_SNAT_IPS, Meta, ReadyKey, RevNatEntry, RevNatKey, Rewrite, ServiceEntry, ServiceKey,
 };
 
+/// Not preallocated, like `REVNAT` and `READY`: the agent updates entries
+/// while packets read them, and a preallocated map reuses an updated
+/// element at once, so a slow reader could copy half of another entry.
 #[map]
-pub static SERVICES: HashMap<ServiceKey, ServiceEntry> = HashMap::with_max_entries(1, 0);
+pub static SERVICES: HashMap<ServiceKey, ServiceEntry> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
 
 #[map]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(1, 0);
@@ -31,7 +34,7 @@ pub static CONNTRACK: LruHashMap<FlowKey, FlowEntry> = LruHashMap::with_max_entr
 pub static HANDSHAKES: LruHashMap<FlowKey, FlowEntry> = LruHashMap::with_max_entries(1, 0);
 
 #[map]
-pub static REVNAT: HashMap<RevNatKey, RevNatEntry> = HashMap::with_max_entries(1, 0);
+pub static REVNAT: HashMap<RevNatKey, RevNatEntry> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
 
 /// Addresses of the endpoints behind the node (the addresses in `REVNAT`),
 /// for packets that carry no ports: later fragments.
@@ -76,7 +79,7 @@ pub static AFFINITY: LruHashMap<AffinityKey, AffinityEntry> = LruHashMap::with_m
 /// The endpoints that take new flows of each service with affinity: an
 /// affinity is honoured only while its endpoint is here.
 #[map]
-pub static READY: HashMap<ReadyKey, u32> = HashMap::with_max_entries(1, 0);
+pub static READY: HashMap<ReadyKey, u32> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
 
 /// Written and read by the agent only: the service port of each frontend.
 #[map]

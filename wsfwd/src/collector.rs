@@ -49,17 +49,15 @@ fn refresh_affinity(dp: &mut Datapath, snapshots: &[&[(FlowKey, FlowEntry)]]) {
     if services.is_empty() {
         return;
     }
-    let mut newest: BTreeMap<AffinityKey, ([u8; 4], [u8; 2], u64)> = BTreeMap::new();
+    // The newest packet of each client's flows, by the endpoint they go to.
+    let mut newest: BTreeMap<(AffinityKey, [u8; 4], [u8; 2]), u64> = BTreeMap::new();
     for (k, v) in snapshots.iter().flat_map(|s| s.iter()) {
         let frontend = ServiceKey { addr: k.daddr, port: k.dport, proto: k.proto, _pad: 0 };
         let Some(&service_id) = services.get(&frontend).filter(|_| k.dir == DIR_ORIGINAL) else { continue };
-        let key = AffinityKey { service_id, client: k.saddr };
-        let e = newest.entry(key).or_insert((v.to.daddr, v.to.dport, 0));
-        if (e.0, e.1) == (v.to.daddr, v.to.dport) {
-            e.2 = e.2.max(v.last_seen_ns);
-        }
+        let last = newest.entry((AffinityKey { service_id, client: k.saddr }, v.to.daddr, v.to.dport)).or_default();
+        *last = (*last).max(v.last_seen_ns);
     }
-    for (key, (addr, port, last)) in newest {
+    for ((key, addr, port), last) in newest {
         let Ok(mut a) = affinity.get(&key, 0) else { continue };
         if (a.addr, a.port) == (addr, port) && last > a.last_seen_ns {
             a.last_seen_ns = last;

@@ -33,7 +33,7 @@ pub struct Drains {
 }
 
 /// The endpoints of `services` that take new flows, and all those listed.
-fn endpoints(services: &[Service]) -> (BTreeSet<EndpointKey>, BTreeSet<EndpointKey>) {
+pub fn endpoints(services: &[Service]) -> (BTreeSet<EndpointKey>, BTreeSet<EndpointKey>) {
     let (mut serving, mut listed) = (BTreeSet::new(), BTreeSet::new());
     for s in services {
         let proto = s.protocol.number();

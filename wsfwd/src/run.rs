@@ -397,8 +397,12 @@ impl Agent<'_> {
         departed.retain(|k, _| !keys.contains(k));
         next.revnat.extend(departed.iter().map(|(k, v)| (*k, *v)));
         let applied = self.dp.replace(&next)?;
-        for k in departed.keys() {
-            self.drains.add(drain::key_of(k), Instant::now());
+        // A departed entry of an endpoint that still takes new flows (it
+        // moved: placement changed) keeps its old flows' replies translated,
+        // but the endpoint does not drain.
+        let (serving, _) = drain::endpoints(services);
+        for k in departed.keys().map(drain::key_of).filter(|k| !serving.contains(k)) {
+            self.drains.add(k, Instant::now());
         }
         self.departed = departed;
         Ok(applied)

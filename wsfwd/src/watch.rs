@@ -14,6 +14,9 @@ use tokio::io::{Interest, unix::AsyncFd};
 
 pub struct ConfigWatch {
     fd: AsyncFd<OwnedFd>,
+    /// The names whose changes matter: the config file, the file its
+    /// symlink points at, and a ConfigMap mount's `..`-prefixed internals.
+    names: Vec<Vec<u8>>,
 }
 
 /// The directories whose changes may change what `path` reads as.
@@ -59,7 +62,16 @@ impl ConfigWatch {
         }
         // SAFETY: an owned descriptor, owned by the AsyncFd from here on.
         let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(|e| e.into_parts().1)?;
-        Ok(Self { fd })
+        let mut names: Vec<Vec<u8>> = path.file_name().map(|n| n.as_encoded_bytes().to_vec()).into_iter().collect();
+        if let Some(n) = std::fs::canonicalize(path).ok().and_then(|r| r.file_name().map(|n| n.as_encoded_bytes().to_vec())) {
+            names.push(n);
+        }
+        Ok(Self { fd, names })
+    }
+
+    /// Whether an event about `name` may change what the config reads as.
+    fn matters(&self, name: &[u8]) -> bool {
+        name.starts_with(b"..") || self.names.iter().any(|n| n == name)
     }
 
     /// Waits until a change in the watched directories is complete: a file
@@ -85,7 +97,7 @@ impl ConfigWatch {
                     }
                     break;
                 }
-                complete |= masks(&buf[..n as usize]).any(|m| m & COMPLETE != 0);
+                complete |= events(&buf[..n as usize]).any(|(m, name)| m & COMPLETE != 0 && self.matters(name));
             }
             guard.clear_ready();
             if complete {
@@ -95,15 +107,43 @@ impl ConfigWatch {
     }
 }
 
-/// The masks of the `inotify_event`s in `buf`.
-fn masks(buf: &[u8]) -> impl Iterator<Item = u32> + '_ {
+/// The `inotify_event`s in `buf`: mask and name (NUL padding removed).
+fn events(buf: &[u8]) -> impl Iterator<Item = (u32, &[u8])> + '_ {
     const HEADER: usize = 16; // wd, mask, cookie, len
     let mut at = 0;
     std::iter::from_fn(move || {
         let header = buf.get(at..at + HEADER)?;
         let mask = u32::from_ne_bytes([header[4], header[5], header[6], header[7]]);
         let len = u32::from_ne_bytes([header[12], header[13], header[14], header[15]]) as usize;
+        let name = buf.get(at + HEADER..at + HEADER + len).unwrap_or_default();
+        let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
         at += HEADER + len;
-        Some(mask)
+        Some((mask, &name[..end]))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::events;
+
+    fn event(mask: u32, name: &str, len: usize) -> Vec<u8> {
+        let mut e = Vec::new();
+        e.extend_from_slice(&1i32.to_ne_bytes());
+        e.extend_from_slice(&mask.to_ne_bytes());
+        e.extend_from_slice(&0u32.to_ne_bytes());
+        e.extend_from_slice(&(len as u32).to_ne_bytes());
+        let mut n = name.as_bytes().to_vec();
+        n.resize(len, 0);
+        e.extend_from_slice(&n);
+        e
+    }
+
+    #[test]
+    fn events_give_masks_and_names_without_padding() {
+        let mut buf = event(libc::IN_MODIFY, "config.yaml", 16);
+        buf.extend(event(libc::IN_MOVED_TO, "..data", 16));
+        buf.extend(event(libc::IN_CLOSE_WRITE, "", 0));
+        let got: Vec<(u32, &[u8])> = events(&buf).collect();
+        assert_eq!(got, vec![(libc::IN_MODIFY, &b"config.yaml"[..]), (libc::IN_MOVED_TO, &b"..data"[..]), (libc::IN_CLOSE_WRITE, &b""[..])]);
+    }
 }

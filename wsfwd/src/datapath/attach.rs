@@ -52,12 +52,23 @@ pub fn attach_or_replace(
     let what = || format!("{iface} {}", hook_name(hook));
     let pin = pins.link(iface, hook_name(hook));
     if pin.exists() {
-        let link: FdLink = PinnedLink::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?.into();
-        let link = SchedClassifierLink::try_from(link).with_context(|| format!("{} is not a TCX link", pin.display()))?;
-        let id = p.attach_to_link(link).with_context(|| format!("replacing the program on {}", what()))?;
-        // The pin keeps the link (now running `p`) after this handle goes.
-        drop(p.take_link(id)?);
-        return Ok(ATTACH_TCX);
+        let replaced = PinnedLink::from_pin(&pin)
+            .map_err(anyhow::Error::from)
+            .and_then(|l| SchedClassifierLink::try_from(FdLink::from(l)).map_err(anyhow::Error::from))
+            .and_then(|link| p.attach_to_link(link).map_err(anyhow::Error::from));
+        match replaced {
+            Ok(id) => {
+                // The pin keeps the link (now running `p`) after this handle goes.
+                drop(p.take_link(id)?);
+                return Ok(ATTACH_TCX);
+            }
+            // The interface was deleted (and perhaps recreated) while no
+            // agent ran: its link is defunct. Attach afresh.
+            Err(e) => {
+                log::warn!("{}: the pinned link is gone ({e:#}); attaching again", what());
+                std::fs::remove_file(&pin).with_context(|| format!("removing {}", pin.display()))?;
+            }
+        }
     }
     if previous == Some(ATTACH_CLSACT) {
         let link = SchedClassifierLink::attached(iface, hook, CLSACT_PRIORITY, CLSACT_HANDLE, None)?;

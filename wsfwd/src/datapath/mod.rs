@@ -227,6 +227,9 @@ impl Datapath {
                 bail!("loading the eBPF programs: {e} (this needs root: CAP_BPF and CAP_NET_ADMIN)");
             }
         };
+        // A fresh start that fails from here on removes what it pinned.
+        let fresh_dir = adopted.is_none().then(|| pins.dir().to_owned());
+        let guard = FreshGuard(fresh_dir);
         let take = |ebpf: &mut Ebpf, name: &str| ebpf.take_map(name).ok_or_else(|| anyhow!("no {name} map"));
         let conntrack = HashMap::try_from(take(&mut ebpf, names::CONNTRACK)?)?;
         let handshakes = HashMap::try_from(take(&mut ebpf, names::HANDSHAKES)?)?;
@@ -260,6 +263,8 @@ impl Datapath {
         let loaded_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         // The counts carry over from the adopted datapath.
         let meta = Meta { layout: LAYOUT_VERSION, hash_seed: opts.hash_seed, last_load: LOAD_APPLIED, last_load_unix: loaded_at, ..prior };
+        // `this` cleans up after itself (`cleanup_on_drop`) from here on.
+        guard.disarm();
         this.write_meta(meta)?;
         this.attach(ifaces, opts.attach)?;
         Ok(this)
@@ -281,6 +286,10 @@ impl Datapath {
             for iface in ifaces {
                 let was = previous.get(&iface.index).filter(|a| a.name == name_bytes(&iface.name)).map(|a| a.mode);
                 let mode = attach::attach_or_replace(p, &iface.name, hook, &self.pins, was, mode)?;
+                // Known at once, so that a failure further on detaches it.
+                if !self.attached.iter().any(|(n, _)| n == &iface.name) {
+                    self.attached.push((iface.name.clone(), mode));
+                }
                 modes.push((iface.clone(), mode));
             }
         }
@@ -289,14 +298,16 @@ impl Datapath {
         for (iface, mode) in modes {
             let a = Attachment { name: name_bytes(&iface.name), mode, _pad: 0 };
             attached_map.insert(iface.index, a, 0).context("writing ATTACHED")?;
-            if !self.attached.iter().any(|(n, _)| n == &iface.name) {
-                self.attached.push((iface.name.clone(), mode));
-            }
         }
         // Interfaces an earlier agent served that this one does not.
         for (index, a) in previous {
             if !ifaces.iter().any(|i| i.index == index) {
                 let name = attachment_name(&a);
+                // Recreated under the same name: attached again above, not ours to detach.
+                if ifaces.iter().any(|i| i.name == name) {
+                    let _ = attached_map.remove(&index);
+                    continue;
+                }
                 for what in attach::detach(self.pins.dir(), &name, a.mode) {
                     log::info!("detached from {what}: not in --iface any more");
                 }
@@ -382,6 +393,23 @@ impl Drop for Datapath {
         }
         if let Err(e) = bpffs::remove_all(self.pins.dir()) {
             log::warn!("removing the pins: {e:#}");
+        }
+    }
+}
+
+/// Removes a fresh start's pins when dropped, unless disarmed.
+struct FreshGuard(Option<std::path::PathBuf>);
+
+impl FreshGuard {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for FreshGuard {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.0 {
+            let _ = bpffs::remove_all(dir);
         }
     }
 }

@@ -160,6 +160,14 @@ impl Drop for MaglevMem {
     }
 }
 
+fn frontend_name(name: &str) -> FrontendName {
+    let mut v = FrontendName::default();
+    for (o, b) in v.0.iter_mut().zip(name.bytes().take(159)) {
+        *o = b;
+    }
+    v
+}
+
 /// Something freed, waiting out the grace period.
 #[derive(Clone, Copy, Debug)]
 enum Freed {
@@ -211,6 +219,12 @@ struct Written {
     switched: Vec<(ServiceKey, Option<ServiceEntry>)>,
     /// `READY` entries written, with their previous value.
     ready: Vec<(ReadyKey, Option<u32>)>,
+    /// `REVNAT` entries written, with their previous value.
+    revnat: Vec<(RevNatKey, Option<RevNatEntry>)>,
+    /// `ENDPOINT_ADDRS` keys added.
+    addrs: Vec<[u8; 4]>,
+    /// `FRONTEND_NAMES` keys written (their old names are in the layout).
+    names: Vec<ServiceKey>,
 }
 
 impl Layout {
@@ -238,16 +252,33 @@ impl Layout {
         let mut this = Self::new(maglev_pin, maglev_size, backends_size, snat_size)?;
         let services: HashMap<_, ServiceKey, ServiceEntry> = HashMap::try_from(map(ebpf, names::SERVICES)?)?;
         this.services = services.iter().collect::<Result<_, _>>().context("reading SERVICES")?;
+        // Every region any frontend points at is in use: an agent killed in the
+        // middle of a switch leaves a service's frontends on two regions.
+        let mut in_use: BTreeSet<u32> = BTreeSet::new();
+        let mut regions: BTreeMap<(u32, u32), Vec<u32>> = BTreeMap::new();
         for e in this.services.values() {
-            if this.tables.contains_key(&e.service_id) {
-                continue;
+            let slots = regions
+                .entry((e.table_offset, e.table_size))
+                .or_insert_with(|| this.mem.read(e.table_offset, e.table_size))
+                .clone();
+            in_use.extend(slots.iter().copied());
+            if !this.tables.contains_key(&e.service_id) {
+                this.tables.insert(e.service_id, Table { offset: e.table_offset, slots });
             }
-            let slots = this.mem.read(e.table_offset, e.table_size);
-            this.maglev.take(e.table_offset, e.table_size);
-            this.tables.insert(e.service_id, Table { offset: e.table_offset, slots });
         }
+        let now = Instant::now();
+        for &(offset, size) in regions.keys() {
+            this.maglev.take(offset, size);
+            // Not the service's table any more: freed once the next plan is live and the grace is over.
+            if !this.tables.values().any(|t| t.offset == offset && t.slots.len() as u32 == size) {
+                this.pending.push((now, Freed::Maglev(offset, size)));
+            }
+        }
+        let ready: HashMap<_, ReadyKey, u32> = HashMap::try_from(map(ebpf, names::READY)?)?;
+        this.ready = ready.iter().collect::<Result<_, _>>().context("reading READY")?;
+        in_use.extend(this.ready.values().copied());
         let backends: Array<_, Backend> = Array::try_from(map(ebpf, names::BACKENDS)?)?;
-        let ids: BTreeSet<u32> = this.tables.values().flat_map(|t| t.slots.iter().copied()).collect();
+        let ids = in_use;
         for id in ids {
             let b = backends.get(&id, 0).context("reading BACKENDS")?;
             this.backend_ids.take(id, 1);
@@ -265,8 +296,6 @@ impl Layout {
         }
         let revnat: HashMap<_, RevNatKey, RevNatEntry> = HashMap::try_from(map(ebpf, names::REVNAT)?)?;
         this.revnat = revnat.iter().collect::<Result<_, _>>().context("reading REVNAT")?;
-        let ready: HashMap<_, ReadyKey, u32> = HashMap::try_from(map(ebpf, names::READY)?)?;
-        this.ready = ready.iter().collect::<Result<_, _>>().context("reading READY")?;
         let addrs: HashMap<_, [u8; 4], u8> = HashMap::try_from(map(ebpf, names::ENDPOINT_ADDRS)?)?;
         this.endpoint_addrs = addrs.keys().collect::<Result<_, _>>().context("reading ENDPOINT_ADDRS")?;
         let names_map: HashMap<_, ServiceKey, FrontendName> = HashMap::try_from(map(ebpf, names::FRONTEND_NAMES)?)?;
@@ -337,13 +366,38 @@ impl Layout {
                     }
                 }
             }
-            // Written but never referenced: free at once.
-            for f in w.allocated {
-                self.release(f);
-            }
+            self.undo_side_maps(ebpf, &w);
+            // Switched frontends may have pointed at these for an instant: wait out the grace.
+            let now = Instant::now();
+            self.pending.extend(w.allocated.iter().map(|f| (now, *f)));
             self.backends.retain(|_, id| self.tables.values().any(|t| t.slots.contains(id)));
         }
         result
+    }
+
+    /// Puts back what a failed apply wrote to `REVNAT`, `ENDPOINT_ADDRS` and `FRONTEND_NAMES`.
+    fn undo_side_maps(&self, ebpf: &mut Ebpf, w: &Written) {
+        if let Some(mut m) = map(ebpf, names::REVNAT).ok().and_then(|m| HashMap::<_, RevNatKey, RevNatEntry>::try_from(m).ok()) {
+            for (k, old) in w.revnat.iter().rev() {
+                let _ = match old {
+                    Some(v) => m.insert(k, v, 0),
+                    None => m.remove(k),
+                };
+            }
+        }
+        if let Some(mut m) = map(ebpf, names::ENDPOINT_ADDRS).ok().and_then(|m| HashMap::<_, [u8; 4], u8>::try_from(m).ok()) {
+            for a in &w.addrs {
+                let _ = m.remove(a);
+            }
+        }
+        if let Some(mut m) = map(ebpf, names::FRONTEND_NAMES).ok().and_then(|m| HashMap::<_, ServiceKey, FrontendName>::try_from(m).ok()) {
+            for k in &w.names {
+                let _ = match self.names.get(k) {
+                    Some(name) => m.insert(k, frontend_name(name), 0),
+                    None => m.remove(k),
+                };
+            }
+        }
     }
 
     fn write(&mut self, ebpf: &mut Ebpf, next: &Contents, w: &mut Written) -> anyhow::Result<Applied> {
@@ -426,21 +480,20 @@ impl Layout {
         for (k, v) in &next_revnat {
             if self.revnat.get(k) != Some(v) {
                 revnat.insert(k, v, 0).context("writing REVNAT")?;
+                w.revnat.push((*k, self.revnat.get(k).copied()));
             }
         }
         let addrs: BTreeSet<[u8; 4]> = next_revnat.keys().map(|k| k.addr).collect();
         let mut endpoints: HashMap<_, [u8; 4], u8> = HashMap::try_from(need(endpoints_m)?)?;
         for a in addrs.difference(&self.endpoint_addrs) {
             endpoints.insert(a, 1, 0).context("writing ENDPOINT_ADDRS")?;
+            w.addrs.push(*a);
         }
         let mut names_map: HashMap<_, ServiceKey, FrontendName> = HashMap::try_from(need(names_m)?)?;
         for (k, name) in &next.frontend_names {
             if self.names.get(k) != Some(name) {
-                let mut v = FrontendName::default();
-                for (o, b) in v.0.iter_mut().zip(name.bytes().take(159)) {
-                    *o = b;
-                }
-                names_map.insert(k, v, 0).context("writing FRONTEND_NAMES")?;
+                names_map.insert(k, frontend_name(name), 0).context("writing FRONTEND_NAMES")?;
+                w.names.push(*k);
             }
         }
         let mut ready: HashMap<_, ReadyKey, u32> = HashMap::try_from(need(ready_m)?)?;

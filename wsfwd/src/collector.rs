@@ -43,7 +43,7 @@ pub fn collect(dp: &mut Datapath, timeouts: &gc::Timeouts, quarantine: Duration)
 /// flow); here every flow the affinity sent to its endpoint carries its own
 /// last packet's time over to it.
 fn refresh_affinity(dp: &mut Datapath, snapshots: &[&[(FlowKey, FlowEntry)]]) {
-    let (_, affinity, live) = dp.flows_and_affinity();
+    let (affinity, live) = dp.affinity_and_live();
     let services: BTreeMap<ServiceKey, u32> =
         live.services.iter().filter(|(_, v)| v.affinity_timeout_s != 0).map(|(k, v)| (*k, v.service_id)).collect();
     if services.is_empty() {

@@ -1,6 +1,7 @@
 //! wsfwd: an eBPF L4 forwarder that puts WebSocket (or any TCP/UDP) services
 //! behind a virtual IP with client-IP affinity. The binary is a thin CLI over
 //! these modules; the end-to-end tests use them to predict the datapath.
+pub mod agent;
 pub mod bpffs;
 pub mod check;
 pub mod choose;

@@ -1,27 +1,23 @@
-//! `wsfwd run`: forward until told to stop, then remove everything.
-use std::{path::PathBuf, time::Duration};
+//! `wsfwd run`: start (or take over) the datapath, apply the config, then
+//! serve events — config changes, SIGHUP, route changes, collections — until
+//! SIGINT/SIGTERM, leaving the datapath forwarding unless told otherwise.
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    sync::{Arc, Mutex},
-    time::Instant,
-};
-
-use wsfwd_common::abi::{LOAD_APPLIED, LOAD_REJECTED, RevNatEntry, RevNatKey};
-
 use crate::{
+    agent::Agent,
     bpffs::PinDir,
-    collector, config,
-    datapath::{self, Datapath, contents::ServiceIds, gc},
-    drain::{self, Drains},
+    config,
+    datapath::{self, Datapath, gc},
     metrics,
     model::Service,
-    netif,
-    placement::{self, Node},
-    reload, route, stats,
+    netif, placement, route, stats,
     watch::ConfigWatch,
 };
 
@@ -109,7 +105,7 @@ fn snat_ports(args: &RunArgs, services: &[Service]) -> anyhow::Result<(u16, u16)
 }
 
 /// A NodePort inside the SNAT range would take full-NAT replies for itself.
-fn check_node_ports(range: (u16, u16), services: &[Service]) -> anyhow::Result<()> {
+pub(crate) fn check_node_ports(range: (u16, u16), services: &[Service]) -> anyhow::Result<()> {
     for svc in services {
         for f in &svc.frontends {
             if let crate::model::Frontend::NodePort { port, .. } = f {
@@ -187,28 +183,14 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let dp = Datapath::start(pins, datapath::Capacity::of(&cfg.services), &ifaces, &opts)?;
     let start = dp.start;
     let counts = Arc::new(Mutex::new(metrics::AgentCounts::default()));
-    let mut agent = Agent {
-        args: &args,
-        ids: ServiceIds::from_live(dp.live()),
-        dp,
-        services: Vec::new(),
-        node: node.clone(),
-        last_read: text,
-        snat_range,
-        departed: BTreeMap::new(),
-        drains: Drains::new(args.drain_timeout),
-        counts: counts.clone(),
-    };
+    let mut agent = Agent::new(&args, dp, node.clone(), text, snat_range, counts.clone());
     // The first plan: over an adopted datapath, endpoints it served that
     // this config lacks drain from now.
-    agent.drains.update(&[], &cfg.services, Instant::now());
-    agent.apply(&cfg.services, &node)?;
-    agent.services = cfg.services;
-    agent.dp.cleanup_on_drop = args.cleanup_on_exit;
+    agent.first_plan(cfg.services, &node)?;
     if start == datapath::Start::Adopted {
         log::info!("adopted the running datapath in {}: its flows are kept, its programs replaced", args.bpffs.display());
     }
-    let contents = agent.dp.live().clone();
+    let contents = agent.live().clone();
     for line in &contents.summary {
         log::info!("{line}");
     }
@@ -238,7 +220,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     log::info!(
         "ready: {} frontends of {} service ports on {} (tc), conntrack {} entries, maps pinned in {}",
         contents.services.len(),
-        agent.services.len(),
+        agent.service_count(),
         names.join(", "),
         args.ct_size,
         args.bpffs.display()
@@ -269,7 +251,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             }
         }
     }
-    let cleanup = agent.dp.cleanup_on_drop;
+    let cleanup = agent.removes_datapath_on_exit();
     drop(agent);
     if cleanup {
         log::info!("stopped; nothing of wsfwd is left attached or pinned");
@@ -281,201 +263,6 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
 
 /// How long route changes are left to settle before endpoints are placed again.
 const ROUTE_SETTLE: Duration = Duration::from_millis(300);
-/// How long a config file that does not parse is given to be finished by
-/// its writer (written in place, it is read as soon as writing starts).
-const CONFIG_SETTLE: Duration = Duration::from_millis(50);
-
-/// The running agent's state between events.
-struct Agent<'a> {
-    args: &'a RunArgs,
-    dp: Datapath,
-    /// The configuration applied last.
-    services: Vec<Service>,
-    node: Node,
-    /// The config file's bytes as read last (applied or not).
-    last_read: Vec<u8>,
-    snat_range: (u16, u16),
-    /// Endpoints behind the node that left the configuration, with the
-    /// frontend their replies are translated to while their flows last.
-    departed: BTreeMap<RevNatKey, RevNatEntry>,
-    drains: Drains,
-    /// What the metrics need from the agent.
-    counts: Arc<Mutex<metrics::AgentCounts>>,
-    /// Service ids, kept stable across reloads (and adopted at start).
-    ids: ServiceIds,
-}
-
-impl Agent<'_> {
-    /// Reads the config file again and applies it if it changed (`force`:
-    /// whether or not). A file that is rejected changes nothing.
-    fn reload(&mut self, why: &str, force: bool) {
-        let path = self.args.config.display().to_string();
-        let text = match std::fs::read(&self.args.config) {
-            Ok(t) => t,
-            // Mid-swap (a rename or symlink swap in progress): the next event reads it.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !force => return,
-            Err(e) => return self.rejected(&path, &config::unreadable(&self.args.config, &e)),
-        };
-        if text == self.last_read && !force {
-            return;
-        }
-        self.last_read = text;
-        log::info!("{why}: reading {path}");
-        let started = Instant::now();
-        let mut parsed = config::parse(&String::from_utf8_lossy(&self.last_read));
-        if parsed.is_err() && !force {
-            // Perhaps caught mid-write: judge what the writer leaves.
-            std::thread::sleep(CONFIG_SETTLE);
-            if let Ok(text) = std::fs::read(&self.args.config) {
-                if text != self.last_read {
-                    self.last_read = text;
-                    parsed = config::parse(&String::from_utf8_lossy(&self.last_read));
-                }
-            }
-        }
-        let cfg = match parsed {
-            Ok(c) => c,
-            Err(errors) => return self.rejected(&path, &errors),
-        };
-        cfg.notes.log();
-        let parsed_in = started.elapsed();
-        let changes = reload::describe(&self.services, &cfg.services);
-        if changes.is_empty() {
-            log::info!("{path}: unchanged; nothing to apply");
-            let _ = self.dp.record_load(LOAD_APPLIED);
-            return;
-        }
-        let placed = netif::resolve(&self.args.ifaces).and_then(|i| placement::resolve(&cfg.services, &i, &self.args.snat_ips));
-        let applied = placed
-            .map_err(anyhow::Error::msg)
-            .and_then(|node| check_node_ports(self.snat_range, &cfg.services).map(|()| node))
-            .and_then(|node| self.apply(&cfg.services, &node).map(|a| (node, a)));
-        match applied {
-            Ok((node, a)) => {
-                self.drains.update(&self.services, &cfg.services, Instant::now());
-                self.services = cfg.services;
-                self.node = node;
-                let _ = self.dp.record_load(LOAD_APPLIED);
-                let generation = self.dp.meta().map(|m| m.generation).unwrap_or(0);
-                log::info!(
-                    "{path}: applied (generation {generation}): {} tables written, {} frontends switched, {} untouched; \
-                     parsed in {} ms, planned and written in {} ms",
-                    a.tables_written,
-                    a.frontends_switched,
-                    a.frontends_untouched,
-                    parsed_in.as_millis(),
-                    (started.elapsed() - parsed_in).as_millis()
-                );
-                for line in changes {
-                    log::info!("  {line}");
-                }
-            }
-            Err(e) => {
-                let _ = self.dp.record_load(LOAD_REJECTED);
-                log::error!("{path}: not applied ({e:#}); the running configuration is kept");
-            }
-        }
-    }
-
-    fn rejected(&mut self, path: &str, errors: &config::ConfigErrors) {
-        for e in &errors.0 {
-            log::error!("{e}");
-        }
-        log::error!("{path}: rejected ({} error(s)); the running configuration is kept", errors.0.len());
-        let _ = self.dp.record_load(LOAD_REJECTED);
-    }
-
-    /// Compiles `services` as placed on `node` and makes it the live plan.
-    /// Endpoints behind the node that leave it keep their replies
-    /// translated (`REVNAT`) until their last flow ends.
-    fn apply(&mut self, services: &[Service], node: &Node) -> anyhow::Result<datapath::plan::Applied> {
-        let mut next = datapath::contents::compile_with(services, node, self.args.hash_seed, &mut self.ids)
-            .map_err(anyhow::Error::msg)?;
-        let keys: BTreeSet<RevNatKey> = next.revnat.iter().map(|(k, _)| *k).collect();
-        let mut departed = self.departed.clone();
-        departed.extend(self.dp.live().revnat.iter().filter(|(k, _)| !keys.contains(k)).copied());
-        departed.retain(|k, _| !keys.contains(k));
-        next.revnat.extend(departed.iter().map(|(k, v)| (*k, *v)));
-        let applied = self.dp.replace(&next)?;
-        // A departed entry of an endpoint that still takes new flows (it
-        // moved: placement changed) keeps its old flows' replies translated,
-        // but the endpoint does not drain.
-        let (serving, _) = drain::endpoints(services);
-        for k in departed.keys().map(drain::key_of).filter(|k| !serving.contains(k)) {
-            self.drains.add(k, Instant::now());
-        }
-        self.departed = departed;
-        Ok(applied)
-    }
-
-    /// Places the endpoints again (routes or node addresses changed) and, if
-    /// any moved, switches to the plan for where they are now. A plan that
-    /// cannot be made keeps the running one, and says why.
-    fn replace_if_moved(&mut self) {
-        let placed = netif::resolve(&self.args.ifaces).and_then(|i| placement::resolve(&self.services, &i, &self.args.snat_ips));
-        let next = match placed {
-            Ok(next) if next == self.node => return,
-            Ok(next) => next,
-            Err(e) => return log::warn!("routes changed, but endpoints could not be placed again ({e}); keeping the running plan"),
-        };
-        let services = self.services.clone();
-        match self.apply(&services, &next) {
-            Ok(_) => {
-                log::info!("routes changed: endpoints placed again");
-                for line in self.dp.live().summary.iter().filter(|l| l.starts_with("endpoint ")) {
-                    log::info!("{line}");
-                }
-                self.node = next;
-            }
-            Err(e) => log::warn!("routes changed, but the new plan was not applied ({e:#}); keeping the running one"),
-        }
-    }
-
-    /// One collection: drained endpoints past their deadline have their
-    /// flows ended; departed endpoints whose last flow ended lose their
-    /// `REVNAT` entry.
-    fn collect(&mut self) {
-        let due = self.drains.due(Instant::now());
-        if !due.is_empty() {
-            match drain::end_flows(&mut self.dp, &due) {
-                Ok(ended) => {
-                    for (addr, port, _) in &due {
-                        log::info!("endpoint {addr}:{port}: drain timeout reached");
-                    }
-                    log::info!(
-                        "drain timeout: {} TCP flows reset (a RST to each side), {} UDP flows dropped",
-                        ended.tcp_reset,
-                        ended.udp_dropped
-                    );
-                }
-                Err(e) => log::warn!("ending drained flows: {e}"),
-            }
-        }
-        let collected = collector::collect(&mut self.dp, &self.args.timeouts, self.args.snat_quarantine);
-        if let Ok(mut c) = self.counts.lock() {
-            c.gateway_flows_collected += collected.gateway_removed;
-        }
-        let in_use = collected.in_use;
-        let done: Vec<RevNatKey> = self.departed.keys().filter(|k| !in_use.contains(k)).copied().collect();
-        if done.is_empty() {
-            return;
-        }
-        for k in &done {
-            self.departed.remove(k);
-        }
-        let mut next = self.dp.live().clone();
-        next.revnat.retain(|(k, _)| !done.contains(k));
-        match self.dp.replace(&next) {
-            Ok(_) => {
-                for k in done {
-                    log::info!("endpoint {}:{} drained: its last flow ended", std::net::Ipv4Addr::from(k.addr), u16::from_be_bytes(k.port));
-                }
-            }
-            Err(e) => log::warn!("removing drained endpoints: {e:#}"),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::default_snat_ports;

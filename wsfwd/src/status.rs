@@ -177,6 +177,9 @@ pub fn render_status(s: &Status) -> String {
     out
 }
 
+/// An endpoint as flows name it: address and port, as on the wire.
+type Endpoint = ([u8; 4], [u8; 2]);
+
 /// One frontend and where its flows go, as `ipvsadm -Ln` lists a virtual service.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -213,7 +216,7 @@ pub fn services(dir: &Path) -> anyhow::Result<Vec<FrontendView>> {
     let backends: Array<_, Backend> = Array::try_from(Map::Array(open(dir, names::BACKENDS)?))?;
     let maglev: Array<_, u32> = Array::try_from(Map::Array(open(dir, names::MAGLEV)?))?;
     // (frontend, endpoint) → live flows (not closing), and whether it is full NAT.
-    let mut flows: BTreeMap<(ServiceKey, ([u8; 4], [u8; 2])), (u64, bool)> = BTreeMap::new();
+    let mut flows: BTreeMap<(ServiceKey, Endpoint), (u64, bool)> = BTreeMap::new();
     for (name, nat) in [(names::CONNTRACK, false), (names::HANDSHAKES, false), (names::NAT, true)] {
         let entries: std::collections::HashMap<FlowKey, FlowEntry> = hash::<FlowKey, FlowEntry>(dir, name)?.into_iter().collect();
         for (k, v) in &entries {

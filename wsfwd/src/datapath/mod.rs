@@ -372,9 +372,9 @@ impl Datapath {
         [&mut self.conntrack, &mut self.handshakes, &mut self.nat]
     }
 
-    /// Flow tables (as `flow_tables`) and the affinities their flows refresh.
-    pub fn flows_and_affinity(&mut self) -> ([&mut FlowMap; 3], &mut AffinityMap, &Contents) {
-        ([&mut self.conntrack, &mut self.handshakes, &mut self.nat], &mut self.affinity, &self.live)
+    /// The ClientIP affinities, and the live plan that says which services have them.
+    pub fn affinity_and_live(&mut self) -> (&mut AffinityMap, &Contents) {
+        (&mut self.affinity, &self.live)
     }
 
     /// Full-NAT flows and the per-client count of those still half-open.

@@ -262,9 +262,7 @@ impl Layout {
                 .or_insert_with(|| this.mem.read(e.table_offset, e.table_size))
                 .clone();
             in_use.extend(slots.iter().copied());
-            if !this.tables.contains_key(&e.service_id) {
-                this.tables.insert(e.service_id, Table { offset: e.table_offset, slots });
-            }
+            this.tables.entry(e.service_id).or_insert(Table { offset: e.table_offset, slots });
         }
         let now = Instant::now();
         for &(offset, size) in regions.keys() {

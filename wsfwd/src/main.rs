@@ -57,7 +57,11 @@ enum Command {
     /// The datapath outlives the agent: maps and program links stay pinned in
     /// --bpffs and keep forwarding. An agent started over them adopts the maps
     /// (every flow kept), swaps its programs in atomically and applies its
-    /// config. On SIGINT or SIGTERM it exits 0 and leaves the datapath running
+    /// config. The config file is watched (rewritten, renamed over, or a
+    /// ConfigMap's symlink swapped) and re-read on SIGHUP: a valid file is
+    /// applied as a diff, a rejected one is logged and changes nothing.
+    /// Endpoints that leave drain (see --drain-timeout). Metrics are served on
+    /// --metrics-addr. On SIGINT or SIGTERM it exits 0 and leaves the datapath running
     /// (`--cleanup-on-exit`, or `wsfwd cleanup`, removes it). A rejected config
     /// exits 2, any other failure 1; a failed fresh start leaves nothing behind,
     /// a failed start over a running datapath leaves it as it was.
@@ -71,7 +75,8 @@ enum Command {
         #[arg(long, value_name = "DIR", default_value = DEFAULT_BPFFS)]
         bpffs: PathBuf,
     },
-    /// Print a running agent's counters (packets by verdict and reason).
+    /// Print the datapath's counters (packets by verdict and reason), from the
+    /// pinned maps: works without an agent.
     Stats {
         /// The running agent's --bpffs directory.
         #[arg(long, value_name = "DIR", default_value = DEFAULT_BPFFS)]

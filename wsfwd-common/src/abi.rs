@@ -549,6 +549,28 @@ const _: () = {
     }
 };
 
+/// A fixed-width, NUL-padded name (`FrontendName`, `Attachment::name`), as
+/// the agent writes and reads it.
+#[cfg(feature = "user")]
+pub mod names_text {
+    extern crate alloc;
+    use alloc::string::String;
+
+    /// `text` in `N` bytes, cut to leave at least one NUL.
+    pub fn encode<const N: usize>(text: &str) -> [u8; N] {
+        let mut out = [0u8; N];
+        for (o, b) in out.iter_mut().zip(text.bytes().take(N - 1)) {
+            *o = b;
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> String {
+        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        String::from_utf8_lossy(&bytes[..end]).into_owned()
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;

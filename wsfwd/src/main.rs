@@ -382,26 +382,23 @@ fn stats_cmd(bpffs: &std::path::Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn status_cmd(bpffs: &std::path::Path, json: bool) -> anyhow::Result<()> {
-    let s = wsfwd::status::status(bpffs)?;
+/// Prints `value` as JSON, or as `render` writes it for a person.
+fn print_view<T: serde::Serialize>(value: &T, json: bool, render: impl Fn(&T) -> String) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
-        writeln!(out, "{}", serde_json::to_string(&s)?)?;
+        writeln!(out, "{}", serde_json::to_string(value)?)?;
     } else {
-        write!(out, "{}", wsfwd::status::render_status(&s))?;
+        write!(out, "{}", render(value))?;
     }
     Ok(())
 }
 
+fn status_cmd(bpffs: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    print_view(&wsfwd::status::status(bpffs)?, json, wsfwd::status::render_status)
+}
+
 fn services_cmd(bpffs: &std::path::Path, json: bool) -> anyhow::Result<()> {
-    let s = wsfwd::status::services(bpffs)?;
-    let mut out = std::io::stdout().lock();
-    if json {
-        writeln!(out, "{}", serde_json::to_string(&s)?)?;
-    } else {
-        write!(out, "{}", wsfwd::status::render_services(&s))?;
-    }
-    Ok(())
+    print_view(&wsfwd::status::services(bpffs)?, json, |s| wsfwd::status::render_services(s))
 }
 
 fn conntrack_cmd(bpffs: &std::path::Path, json: bool, service: Option<&str>) -> anyhow::Result<()> {

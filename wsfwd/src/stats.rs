@@ -11,10 +11,11 @@ use wsfwd_common::{
 
 use crate::datapath::gc::monotonic_ns;
 
-fn open(dir: &Path, name: &str) -> anyhow::Result<MapData> {
+/// A map pinned under `dir`, for the commands that read a datapath's state.
+pub(crate) fn open(dir: &Path, name: &str) -> anyhow::Result<MapData> {
     let path = dir.join(name);
     MapData::from_pin(&path)
-        .with_context(|| format!("opening {} (is `wsfwd run --bpffs {}` running?)", path.display(), dir.display()))
+        .with_context(|| format!("opening {} (has a wsfwd agent run with --bpffs {}?)", path.display(), dir.display()))
 }
 
 /// Every counter, summed over CPUs, in `Counter` order.

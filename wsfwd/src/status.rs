@@ -8,18 +8,15 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::maps::{Array, HashMap, Map, MapData, MapInfo};
+use aya::maps::{Array, HashMap, Map, MapInfo};
 use serde::Serialize;
 use wsfwd_common::abi::{
     ATTACH_CLSACT, Attachment, BACKEND_F_SNAT, BACKEND_F_TERMINATING, Backend, DIR_ORIGINAL, FlowEntry, FlowKey,
-    FlowStatus, FrontendName, LOAD_APPLIED, LOAD_REJECTED, Meta, PROTO_TCP, RevNatEntry, RevNatKey, ServiceEntry, ServiceKey, map_names as names,
+    FlowStatus, FrontendName, LOAD_APPLIED, LOAD_REJECTED, Meta, PROTO_TCP, RevNatEntry, RevNatKey, ServiceEntry, ServiceKey, map_names as names, names_text,
 };
 
-fn open(dir: &Path, name: &str) -> anyhow::Result<MapData> {
-    let path = dir.join(name);
-    MapData::from_pin(&path)
-        .with_context(|| format!("opening {} (has a wsfwd agent run with --bpffs {}?)", path.display(), dir.display()))
-}
+
+use crate::stats::open;
 
 fn hash<K: aya::Pod, V: aya::Pod>(dir: &Path, name: &str) -> anyhow::Result<Vec<(K, V)>> {
     let data = open(dir, name)?;
@@ -35,10 +32,6 @@ pub fn flow_entries(dir: &Path, name: &str) -> anyhow::Result<Vec<(FlowKey, Flow
     hash(dir, name)
 }
 
-fn c_str(bytes: &[u8]) -> String {
-    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
-}
 
 fn addr(a: [u8; 4], p: [u8; 2]) -> String {
     format!("{}:{}", Ipv4Addr::from(a), u16::from_be_bytes(p))
@@ -82,7 +75,7 @@ pub fn status(dir: &Path) -> anyhow::Result<Status> {
     let mut attached: Vec<AttachedIface> = hash::<u32, Attachment>(dir, names::ATTACHED)?
         .into_iter()
         .map(|(ifindex, a)| AttachedIface {
-            interface: c_str(&a.name),
+            interface: names_text::decode(&a.name),
             ifindex,
             mode: if a.mode == ATTACH_CLSACT { "clsact" } else { "tcx" },
         })
@@ -212,7 +205,7 @@ pub struct EndpointView {
 pub fn services(dir: &Path) -> anyhow::Result<Vec<FrontendView>> {
     let services = hash::<ServiceKey, ServiceEntry>(dir, names::SERVICES)?;
     let names_by_key: BTreeMap<ServiceKey, String> =
-        hash::<ServiceKey, FrontendName>(dir, names::FRONTEND_NAMES)?.into_iter().map(|(k, v)| (k, c_str(&v.0))).collect();
+        hash::<ServiceKey, FrontendName>(dir, names::FRONTEND_NAMES)?.into_iter().map(|(k, v)| (k, names_text::decode(&v.0))).collect();
     let backends: Array<_, Backend> = Array::try_from(Map::Array(open(dir, names::BACKENDS)?))?;
     let maglev: Array<_, u32> = Array::try_from(Map::Array(open(dir, names::MAGLEV)?))?;
     // (frontend, endpoint) → live flows (not closing), and whether it is full NAT.
@@ -294,7 +287,7 @@ pub fn frontends_of(dir: &Path, service: &str) -> anyhow::Result<BTreeSet<Servic
     let found: BTreeSet<ServiceKey> = hash::<ServiceKey, FrontendName>(dir, names::FRONTEND_NAMES)?
         .into_iter()
         .filter(|(_, v)| {
-            let name = c_str(&v.0);
+            let name = names_text::decode(&v.0);
             name == service || name.split_once(':').is_some_and(|(n, _)| n == service)
         })
         .map(|(k, _)| k)

@@ -18,8 +18,8 @@ use crate::{
     placement::Node,
 };
 
-/// SNAT addresses one plan may use: `SNAT_IPS` holds two plans (the live one
-/// and the next), see `datapath`.
+/// SNAT addresses one plan may use: half of `SNAT_IPS`, so that a plan with
+/// new lists can be written while the live one's are still in use.
 pub const SNAT_IPS_PER_PLAN: u32 = MAX_SNAT_IPS / 2;
 
 /// Room each plan needs in the maps, whatever the endpoints' readiness or
@@ -405,10 +405,12 @@ mod tests {
             let services = config::parse(&text).unwrap().services;
             let c = compile(&services, &node(&[NODE]), 7).unwrap();
             let testim = c.services[1].1;
-            c.maglev[testim.table_offset as usize..][..testim.table_size as usize]
-                .iter()
-                .map(|&id| Ipv4Addr::from(c.backends[id as usize].addr))
-                .collect::<BTreeSet<_>>()
+            let used: Vec<Backend> =
+                c.maglev[testim.table_offset as usize..][..testim.table_size as usize].iter().map(|&id| c.backends[id as usize]).collect();
+            // `wsfwd services` tells a fallback from a ready endpoint by this flag.
+            let any_ready = conds.iter().any(|c| c.starts_with("{ready: true"));
+            assert!(used.iter().all(|b| (b.flags & BACKEND_F_TERMINATING != 0) == !any_ready), "{conds:?}");
+            used.iter().map(|b| Ipv4Addr::from(b.addr)).collect::<BTreeSet<_>>()
         };
         let draining = "{ready: false, serving: true, terminating: true}";
         let gone = "{ready: false, serving: false, terminating: true}";

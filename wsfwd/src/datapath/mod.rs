@@ -19,7 +19,7 @@ use aya::{
     programs::{SchedClassifier, TcAttachType},
 };
 use wsfwd_common::abi::{
-    AffinityEntry, AffinityKey, Attachment, FlowEntry, FlowKey, LAYOUT_VERSION, LOAD_APPLIED, MAX_SNAT_IPS, Meta, globals,
+    AffinityEntry, AffinityKey, Attachment, FlowEntry, FlowKey, LAYOUT_VERSION, LOAD_APPLIED, MAX_SNAT_IPS, Meta, globals, names_text,
     map_names as names,
 };
 
@@ -415,16 +415,11 @@ impl Drop for FreshGuard {
 }
 
 fn name_bytes(name: &str) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    for (o, b) in out.iter_mut().zip(name.bytes().take(15)) {
-        *o = b;
-    }
-    out
+    names_text::encode(name)
 }
 
 fn attachment_name(a: &Attachment) -> String {
-    let end = a.name.iter().position(|&b| b == 0).unwrap_or(a.name.len());
-    String::from_utf8_lossy(&a.name[..end]).into_owned()
+    names_text::decode(&a.name)
 }
 
 /// `wsfwd cleanup`: detaches the programs and removes every pin under `dir`.

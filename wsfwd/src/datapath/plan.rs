@@ -23,7 +23,7 @@ use aya::{
 };
 use wsfwd_common::abi::{
     BACKEND_F_SNAT, Backend, FrontendName, ReadyKey, RevNatEntry, RevNatKey, ServiceEntry, ServiceKey,
-    map_names as names,
+    map_names as names, names_text,
 };
 
 use super::contents::Contents;
@@ -161,11 +161,7 @@ impl Drop for MaglevMem {
 }
 
 fn frontend_name(name: &str) -> FrontendName {
-    let mut v = FrontendName::default();
-    for (o, b) in v.0.iter_mut().zip(name.bytes().take(159)) {
-        *o = b;
-    }
-    v
+    FrontendName(names_text::encode(name))
 }
 
 /// Something freed, waiting out the grace period.
@@ -300,10 +296,7 @@ impl Layout {
         this.names = names_map
             .iter()
             .filter_map(Result::ok)
-            .map(|(k, v)| {
-                let end = v.0.iter().position(|&b| b == 0).unwrap_or(v.0.len());
-                (k, String::from_utf8_lossy(&v.0[..end]).into_owned())
-            })
+            .map(|(k, v)| (k, names_text::decode(&v.0)))
             .collect();
         Ok(this)
     }

@@ -219,6 +219,12 @@ impl Agent {
         serde_json::from_value(v.clone()).with_context(|| format!("wsfwd services --json: unexpected shape: {v}"))
     }
 
+    /// `wsfwd services --stats --json`, typed.
+    pub fn traffic(&self) -> anyhow::Result<Vec<TrafficView>> {
+        let out = run(Command::new(binary()).args(["services", "--stats", "--json", "--bpffs"]).arg(&self.bpffs))?;
+        serde_json::from_str(&out).with_context(|| format!("wsfwd services --stats --json printed {out:?}"))
+    }
+
     /// `wsfwd status --json`.
     pub fn status(&self) -> anyhow::Result<serde_json::Value> {
         self.query("status")
@@ -324,6 +330,18 @@ pub struct FrontendView {
     pub table_size: u32,
     pub flows: u64,
     pub endpoints: Vec<EndpointView>,
+}
+
+/// One row of `wsfwd services --stats --json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrafficView {
+    pub service: String,
+    pub endpoint: String,
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]

@@ -15,6 +15,7 @@ use wsfwd::{
 };
 
 use crate::{
+    agent::{Agent, TrafficView},
     client::{echo, ws_connect},
     netns::Netns,
     sys::Proc,
@@ -113,4 +114,35 @@ pub async fn affinity_checks(t: &Topo, config_yaml: &str, seed: u32) -> BTreeMap
     let used: BTreeSet<&String> = seen.values().collect();
     assert!(used.len() >= 2, "16 clients all landed on {used:?}");
     seen
+}
+
+/// Expected `wsfwd services --stats` rows of `service`, from UDP datagrams
+/// exchanged with its endpoints: each (endpoint, request payload, reply
+/// payload) is one packet each way of 28 header bytes plus its payload.
+pub fn udp_traffic(service: &str, exchanges: &[(String, usize, usize)]) -> BTreeMap<String, TrafficView> {
+    let mut out: BTreeMap<String, TrafficView> = BTreeMap::new();
+    for (endpoint, request, reply) in exchanges {
+        let t = out.entry(endpoint.clone()).or_insert_with(|| TrafficView {
+            service: service.to_owned(),
+            endpoint: endpoint.clone(),
+            ..TrafficView::default()
+        });
+        t.packets_in += 1;
+        t.bytes_in += 28 + *request as u64;
+        t.packets_out += 1;
+        t.bytes_out += 28 + *reply as u64;
+    }
+    out
+}
+
+/// The agent's traffic rows of `service` equal `want`, endpoint by endpoint
+/// (every endpoint it counts for the service is in `want`).
+pub fn assert_traffic(agent: &Agent, service: &str, want: &BTreeMap<String, TrafficView>) {
+    let rows = agent.traffic().unwrap();
+    let got: BTreeMap<String, TrafficView> = rows
+        .into_iter()
+        .filter(|r| r.service == service && (r.packets_in > 0 || r.packets_out > 0 || want.contains_key(&r.endpoint)))
+        .map(|r| (r.endpoint.clone(), r))
+        .collect();
+    assert_eq!(&got, want, "packets and bytes per endpoint of {service}");
 }

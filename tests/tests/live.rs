@@ -90,6 +90,30 @@ async fn metrics_agree(t: &Topo, fleet: &Fleet, when: &str) -> std::collections:
         );
         assert_eq!(samples.get(&key), Some(&(n as f64)), "{when}: {key} in\n{body}");
     }
+    // Traffic: every endpoint the fleet uses moves packets both ways, and
+    // the service's totals are the sum of its endpoints' (one scrape).
+    let service = r#"service="default/testim-service:9080""#;
+    for direction in ["in", "out"] {
+        let mut sums = (0.0, 0.0);
+        for (name, v) in &samples {
+            let of_endpoint = name.contains(service) && name.contains(&format!(r#"direction="{direction}""#));
+            if of_endpoint && name.starts_with("wsfwd_endpoint_packets_total{") {
+                sums.0 += v;
+            } else if of_endpoint && name.starts_with("wsfwd_endpoint_bytes_total{") {
+                sums.1 += v;
+            }
+        }
+        let total = |family: &str| samples.get(&format!(r#"{family}{{{service},direction="{direction}"}}"#)).copied();
+        assert_eq!(total("wsfwd_service_packets_total"), Some(sums.0), "{when}: {direction}\n{body}");
+        assert_eq!(total("wsfwd_service_bytes_total"), Some(sums.1), "{when}: {direction}\n{body}");
+        assert!(sums.1 >= 40.0 * sums.0, "{when}: fewer bytes than IPv4 and TCP headers\n{body}");
+        for backend in fleet.by_backend().keys() {
+            let b = t.backends.iter().find(|b| &b.name == backend).unwrap();
+            let port = if b.behind { 9080 } else { t.spec.ws_port };
+            let key = format!(r#"wsfwd_endpoint_packets_total{{{service},endpoint="{}:{port}",direction="{direction}"}}"#, b.addr);
+            assert!(samples.get(&key).is_some_and(|&v| v > 0.0), "{when}: {key} in\n{body}");
+        }
+    }
     assert_eq!(samples.get("wsfwd_conntrack_evictions_estimated_total"), Some(&0.0), "{when}:\n{body}");
     assert!(samples.get(r#"wsfwd_packets_total{reason="redirected"}"#).is_some_and(|&v| v > 0.0), "{when}:\n{body}");
     assert!(body.contains("# TYPE wsfwd_packets counter"), "{when}: Prometheus counters end in _total:\n{body}");
@@ -372,14 +396,22 @@ async fn drain_timeout_case(t: &Topo, all: &str, without_first: &str, first: &st
     let on_first = fleet.members.iter().filter(|m| m.backend == first).count();
     assert!(on_first > 0 && on_first < 64, "{:?}", fleet.by_backend());
 
+    let first_addr = t.backends.iter().find(|b| b.name == first).unwrap().addr.to_string();
+    let traffic_of_first = || {
+        let rows = agent.traffic().unwrap();
+        rows.into_iter().find(|r| r.service == "default/testim-service:9080" && r.endpoint.starts_with(&format!("{first_addr}:")))
+    };
     write_config(agent.config_path(), without_first, Write::Rename);
     agent.wait_for_log("applied (generation", 1, Duration::from_secs(5)).unwrap();
     let removed = std::time::Instant::now();
+    let at_removal = traffic_of_first().expect("the endpoint's traffic row");
     // Until the deadline every connection goes on, the drained endpoint's included.
     fleet.run_for(3).await.unwrap();
     let view = agent.services().unwrap().into_iter().find(|f| f.frontend == t.vip().to_string()).unwrap();
-    let first_addr = t.backends.iter().find(|b| b.name == first).unwrap().addr.to_string();
     assert_eq!(view.by_address().get(&first_addr), Some(&("draining".to_owned(), on_first as u64)), "{view:?}");
+    // Its flows still count where they did, through several collections.
+    let draining = traffic_of_first().expect("a draining endpoint keeps its traffic row");
+    assert!(draining.packets_in > at_removal.packets_in && draining.packets_out > at_removal.packets_out, "{at_removal:?} then {draining:?}");
     tokio::time::sleep(Duration::from_secs(5).saturating_sub(removed.elapsed()) + Duration::from_secs(3)).await;
     for m in &fleet.members {
         match (m.backend == first, m.ended_at()) {
@@ -398,6 +430,17 @@ async fn drain_timeout_case(t: &Topo, all: &str, without_first: &str, first: &st
     let ended_there = wsfwd_tests::peers::connections_ended(t.ws_peer(first)).len();
     assert_eq!(ended_there, on_first, "{first} must see each of its connections end");
     assert!(agent.log().contains(&format!("drain timeout: {on_first} TCP flows reset")), "{}", agent.log());
+    // With its last flow gone, its traffic slot is freed (full-NAT flows
+    // stay in the table through the SNAT port's quarantine, and so does it).
+    if t.backends.iter().any(|b| b.name == first && b.behind) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while traffic_of_first().is_some() {
+            assert!(std::time::Instant::now() < deadline, "the drained endpoint's traffic row outlived its flows: {:?}", traffic_of_first());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    } else {
+        assert!(traffic_of_first().is_some(), "freed while its quarantined flows still name it");
+    }
     fleet.close().await;
 }
 

@@ -10,7 +10,7 @@ use std::{
 use tokio_tungstenite::tungstenite::Message;
 use wsfwd_tests::{
     agent::{self, Agent, Flow},
-    checks::{Capture, affinity_checks, frame_checks, handshake_checks, predicted, predicted_for_client},
+    checks::{Capture, affinity_checks, assert_traffic, udp_traffic, frame_checks, handshake_checks, predicted, predicted_for_client},
     client::{echo, tcp_connect, udp_exchange, ws_connect},
     peers,
     sys::run,
@@ -205,9 +205,10 @@ async fn t1_07_udp_clients_keep_their_predicted_backend() {
     let agent = Agent::start(&t.node, &t.dir, &config_yaml, &[]).unwrap();
     let dst = std::net::SocketAddrV4::new(VIP, 9080);
     let mut used = BTreeSet::new();
+    let mut exchanges = Vec::new();
     for &src in &t.clients {
-        let want = predicted_for_client(&config_yaml, "testim-udp", DEFAULT_HASH_SEED, src);
-        let want = t.backend_by_addr(&want).unwrap().name.clone();
+        let want_addr = predicted_for_client(&config_yaml, "testim-udp", DEFAULT_HASH_SEED, src);
+        let want = t.backend_by_addr(&want_addr).unwrap().name.clone();
         // Tiny datagrams too: shorter than any TCP header.
         for round in 0..3 {
             let payload = match round {
@@ -217,11 +218,14 @@ async fn t1_07_udp_clients_keep_their_predicted_backend() {
             };
             let reply = udp_exchange(&t.client, src, dst, payload.as_bytes()).await.unwrap();
             assert_eq!(reply, format!("{want} {src} {payload}"), "round {round}");
+            exchanges.push((format!("{want_addr}:9090"), payload.len(), reply.len()));
         }
         used.insert(want);
     }
     assert!(used.len() >= 2, "{used:?}");
     assert_eq!(agent.stats().unwrap()["pass-reply-unknown"], 0);
+    // Counted exactly, per endpoint of this service (replies at egress).
+    assert_traffic(&agent, "default/testim-udp:9080", &udp_traffic("default/testim-udp:9080", &exchanges));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

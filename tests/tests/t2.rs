@@ -9,7 +9,7 @@ use std::{
 use tokio_tungstenite::tungstenite::Message;
 use wsfwd_tests::{
     agent::Agent,
-    checks::{Capture, affinity_checks, frame_checks, handshake_checks, predicted_for_client},
+    checks::{Capture, affinity_checks, assert_traffic, frame_checks, handshake_checks, predicted_for_client, udp_traffic},
     client::{echo, tcp_connect, udp_exchange, ws_connect, ws_connect_from},
     topo::{Spec, Topo, VIP, upstream_config, upstream_udp_config},
 };
@@ -205,18 +205,23 @@ async fn t2_05_udp_through_full_nat_keeps_its_predicted_endpoint() {
     let config = upstream_udp_config(&endpoints(&t));
     let agent = Agent::start(&t.node, &t.dir, &config, &[]).unwrap();
     let mut used = BTreeSet::new();
+    let mut exchanges = Vec::new();
     for &src in &t.clients {
-        let want = predicted_for_client(&config, "testim-service", DEFAULT_HASH_SEED, src);
-        let want = t.backend_by_addr(&want).unwrap().name.clone();
+        let want_addr = predicted_for_client(&config, "testim-service", DEFAULT_HASH_SEED, src);
+        let want = t.backend_by_addr(&want_addr).unwrap().name.clone();
         for round in 0..3 {
             let payload = format!("datagram {round} from {src}");
             let reply = udp_exchange(&t.client, src, std::net::SocketAddrV4::new(VIP, 9080), payload.as_bytes()).await.unwrap();
             assert_eq!(reply, format!("{want} {} {payload}", t.node_addr), "round {round}");
+            exchanges.push((format!("{want_addr}:9090"), payload.len(), reply.len()));
         }
         used.insert(want);
     }
     assert_eq!(used.len(), 2, "{used:?}");
     assert!(agent.stats().unwrap()["snat-allocated"] >= 48);
+    // Counted exactly, per endpoint (full-NAT replies at ingress).
+    let service = "default/testim-service:9080";
+    assert_traffic(&agent, service, &udp_traffic(service, &exchanges));
 }
 
 /// Full NAT with fragments both ways: the client's fragments get the SNAT

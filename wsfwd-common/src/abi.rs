@@ -27,10 +27,12 @@ pub mod map_names {
     pub const FRONTEND_NAMES: &str = "FRONTEND_NAMES";
     pub const AFFINITY: &str = "AFFINITY";
     pub const READY: &str = "READY";
+    pub const TRAFFIC: &str = "TRAFFIC";
+    pub const TRAFFIC_OWNERS: &str = "TRAFFIC_OWNERS";
     /// Every pinned map: what a restarted agent adopts.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 18] = [
         SERVICES, BACKENDS, MAGLEV, CONNTRACK, REVNAT, NAT, SNAT_IPS, COUNTERS, HALF_OPEN, HANDSHAKES, ENDPOINT_ADDRS, META,
-        ATTACHED, FRONTEND_NAMES, AFFINITY, READY,
+        ATTACHED, FRONTEND_NAMES, AFFINITY, READY, TRAFFIC, TRAFFIC_OWNERS,
     ];
 }
 
@@ -48,7 +50,7 @@ pub mod globals {
 /// The layout of the pinned maps: their keys, values and what they mean. An
 /// agent adopts pinned maps only of its own layout; any change to a pinned
 /// map's key, value or meaning (counters appended excepted) bumps this.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// `META` value (its one entry): what an agent adopting the pinned maps must
 /// know, and what `wsfwd status` shows. Written by the agent only.
@@ -182,6 +184,9 @@ pub struct Backend {
     pub snat_first: u8,
     pub snat_count: u8,
     pub _pad: [u8; 3],
+    /// Its `TRAFFIC` slot: this endpoint as an endpoint of this service, so
+    /// a `Backend` belongs to one service.
+    pub traffic: u32,
 }
 
 /// A flow as seen in one direction.
@@ -261,6 +266,9 @@ pub struct FlowEntry {
     pub state: FlowState,
     /// TCP only: this direction's sender, as the window tracker sees it.
     pub tcp: TcpWindow,
+    /// The flow's `TRAFFIC` slot (its service and endpoint), in both entries.
+    pub traffic: u32,
+    pub _pad: u32,
 }
 
 /// A flow, judged from both of its entries (either may be missing).
@@ -294,6 +302,8 @@ impl FlowEntry {
             to: Rewrite { saddr, daddr, sport, dport },
             state: FlowState { handshake: 0, fin: 0, rst: 0, liberal: 0 },
             tcp: TcpWindow { end: 0, maxend: 0, maxwin: 0, scale: 0, _pad: [0; 3] },
+            traffic: NO_TRAFFIC,
+            _pad: 0,
         }
     }
 }
@@ -333,6 +343,35 @@ pub struct RevNatEntry {
     pub port: [u8; 2],
     pub _pad: [u8; 2],
     pub flags: u32,
+    /// With `REVNAT_F_UNIQUE`: the endpoint's `TRAFFIC` slot for its one
+    /// service; else `NO_TRAFFIC`.
+    pub traffic: u32,
+}
+
+/// A `TRAFFIC` slot that counts nothing (out of the array's range).
+pub const NO_TRAFFIC: u32 = u32::MAX;
+
+/// `TRAFFIC` value (a per-CPU array indexed by slot): what went through one
+/// endpoint of one service, in IPv4 bytes. In: towards the endpoint; out:
+/// its replies.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+}
+
+/// `TRAFFIC_OWNERS` value, keyed by slot: whose traffic it counts (the
+/// service port's name, NUL-padded, and the endpoint). Written by the agent only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrafficOwner {
+    pub service: FrontendName,
+    pub addr: [u8; 4],
+    pub port: [u8; 2],
+    pub _pad: [u8; 2],
 }
 
 /// Per-CPU counters (`COUNTERS`, an array indexed by this enum), one per
@@ -528,18 +567,20 @@ const _: () = {
     assert!(size_of::<AffinityKey>() == 8);
     assert!(size_of::<AffinityEntry>() == 16);
     assert!(size_of::<ReadyKey>() == 12);
-    assert!(size_of::<Backend>() == 12);
+    assert!(size_of::<Backend>() == 16);
     assert!(size_of::<FlowKey>() == 16);
     assert!(size_of::<Rewrite>() == 12);
     assert!(size_of::<FlowState>() == 4);
     assert!(size_of::<TcpWindow>() == 16);
-    assert!(size_of::<FlowEntry>() == 40);
+    assert!(size_of::<FlowEntry>() == 48);
     assert!(size_of::<RevNatKey>() == 8);
     assert!(size_of::<FragKey>() == 12);
     assert!(size_of::<Meta>() == 40);
     assert!(size_of::<Attachment>() == 24);
     assert!(size_of::<FrontendName>() == 160);
-    assert!(size_of::<RevNatEntry>() == 12);
+    assert!(size_of::<RevNatEntry>() == 16);
+    assert!(size_of::<Traffic>() == 32);
+    assert!(size_of::<TrafficOwner>() == 168);
     assert!(Counter::ALL.len() == COUNTER_COUNT as usize);
     // `ALL` lists every counter at its own number.
     let mut i = 0;
@@ -589,4 +630,6 @@ mod pod {
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for AffinityEntry {}
     unsafe impl aya::Pod for ReadyKey {}
+    unsafe impl aya::Pod for Traffic {}
+    unsafe impl aya::Pod for TrafficOwner {}
 }

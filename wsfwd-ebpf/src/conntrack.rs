@@ -71,7 +71,7 @@ pub fn key(p: &Packet, dir: u8) -> FlowKey {
 /// other TCP packet (a flow whose entries were lost, picked up mid-stream)
 /// makes both sides liberal.
 #[inline(always)]
-pub fn opening(p: &Packet, out: Rewrite, back: Rewrite, now: u64) -> Option<(&'static mut FlowEntry, &'static mut FlowEntry)> {
+pub fn opening(p: &Packet, out: Rewrite, back: Rewrite, traffic: u32, now: u64) -> Option<(&'static mut FlowEntry, &'static mut FlowEntry)> {
     let (o, b) = (NEW_FLOW.get_ptr_mut(0)?, NEW_FLOW.get_ptr_mut(1)?);
     // SAFETY: this CPU's two slots, distinct; nothing else runs on this CPU meanwhile.
     let (o, b) = unsafe { (&mut *o, &mut *b) };
@@ -80,6 +80,7 @@ pub fn opening(p: &Packet, out: Rewrite, back: Rewrite, now: u64) -> Option<(&'s
         e.to = to;
         e.state = FlowState::default();
         e.tcp = TcpWindow::default();
+        e.traffic = traffic;
     }
     if p.proto == PROTO_TCP {
         if p.is_syn() {
@@ -124,7 +125,7 @@ pub fn create_gateway(p: &Packet, backend: &Backend, now: u64) -> Result<Rewrite
         Some(_) => 0,
         None => BPF_NOEXIST as u64,
     };
-    let (to_endpoint, to_client) = opening(p, out, back, now).ok_or(Counter::DropError)?;
+    let (to_endpoint, to_client) = opening(p, out, back, backend.traffic, now).ok_or(Counter::DropError)?;
     // Two SYNs racing for a free reply key: only one claims it.
     HANDSHAKES.insert(&reply, to_client, flags).map_err(|_| Counter::DropTupleClash)?;
     // LRU inserts do not fail for want of room; any other failure means the

@@ -8,7 +8,7 @@ use wsfwd_common::abi::{Counter, DIR_REPLY, REVNAT_F_UNIQUE, RevNatKey, Rewrite}
 
 use crate::{
     conntrack::{self, Table},
-    counters::count,
+    counters::{Way, count, traffic},
     icmp,
     maps::{ENDPOINT_ADDRS, REVNAT},
     frag, nat,
@@ -73,18 +73,18 @@ pub fn handle(ctx: &TcContext) -> i32 {
         Some(e) => Some((Table::Conntrack, e)),
         None => Table::Handshakes.get(&key).map(|e| (Table::Handshakes, e)),
     };
-    let e = match found {
+    let (e, slot) = match found {
         Some((table, e)) => {
             // Copied first: the entry may move to another map.
             // SAFETY: a pointer into a map value, valid for this run.
-            let to = unsafe { (*e).to };
+            let (to, slot) = unsafe { ((*e).to, (*e).traffic) };
             conntrack::seen(table, e, &key, p, now);
-            to
+            (to, slot)
         }
         // Evicted: an endpoint of exactly one frontend still says where it belongs.
         None if revnat.flags & REVNAT_F_UNIQUE != 0 => {
             count(Counter::ReplyFromRevNat);
-            Rewrite { saddr: revnat.addr, sport: revnat.port, daddr: p.daddr, dport: p.dport }
+            (Rewrite { saddr: revnat.addr, sport: revnat.port, daddr: p.daddr, dport: p.dport }, revnat.traffic)
         }
         None => {
             count(Counter::PassReplyUnknown);
@@ -96,5 +96,6 @@ pub fn handle(ctx: &TcContext) -> i32 {
         return TC_ACT_SHOT as i32;
     }
     count(Counter::ReplyTranslated);
+    traffic(slot, Way::FromEndpoint, p.ip_len);
     TC_ACT_OK as i32
 }

@@ -5,11 +5,11 @@ use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     programs::TcContext,
 };
-use wsfwd_common::abi::{BACKEND_F_SNAT, Counter, DIR_ORIGINAL, DIR_REPLY, PROTO_TCP, Rewrite, ServiceEntry, ServiceKey};
+use wsfwd_common::abi::{BACKEND_F_SNAT, Counter, DIR_ORIGINAL, DIR_REPLY, NO_TRAFFIC, PROTO_TCP, Rewrite, ServiceEntry, ServiceKey};
 
 use crate::{
     conntrack::{self, Table},
-    counters::count,
+    counters::{Way, count, traffic},
     forward::{self, NoRoute},
     icmp,
     maps::{SERVICES, snat_ports},
@@ -123,11 +123,13 @@ fn to_endpoint(ctx: &TcContext, p: &Packet, svc: &ServiceEntry) -> Result<i32, V
             found = None;
         }
     }
+    let mut slot = NO_TRAFFIC;
     let to = match found {
         Some((table, e)) => {
             // Copied first: the entry may move to another map.
             // SAFETY: a pointer into a map value, valid for this run.
             let to = unsafe { (*e).to };
+            slot = unsafe { (*e).traffic };
             conntrack::seen(table, e, &key, p, now);
             to
         }
@@ -135,7 +137,7 @@ fn to_endpoint(ctx: &TcContext, p: &Packet, svc: &ServiceEntry) -> Result<i32, V
         // again as long as the service's endpoints have not changed.
         None => {
             let mut to = Rewrite::default();
-            match new_flow(p, svc, now, &mut to) {
+            match new_flow(p, svc, now, &mut to, &mut slot) {
                 NewFlow::Created => to,
                 NewFlow::Drop(c) => return Err(Verdict::Drop(c)),
                 NewFlow::Refuse(c) => return Err(Verdict::Refuse(c)),
@@ -145,7 +147,7 @@ fn to_endpoint(ctx: &TcContext, p: &Packet, svc: &ServiceEntry) -> Result<i32, V
     if p.frag == Frag::First {
         frag::remember(p);
     }
-    forward(ctx, p, &to, Counter::Redirected)
+    forward(ctx, p, &to, Counter::Redirected, slot, Way::ToEndpoint)
 }
 
 /// How creating a flow went. Plain data written through `to` rather than a
@@ -159,7 +161,7 @@ enum NewFlow {
 }
 
 #[inline(always)]
-fn new_flow(p: &Packet, svc: &ServiceEntry, now: u64, to: &mut Rewrite) -> NewFlow {
+fn new_flow(p: &Packet, svc: &ServiceEntry, now: u64, to: &mut Rewrite, slot: &mut u32) -> NewFlow {
     let Some(backend) = select::pick(svc, p, now) else { return NewFlow::Refuse(Counter::DropNoEndpoint) };
     let created = if backend.flags & BACKEND_F_SNAT != 0 {
         // Unlike a gateway flow, a full-NAT flow cannot be rebuilt mid-stream:
@@ -182,6 +184,7 @@ fn new_flow(p: &Packet, svc: &ServiceEntry, now: u64, to: &mut Rewrite) -> NewFl
     };
     count(Counter::FlowCreated);
     *to = created;
+    *slot = backend.traffic;
     NewFlow::Created
 }
 
@@ -199,27 +202,36 @@ fn to_client(ctx: &TcContext, p: &Packet) -> Result<i32, Verdict> {
         return Err(Verdict::Pass(Counter::PassTtlExpired));
     }
     // SAFETY: a pointer into a map value, valid for this run.
-    let to = unsafe { (*e).to };
+    let (to, slot) = unsafe { ((*e).to, (*e).traffic) };
     conntrack::seen(Table::Nat, e, &key, p, conntrack::now());
     if p.frag == Frag::First {
         frag::remember(p);
     }
-    forward(ctx, p, &to, Counter::SnatReplyRedirected)
+    forward(ctx, p, &to, Counter::SnatReplyRedirected, slot, Way::FromEndpoint)
 }
 
 /// Translates and redirects. The packet goes back to the kernel only where
 /// the kernel must finish the job: local delivery, and fragmenting.
+/// What it delivers is counted in the flow's `TRAFFIC` slot.
 #[inline(always)]
-fn forward(ctx: &TcContext, p: &Packet, e: &Rewrite, done: Counter) -> Result<i32, Verdict> {
+fn forward(ctx: &TcContext, p: &Packet, e: &Rewrite, done: Counter, slot: u32, way: Way) -> Result<i32, Verdict> {
     let route = match forward::route(ctx, p.proto, e, p.headers, p.ip_len) {
         Ok(r) => r,
         Err(NoRoute::Drop(c)) => return Err(Verdict::Drop(c)),
         // An endpoint on this node: delivered by the kernel's stack (its
         // replies leave through egress, where they are translated back).
-        Err(NoRoute::Local) => return to_kernel(ctx, p, e, Counter::DeliveredLocally),
+        Err(NoRoute::Local) => {
+            let verdict = to_kernel(ctx, p, e, Counter::DeliveredLocally)?;
+            traffic(slot, way, p.ip_len);
+            return Ok(verdict);
+        }
         // Without DF the sender wants it fragmented, as a router would: the
         // kernel does that when it forwards the translated packet.
-        Err(NoRoute::FragNeeded { gso: false, .. }) if !p.df => return fragment_by_kernel(ctx, p, e),
+        Err(NoRoute::FragNeeded { gso: false, .. }) if !p.df => {
+            let verdict = fragment_by_kernel(ctx, p, e)?;
+            traffic(slot, way, p.ip_len);
+            return Ok(verdict);
+        }
         // Never dropped silently: the sender learns the path MTU.
         Err(NoRoute::FragNeeded { mtu, gso }) => {
             let verdict = icmp::frag_needed(ctx, p, mtu).map_err(|_| Verdict::Drop(Counter::DropFragNeeded))?;
@@ -233,6 +245,7 @@ fn forward(ctx: &TcContext, p: &Packet, e: &Rewrite, done: Counter) -> Result<i3
     nat::decrement_ttl(ctx, p.ttl, p.proto).map_err(|_| Verdict::Drop(Counter::DropError))?;
     let verdict = forward::redirect(ctx, &route).map_err(Verdict::Drop)?;
     count(done);
+    traffic(slot, way, p.ip_len);
     Ok(verdict)
 }
 

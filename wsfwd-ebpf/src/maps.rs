@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use wsfwd_common::abi::{
-    AffinityEntry, AffinityKey, Attachment, Backend, COUNTER_COUNT, FlowEntry, FlowKey, FragKey, FrontendName, MAX_SNAT_IPS, Meta, ReadyKey, RevNatEntry, RevNatKey, Rewrite, ServiceEntry, ServiceKey,
+    AffinityEntry, AffinityKey, Attachment, Backend, COUNTER_COUNT, FlowEntry, FlowKey, FragKey, FrontendName, MAX_SNAT_IPS, Meta, ReadyKey, RevNatEntry, RevNatKey, Rewrite, ServiceEntry, ServiceKey, Traffic, TrafficOwner,
 };
 
 /// Not preallocated, like `REVNAT` and `READY`: the agent updates entries
@@ -80,6 +80,15 @@ pub static AFFINITY: LruHashMap<AffinityKey, AffinityEntry> = LruHashMap::with_m
 /// affinity is honoured only while its endpoint is here.
 #[map]
 pub static READY: HashMap<ReadyKey, u32> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
+
+/// Packets and bytes per service and endpoint, indexed by the slot
+/// `BACKENDS`, `REVNAT` and each flow's entries carry.
+#[map]
+pub static TRAFFIC: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(1, 0);
+
+/// Written and read by the agent only: whose traffic each slot counts.
+#[map]
+pub static TRAFFIC_OWNERS: HashMap<u32, TrafficOwner> = HashMap::with_max_entries(1, 0);
 
 /// Written and read by the agent only: the service port of each frontend.
 #[map]

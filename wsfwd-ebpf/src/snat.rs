@@ -47,7 +47,7 @@ pub fn allocate(p: &Packet, backend: &Backend, now: u64) -> Result<Rewrite, Coun
             _pad: [0; 2],
         };
         let out = Rewrite { saddr: *ip, sport: reply.dport, daddr: backend.addr, dport: backend.port };
-        let (to_endpoint, to_client) = opening(p, out, back, now).ok_or(Counter::DropError)?;
+        let (to_endpoint, to_client) = opening(p, out, back, backend.traffic, now).ok_or(Counter::DropError)?;
         if NAT.insert(&reply, to_client, BPF_NOEXIST as u64).is_ok() {
             if NAT.insert(&original, to_endpoint, 0).is_err() {
                 // The map is full: give the claimed port back.

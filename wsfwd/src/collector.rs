@@ -4,7 +4,7 @@
 //! are translated until its last flow ends).
 use std::{
     collections::{BTreeMap, BTreeSet},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use wsfwd_common::abi::{AffinityKey, DIR_ORIGINAL, DIR_REPLY, FlowEntry, FlowKey, RevNatKey, ServiceKey};
@@ -19,8 +19,17 @@ pub struct Collected {
     pub gateway_removed: u64,
 }
 
-/// Sweeps every flow table once.
+/// Sweeps every flow table once, then lets the plan free the `TRAFFIC`
+/// slots no flow counts into any more.
 pub fn collect(dp: &mut Datapath, timeouts: &gc::Timeouts, quarantine: Duration) -> Collected {
+    let started = Instant::now();
+    let (collected, counting) = sweep_all(dp, timeouts, quarantine);
+    dp.flows_counted(started, &counting);
+    collected
+}
+
+/// Sweeps every flow table once; also says which `TRAFFIC` slots the flows count into.
+fn sweep_all(dp: &mut Datapath, timeouts: &gc::Timeouts, quarantine: Duration) -> (Collected, BTreeSet<u32>) {
     let now = gc::monotonic_ns();
     let (ct, ct_removed) = sweep("conntrack", dp.conntrack(), now, timeouts, Duration::ZERO);
     let (hs, hs_removed) = sweep("handshakes", dp.handshakes(), now, timeouts, Duration::ZERO);
@@ -35,7 +44,8 @@ pub fn collect(dp: &mut Datapath, timeouts: &gc::Timeouts, quarantine: Duration)
         .map(|(k, _)| RevNatKey { addr: k.saddr, port: k.sport, proto: k.proto, _pad: 0 })
         .collect();
     refresh_affinity(dp, &[&ct, &hs, &entries]);
-    Collected { in_use, gateway_removed: (ct_removed.len() + hs_removed.len()) as u64 }
+    let counting = ct.iter().chain(&hs).chain(&entries).map(|(_, v)| v.traffic).collect();
+    (Collected { in_use, gateway_removed: (ct_removed.len() + hs_removed.len()) as u64 }, counting)
 }
 
 /// A ClientIP affinity lasts `timeoutSeconds` after the client's last

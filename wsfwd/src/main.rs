@@ -113,6 +113,10 @@ enum Command {
         bpffs: PathBuf,
         #[arg(long)]
         json: bool,
+        /// Packets and bytes per service port and endpoint (to the endpoint:
+        /// In; its replies: Out; IPv4 bytes), instead of the table view.
+        #[arg(long)]
+        stats: bool,
     },
 }
 
@@ -250,7 +254,7 @@ fn main() -> ExitCode {
         Command::Cleanup { bpffs } => cleanup_cmd(&bpffs),
         Command::Conntrack { bpffs, json, service } => conntrack_cmd(&bpffs, json, service.as_deref()),
         Command::Status { bpffs, json } => status_cmd(&bpffs, json),
-        Command::Services { bpffs, json } => services_cmd(&bpffs, json),
+        Command::Services { bpffs, json, stats } => services_cmd(&bpffs, json, stats),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -397,7 +401,10 @@ fn status_cmd(bpffs: &std::path::Path, json: bool) -> anyhow::Result<()> {
     print_view(&wsfwd::status::status(bpffs)?, json, wsfwd::status::render_status)
 }
 
-fn services_cmd(bpffs: &std::path::Path, json: bool) -> anyhow::Result<()> {
+fn services_cmd(bpffs: &std::path::Path, json: bool, stats: bool) -> anyhow::Result<()> {
+    if stats {
+        return print_view(&wsfwd::status::traffic(bpffs)?, json, |t| wsfwd::status::render_traffic(t));
+    }
     print_view(&wsfwd::status::services(bpffs)?, json, |s| wsfwd::status::render_services(s))
 }
 

@@ -153,6 +153,27 @@ pub fn render(dir: &Path, agent: &AgentCounts) -> anyhow::Result<String> {
     gauge_family(&mut reg, "endpoint_flows", "Live flows by frontend and endpoint", &flows);
     gauge_family(&mut reg, "draining_flows", "Live flows on draining endpoints", &[(Vec::new(), draining)]);
 
+    let traffic = status::traffic(dir)?;
+    let (mut packets, mut bytes) = (Vec::new(), Vec::new());
+    let mut by_service: BTreeMap<(&str, &str), (u64, u64)> = BTreeMap::new();
+    for t in &traffic {
+        for (direction, p, b) in [("in", t.packets_in, t.bytes_in), ("out", t.packets_out, t.bytes_out)] {
+            let l = labels(&[("service", &t.service), ("endpoint", &t.endpoint), ("direction", direction)]);
+            packets.push((l.clone(), p));
+            bytes.push((l, b));
+            let s = by_service.entry((&t.service, direction)).or_default();
+            s.0 += p;
+            s.1 += b;
+        }
+    }
+    let service_packets: Vec<_> = by_service.iter().map(|((s, d), v)| (labels(&[("service", s), ("direction", d)]), v.0)).collect();
+    let service_bytes: Vec<_> = by_service.iter().map(|((s, d), v)| (labels(&[("service", s), ("direction", d)]), v.1)).collect();
+    let help = "(direction in: to the endpoint; out: its replies)";
+    counter_family(&mut reg, "service_packets", &format!("Packets forwarded per service port {help}"), &service_packets);
+    counter_family(&mut reg, "service_bytes", &format!("IPv4 bytes forwarded per service port {help}"), &service_bytes);
+    counter_family(&mut reg, "endpoint_packets", &format!("Packets forwarded per service port and endpoint {help}"), &packets);
+    counter_family(&mut reg, "endpoint_bytes", &format!("IPv4 bytes forwarded per service port and endpoint {help}"), &bytes);
+
     let mut out = String::new();
     encode(&mut out, &reg)?;
     Ok(out)

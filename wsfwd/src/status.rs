@@ -8,11 +8,11 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::maps::{Array, HashMap, Map, MapInfo};
+use aya::maps::{Array, HashMap, Map, MapInfo, PerCpuArray};
 use serde::Serialize;
 use wsfwd_common::abi::{
     ATTACH_CLSACT, Attachment, BACKEND_F_SNAT, BACKEND_F_TERMINATING, Backend, DIR_ORIGINAL, FlowEntry, FlowKey,
-    FlowStatus, FrontendName, LOAD_APPLIED, LOAD_REJECTED, Meta, PROTO_TCP, RevNatEntry, RevNatKey, ServiceEntry, ServiceKey, map_names as names, names_text,
+    FlowStatus, FrontendName, LOAD_APPLIED, LOAD_REJECTED, Meta, PROTO_TCP, RevNatEntry, RevNatKey, ServiceEntry, ServiceKey, Traffic, TrafficOwner, map_names as names, names_text,
 };
 
 
@@ -265,6 +265,69 @@ pub fn services(dir: &Path) -> anyhow::Result<Vec<FrontendView>> {
     }
     out.sort_by(|a, b| (&a.service, &a.frontend).cmp(&(&b.service, &b.frontend)));
     Ok(out)
+}
+
+/// What went through one endpoint of one service port, summed over CPUs;
+/// bytes are IPv4 bytes (headers included). In: to the endpoint; out: its replies.
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficView {
+    pub service: String,
+    pub endpoint: String,
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+}
+
+/// Traffic of every endpoint of every service port, by service and endpoint
+/// (`TRAFFIC`, named by `TRAFFIC_OWNERS`). An endpoint keeps counting while
+/// its flows drain; it starts from zero when it leaves and comes back after
+/// its last flow ended.
+pub fn traffic(dir: &Path) -> anyhow::Result<Vec<TrafficView>> {
+    let owners = hash::<u32, TrafficOwner>(dir, names::TRAFFIC_OWNERS)?;
+    let counts: PerCpuArray<_, Traffic> = PerCpuArray::try_from(Map::PerCpuArray(open(dir, names::TRAFFIC)?))?;
+    let mut out = Vec::with_capacity(owners.len());
+    for (slot, o) in owners {
+        let per_cpu = counts.get(&slot, 0).context("reading TRAFFIC")?;
+        let mut v = TrafficView { service: names_text::decode(&o.service.0), endpoint: addr(o.addr, o.port), ..TrafficView::default() };
+        for t in per_cpu.iter() {
+            v.packets_in += t.packets_in;
+            v.bytes_in += t.bytes_in;
+            v.packets_out += t.packets_out;
+            v.bytes_out += t.bytes_out;
+        }
+        out.push(v);
+    }
+    out.sort_by(|a, b| (&a.service, &a.endpoint).cmp(&(&b.service, &b.endpoint)));
+    Ok(out)
+}
+
+/// `wsfwd services --stats`, in the spirit of `ipvsadm -Ln --stats`.
+pub fn render_traffic(rows: &[TrafficView]) -> String {
+    let mut out = format!("{:<40} {:>12} {:>12} {:>14} {:>14}\n", "Service", "InPkts", "OutPkts", "InBytes", "OutBytes");
+    out += "  -> Endpoint\n";
+    let mut last: Option<&str> = None;
+    for r in rows {
+        if last != Some(r.service.as_str()) {
+            let of = rows.iter().filter(|x| x.service == r.service);
+            let sum = |f: fn(&TrafficView) -> u64| of.clone().map(f).sum::<u64>();
+            out += &format!(
+                "{:<40} {:>12} {:>12} {:>14} {:>14}\n",
+                r.service,
+                sum(|x| x.packets_in),
+                sum(|x| x.packets_out),
+                sum(|x| x.bytes_in),
+                sum(|x| x.bytes_out)
+            );
+            last = Some(&r.service);
+        }
+        out += &format!(
+            "  -> {:<35} {:>12} {:>12} {:>14} {:>14}\n",
+            r.endpoint, r.packets_in, r.packets_out, r.bytes_in, r.bytes_out
+        );
+    }
+    out
 }
 
 pub fn render_services(frontends: &[FrontendView]) -> String {

@@ -7,7 +7,7 @@ use std::{
 };
 
 use wsfwd_common::abi::{
-    BACKEND_F_SNAT, BACKEND_F_TERMINATING, Backend, ReadyKey, MAX_SNAT_IPS, REVNAT_F_UNIQUE, RevNatEntry, RevNatKey,
+    BACKEND_F_SNAT, BACKEND_F_TERMINATING, Backend, NO_TRAFFIC, ReadyKey, MAX_SNAT_IPS, REVNAT_F_UNIQUE, RevNatEntry, RevNatKey,
     SVC_F_HASH_CLIENT, ServiceEntry, ServiceKey,
 };
 
@@ -36,13 +36,13 @@ pub struct Capacity {
 
 impl Capacity {
     pub fn of(services: &[Service]) -> Self {
-        let endpoints: BTreeSet<(Ipv4Addr, u16)> =
-            services.iter().flat_map(|s| s.endpoints.iter().map(|e| (e.address, e.port))).collect();
+        // Each service's endpoints are its own `BACKENDS` entries.
+        let endpoints: usize = services.iter().map(|s| s.endpoints.len()).sum();
         let maglev: usize = services.iter().map(|s| maglev::table_size(s.endpoints.len()) as usize).sum();
         let ready: usize = services.iter().filter(|s| s.affinity_timeout_seconds.is_some()).map(|s| s.endpoints.len()).sum();
         let frontends: usize = services.iter().map(|s| s.frontends.len()).sum();
         Capacity {
-            backends: endpoints.len().max(1) as u32,
+            backends: endpoints.max(1) as u32,
             maglev: maglev.max(1) as u32,
             ready: ready.max(1) as u32,
             frontends: frontends.max(1) as u32,
@@ -62,13 +62,25 @@ impl Capacity {
     }
 }
 
+/// Whose traffic a `TRAFFIC` slot counts: an endpoint of a service port.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Owner {
+    pub service: String,
+    pub addr: Ipv4Addr,
+    pub port: u16,
+}
+
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Contents {
     pub services: Vec<(ServiceKey, ServiceEntry)>,
-    /// Indexed by backend id.
+    /// Indexed by backend id. Their `traffic` slots are given by the layout.
     pub backends: Vec<Backend>,
+    /// Whose traffic each backend counts, indexed like `backends`.
+    pub owners: Vec<Owner>,
     pub maglev: Vec<u32>,
     pub revnat: Vec<(RevNatKey, RevNatEntry)>,
+    /// Of `revnat` entries with `REVNAT_F_UNIQUE`: the endpoint's one service.
+    pub revnat_owners: BTreeMap<RevNatKey, Owner>,
     pub snat_ips: Vec<Ipv4Addr>,
     /// The service port of each frontend (`namespace/name:port`).
     pub frontend_names: BTreeMap<ServiceKey, String>,
@@ -115,6 +127,10 @@ fn fnv1a(bytes: &[u8]) -> u32 {
     bytes.iter().fold(0x811c_9dc5u32, |h, &b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
 }
 
+/// The frontends (address, port) that reach an endpoint, and the index of
+/// the last service that has it.
+type Reached = (BTreeSet<(Ipv4Addr, u16)>, usize);
+
 /// Compiles services into map entries, with ids of their own (`wsfwd check`,
 /// tests). Fails when two frontends resolve to the same address, port and
 /// protocol (an externalIP equal to a node address, say).
@@ -129,12 +145,14 @@ pub fn compile_with(services: &[Service], node: &Node, seed: u32, ids: &mut Serv
     let mut c = Contents::default();
     // An endpoint in a table only as a terminating fallback is its own
     // backend, flagged so (`wsfwd services` shows it).
-    let mut backend_ids: BTreeMap<(Ipv4Addr, u16, bool), u32> = BTreeMap::new();
-    // Endpoint (address, port, protocol) -> the frontends that reach it.
-    let mut reached_from: BTreeMap<(Ipv4Addr, u16, u8), BTreeSet<(Ipv4Addr, u16)>> = BTreeMap::new();
+    // Keyed by service too: each service's endpoints count their own traffic.
+    let mut backend_ids: BTreeMap<(usize, Ipv4Addr, u16, bool), u32> = BTreeMap::new();
+    // Endpoint (address, port, protocol) -> the frontends that reach it, and
+    // the last service that does.
+    let mut reached_from: BTreeMap<(Ipv4Addr, u16, u8), Reached> = BTreeMap::new();
     let mut owner: BTreeMap<ServiceKey, String> = BTreeMap::new();
 
-    for (svc, &id) in services.iter().zip(&service_ids) {
+    for (index, (svc, &id)) in services.iter().zip(&service_ids).enumerate() {
         let proto = svc.protocol.number();
         let plan = ServiceTable::new(svc, node, seed);
         let offset = c.maglev.len() as u32;
@@ -142,7 +160,7 @@ pub fn compile_with(services: &[Service], node: &Node, seed: u32, ids: &mut Serv
             let (addr, port) = plan.keys[slot as usize];
             let terminating = !svc.endpoints[plan.live[slot as usize]].takes_new_flows();
             let next = backend_ids.len() as u32;
-            c.maglev.push(*backend_ids.entry((addr, port, terminating)).or_insert(next));
+            c.maglev.push(*backend_ids.entry((index, addr, port, terminating)).or_insert(next));
         }
         let table_size = plan.size();
         let flags = if svc.hash == HashInput::ClientIp { SVC_F_HASH_CLIENT } else { 0 };
@@ -156,7 +174,7 @@ pub fn compile_with(services: &[Service], node: &Node, seed: u32, ids: &mut Serv
                 let terminating = !svc.endpoints[plan.live[slot as usize]].takes_new_flows();
                 if seen.insert((addr, port)) {
                     let key = ReadyKey { service_id: id, addr: addr.octets(), port: port.to_be_bytes(), _pad: [0; 2] };
-                    c.ready.push((key, backend_ids[&(addr, port, terminating)]));
+                    c.ready.push((key, backend_ids[&(index, addr, port, terminating)]));
                 }
             }
         }
@@ -184,7 +202,9 @@ pub fn compile_with(services: &[Service], node: &Node, seed: u32, ids: &mut Serv
         // already pinned to a no-longer-ready endpoint must still be
         // translated. Full-NAT replies come back to a SNAT address instead.
         for e in svc.endpoints.iter().filter(|e| node.is_behind(e)) {
-            reached_from.entry((e.address, e.port, proto)).or_default().extend(addrs.iter().copied());
+            let reached = reached_from.entry((e.address, e.port, proto)).or_default();
+            reached.0.extend(addrs.iter().copied());
+            reached.1 = index;
         }
         let frontends: Vec<String> = addrs.iter().map(|(a, p)| format!("{a}:{p}")).collect();
         c.summary.push(format!(
@@ -205,11 +225,17 @@ pub fn compile_with(services: &[Service], node: &Node, seed: u32, ids: &mut Serv
     }
 
     c.backends = vec![Backend::default(); backend_ids.len()];
-    for ((addr, port, terminating), id) in backend_ids {
+    c.owners = vec![Owner { service: String::new(), addr: Ipv4Addr::UNSPECIFIED, port: 0 }; backend_ids.len()];
+    let mut summarised = BTreeSet::new();
+    for ((index, addr, port, terminating), id) in backend_ids {
+        c.owners[id as usize] = Owner { service: services[index].id(), addr, port };
         let flags = if terminating { BACKEND_F_TERMINATING } else { 0 };
-        let mut b = Backend { addr: addr.octets(), port: port.to_be_bytes(), flags, ..Backend::default() };
+        let mut b = Backend { addr: addr.octets(), port: port.to_be_bytes(), flags, traffic: NO_TRAFFIC, ..Backend::default() };
+        // One line per endpoint, however many services it serves.
+        let new_line = summarised.insert((addr, port));
         match node.external.get(&addr) {
-            None => c.summary.push(format!("endpoint {addr}:{port}: behind the node, sees the client address")),
+            None if new_line => c.summary.push(format!("endpoint {addr}:{port}: behind the node, sees the client address")),
+            None => {}
             Some(route_src) => {
                 let ips: &[Ipv4Addr] = if node.snat_ips.is_empty() { std::slice::from_ref(route_src) } else { &node.snat_ips };
                 let first = match c.snat_ips.iter().position(|a| a == &ips[0]) {
@@ -226,21 +252,24 @@ pub fn compile_with(services: &[Service], node: &Node, seed: u32, ids: &mut Serv
                 b.snat_first = first as u8;
                 b.snat_count = ips.len() as u8;
                 let from: Vec<String> = ips.iter().map(ToString::to_string).collect();
-                c.summary.push(format!(
-                    "endpoint {addr}:{port}: not behind the node, full NAT from {}",
-                    from.join(", ")
-                ));
+                if new_line {
+                    c.summary.push(format!("endpoint {addr}:{port}: not behind the node, full NAT from {}", from.join(", ")));
+                }
             }
         }
         c.backends[id as usize] = b;
     }
-    for ((addr, port, proto), frontends) in reached_from {
+    for ((addr, port, proto), (frontends, index)) in reached_from {
         let Some(&(f_addr, f_port)) = frontends.iter().next() else { continue };
-        let flags = if frontends.len() == 1 { REVNAT_F_UNIQUE } else { 0 };
-        c.revnat.push((
-            RevNatKey { addr: addr.octets(), port: port.to_be_bytes(), proto, _pad: 0 },
-            RevNatEntry { addr: f_addr.octets(), port: f_port.to_be_bytes(), _pad: [0; 2], flags },
-        ));
+        let key = RevNatKey { addr: addr.octets(), port: port.to_be_bytes(), proto, _pad: 0 };
+        let flags = if frontends.len() == 1 {
+            c.revnat_owners.insert(key, Owner { service: services[index].id(), addr, port });
+            REVNAT_F_UNIQUE
+        } else {
+            0
+        };
+        let entry = RevNatEntry { addr: f_addr.octets(), port: f_port.to_be_bytes(), _pad: [0; 2], flags, traffic: NO_TRAFFIC };
+        c.revnat.push((key, entry));
     }
     Ok(c)
 }
@@ -273,12 +302,19 @@ mod tests {
         assert_eq!((im.table_offset, im.table_size), (0, 509));
         assert_eq!((testim.table_offset, testim.table_size), (509, 509));
         assert_eq!(c.maglev.len(), 1018);
-        // Both services share the three pods: three backends, each with a third of each table.
-        assert_eq!(c.backends.len(), 3);
-        for id in 0..3 {
-            let n = c.maglev[..509].iter().filter(|&&b| b == id).count();
-            assert!((169..=170).contains(&n), "backend {id} has {n} slots");
+        // Both services share the three pods, each service with backends of
+        // its own (their traffic is counted apart): a third of its table each.
+        assert_eq!(c.backends.len(), 6);
+        for (table, ids) in [(&c.maglev[..509], 0..3), (&c.maglev[509..], 3..6)] {
+            for id in ids {
+                let n = table.iter().filter(|&&b| b == id).count();
+                assert!((169..=170).contains(&n), "backend {id} has {n} slots");
+            }
         }
+        let owners: Vec<_> = c.owners.iter().map(|o| (o.service.as_str(), o.addr, o.port)).collect();
+        assert_eq!(owners[0].0, "default/im-service:9080");
+        assert_eq!(owners[3].0, "default/testim-service:9080");
+        assert_eq!(owners[0].1, owners[3].1, "the same pod, as an endpoint of each service");
     }
 
     #[test]
@@ -409,7 +445,7 @@ mod tests {
                 c.maglev[testim.table_offset as usize..][..testim.table_size as usize].iter().map(|&id| c.backends[id as usize]).collect();
             // `wsfwd services` tells a fallback from a ready endpoint by this flag.
             let any_ready = conds.iter().any(|c| c.starts_with("{ready: true"));
-            assert!(used.iter().all(|b| (b.flags & BACKEND_F_TERMINATING != 0) == !any_ready), "{conds:?}");
+            assert!(used.iter().all(|b| (b.flags & BACKEND_F_TERMINATING != 0) != any_ready), "{conds:?}");
             used.iter().map(|b| Ipv4Addr::from(b.addr)).collect::<BTreeSet<_>>()
         };
         let draining = "{ready: false, serving: true, terminating: true}";

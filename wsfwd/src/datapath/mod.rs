@@ -109,6 +109,8 @@ fn layout(name: &str) -> (u32, u32) {
         names::FRONTEND_NAMES => (size_of::<ServiceKey>(), size_of::<FrontendName>()),
         names::AFFINITY => (size_of::<AffinityKey>(), size_of::<AffinityEntry>()),
         names::READY => (size_of::<ReadyKey>(), 4),
+        names::TRAFFIC => (4, size_of::<Traffic>()),
+        names::TRAFFIC_OWNERS => (4, size_of::<TrafficOwner>()),
         _ => (0, 0),
     };
     (k as u32, v as u32)
@@ -204,6 +206,9 @@ impl Datapath {
             // Clients with affinity, over every service that has it.
             .map_max_entries(names::AFFINITY, handshakes_size(opts.ct_size))
             .map_max_entries(names::BACKENDS, 2 * capacity.backends)
+            // A slot per endpoint of each service, as many as `BACKENDS` ids.
+            .map_max_entries(names::TRAFFIC, 2 * capacity.backends)
+            .map_max_entries(names::TRAFFIC_OWNERS, 2 * capacity.backends)
             .map_max_entries(names::MAGLEV, 2 * capacity.maglev)
             .map_max_entries(names::REVNAT, room(capacity.backends as usize))
             .map_max_entries(names::ENDPOINT_ADDRS, room(capacity.backends as usize))
@@ -350,6 +355,12 @@ impl Datapath {
         let meta = self.meta()?;
         self.write_meta(Meta { generation: meta.generation + 1, ..meta })?;
         Ok(applied)
+    }
+
+    /// A collection that started at `started` found flows counting into
+    /// these `TRAFFIC` slots (see `plan::Layout::flows_counted`).
+    pub fn flows_counted(&mut self, started: std::time::Instant, counting: &std::collections::BTreeSet<u32>) {
+        self.layout.flows_counted(&mut self.ebpf, started, counting);
     }
 
     /// The live plan.

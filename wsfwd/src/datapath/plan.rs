@@ -11,6 +11,12 @@
 //! Freed regions and ids are reused only after a grace period, so a packet
 //! that read the old `SERVICES` entry an instant before the switch still
 //! finds its old table intact.
+//!
+//! Each endpoint of each service also has a `TRAFFIC` slot, which its
+//! `BACKENDS` entry, its unique `REVNAT` entry and every flow to it carry.
+//! A slot is freed only after a collection that started a grace period
+//! after no plan used it found no flow counting into it, so a draining
+//! flow's packets are never counted as another endpoint's.
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap as Std},
     time::{Duration, Instant},
@@ -19,14 +25,14 @@ use std::{
 use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap},
+    maps::{Array, HashMap, PerCpuArray, PerCpuValues},
 };
 use wsfwd_common::abi::{
-    BACKEND_F_SNAT, Backend, FrontendName, ReadyKey, RevNatEntry, RevNatKey, ServiceEntry, ServiceKey,
-    map_names as names, names_text,
+    BACKEND_F_SNAT, Backend, FrontendName, NO_TRAFFIC, ReadyKey, RevNatEntry, RevNatKey, ServiceEntry, ServiceKey, Traffic,
+    TrafficOwner, map_names as names, names_text,
 };
 
-use super::contents::Contents;
+use super::contents::{Contents, Owner};
 
 /// How long a freed region or id stays untouched: far longer than any packet
 /// takes between reading `SERVICES` and reading its table.
@@ -194,6 +200,12 @@ pub struct Layout {
     ready: BTreeMap<ReadyKey, u32>,
     endpoint_addrs: BTreeSet<[u8; 4]>,
     pending: Vec<(Instant, Freed)>,
+    traffic_slots: Regions,
+    /// `TRAFFIC` slots of the endpoints of the live plan (and of any plan
+    /// tried since, until the next one applied).
+    traffic: BTreeMap<Owner, u32>,
+    /// Slots no plan uses any more, with when that became so.
+    traffic_left: BTreeMap<u32, (Owner, Instant)>,
 }
 
 /// What an `apply` changed.
@@ -240,6 +252,9 @@ impl Layout {
             ready: BTreeMap::new(),
             endpoint_addrs: BTreeSet::new(),
             pending: Vec::new(),
+            traffic_slots: Regions::new(backends),
+            traffic: BTreeMap::new(),
+            traffic_left: BTreeMap::new(),
         })
     }
 
@@ -298,7 +313,67 @@ impl Layout {
             .filter_map(Result::ok)
             .map(|(k, v)| (k, names_text::decode(&v.0)))
             .collect();
+        // Every slot stays taken; the first plan applied keeps the ones it
+        // uses, and the others wait for the collector as usual.
+        let owners: HashMap<_, u32, TrafficOwner> = HashMap::try_from(map(ebpf, names::TRAFFIC_OWNERS)?)?;
+        for (slot, o) in owners.iter().filter_map(Result::ok) {
+            this.traffic_slots.take(slot, 1);
+            let owner = Owner { service: names_text::decode(&o.service.0), addr: o.addr.into(), port: u16::from_be_bytes(o.port) };
+            this.traffic.insert(owner, slot);
+        }
         Ok(this)
+    }
+
+    /// The `TRAFFIC` slot of `owner`: its own if it has one (or had one
+    /// not yet freed), else a fresh one, zeroed and named in `TRAFFIC_OWNERS`.
+    fn traffic_slot(&mut self, ebpf: &mut Ebpf, owner: &Owner) -> anyhow::Result<u32> {
+        if let Some(&slot) = self.traffic.get(owner) {
+            return Ok(slot);
+        }
+        if let Some(slot) = self.traffic_left.iter().find(|(_, (o, _))| o == owner).map(|(s, _)| *s) {
+            self.traffic_left.remove(&slot);
+            self.traffic.insert(owner.clone(), slot);
+            return Ok(slot);
+        }
+        let slot = self.traffic_slots.alloc(1).ok_or_else(|| anyhow!("the pinned TRAFFIC map is full; it is sized when first created, so a larger configuration needs `wsfwd cleanup` and a fresh start"))?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| anyhow!("counting CPUs: {e}"))?;
+        let zeros = PerCpuValues::try_from(vec![Traffic::default(); cpus]).context("zeroing a TRAFFIC slot")?;
+        let mut counts: PerCpuArray<_, Traffic> = PerCpuArray::try_from(map(ebpf, names::TRAFFIC)?)?;
+        counts.set(slot, zeros, 0).context("zeroing a TRAFFIC slot")?;
+        let named = TrafficOwner {
+            service: frontend_name(&owner.service),
+            addr: owner.addr.octets(),
+            port: owner.port.to_be_bytes(),
+            _pad: [0; 2],
+        };
+        let mut owners: HashMap<_, u32, TrafficOwner> = HashMap::try_from(map(ebpf, names::TRAFFIC_OWNERS)?)?;
+        owners.insert(slot, named, 0).context("writing TRAFFIC_OWNERS")?;
+        self.traffic.insert(owner.clone(), slot);
+        Ok(slot)
+    }
+
+    /// A collection that started at `started` found flows counting into
+    /// `counting`: slots left unused since a grace before it, and not among
+    /// them, are freed.
+    pub fn flows_counted(&mut self, ebpf: &mut Ebpf, started: Instant, counting: &BTreeSet<u32>) {
+        let free: Vec<u32> = self
+            .traffic_left
+            .iter()
+            .filter(|(slot, (_, left))| started.saturating_duration_since(*left) >= GRACE && !counting.contains(*slot))
+            .map(|(slot, _)| *slot)
+            .collect();
+        if free.is_empty() {
+            return;
+        }
+        let Ok(mut owners) = map(ebpf, names::TRAFFIC_OWNERS).and_then(|m| Ok(HashMap::<_, u32, TrafficOwner>::try_from(m)?)) else {
+            return;
+        };
+        for slot in free {
+            if owners.remove(&slot).is_ok() {
+                self.traffic_left.remove(&slot);
+                self.traffic_slots.release(slot, 1);
+            }
+        }
     }
 
     /// What is live, in the agent's terms: frontends (with their services'
@@ -393,6 +468,20 @@ impl Layout {
 
     fn write(&mut self, ebpf: &mut Ebpf, next: &Contents, w: &mut Written) -> anyhow::Result<Applied> {
         let mut applied = Applied::default();
+        // Traffic slots first: endpoints and unique `REVNAT` entries carry them.
+        let mut slots = Vec::with_capacity(next.owners.len());
+        for owner in &next.owners {
+            slots.push(self.traffic_slot(ebpf, owner)?);
+        }
+        let mut next_revnat: BTreeMap<RevNatKey, RevNatEntry> = BTreeMap::new();
+        for (k, v) in &next.revnat {
+            let traffic = match next.revnat_owners.get(k) {
+                Some(owner) => self.traffic_slot(ebpf, owner)?,
+                // A departed endpoint's entry keeps the slot it had.
+                None => self.revnat.get(k).map_or(NO_TRAFFIC, |e| e.traffic),
+            };
+            next_revnat.insert(*k, RevNatEntry { traffic, ..*v });
+        }
         let [snat_m, backends_m, revnat_m, endpoints_m, names_m, ready_m, services_m] = ebpf.maps_disjoint_mut([
             names::SNAT_IPS,
             names::BACKENDS,
@@ -407,8 +496,8 @@ impl Layout {
         let mut snat_ips: Array<_, [u8; 4]> = Array::try_from(need(snat_m)?)?;
         let mut global = Vec::with_capacity(next.backends.len());
         let mut new_lists: Std<Vec<[u8; 4]>, u32> = Std::new();
-        for b in &next.backends {
-            let mut g = *b;
+        for (b, &traffic) in next.backends.iter().zip(&slots) {
+            let mut g = Backend { traffic, ..*b };
             if b.flags & BACKEND_F_SNAT != 0 {
                 let (first, count) = (usize::from(b.snat_first), usize::from(b.snat_count));
                 let list: Vec<[u8; 4]> = next.snat_ips[first..first + count].iter().map(|a| a.octets()).collect();
@@ -467,7 +556,6 @@ impl Layout {
         }
         // Everything a new entry may lead to, before the switch.
         let mut revnat: HashMap<_, RevNatKey, RevNatEntry> = HashMap::try_from(need(revnat_m)?)?;
-        let next_revnat: BTreeMap<RevNatKey, RevNatEntry> = next.revnat.iter().copied().collect();
         for (k, v) in &next_revnat {
             if self.revnat.get(k) != Some(v) {
                 revnat.insert(k, v, 0).context("writing REVNAT")?;
@@ -550,6 +638,13 @@ impl Layout {
         for (list, at) in gone {
             self.snat_lists.remove(&list);
             self.pending.push((now, Freed::Snat(at, list.len() as u32)));
+        }
+        let counting: BTreeSet<u32> = slots.iter().chain(next_revnat.values().map(|e| &e.traffic)).copied().collect();
+        let unused: Vec<Owner> = self.traffic.iter().filter(|(_, s)| !counting.contains(s)).map(|(o, _)| o.clone()).collect();
+        for owner in unused {
+            if let Some(slot) = self.traffic.remove(&owner) {
+                self.traffic_left.insert(slot, (owner, now));
+            }
         }
         self.tables = tables;
         self.services = next_services;

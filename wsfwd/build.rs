@@ -10,6 +10,16 @@ fn main() -> anyhow::Result<()> {
     // ABI, hash and TCP tracker, so a change there must rebuild them too.
     let common = PathBuf::from(&manifest_dir).join("../wsfwd-common");
     println!("cargo:rerun-if-changed={}", common.display());
+    // Features of the eBPF crate, comma-separated (`build-variant`: see the
+    // live-operation tests, which start a different build over a running one).
+    println!("cargo:rerun-if-env-changed=WSFWD_EBPF_FEATURES");
+    let features: Vec<String> = std::env::var("WSFWD_EBPF_FEATURES")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|f| !f.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let features: Vec<&str> = features.iter().map(String::as_str).collect();
     let root = PathBuf::from(manifest_dir).join("../wsfwd-ebpf");
     let root = root
         .to_str()
@@ -19,7 +29,7 @@ fn main() -> anyhow::Result<()> {
             name: "wsfwd-ebpf",
             root_dir: root,
             no_default_features: false,
-            features: &[],
+            features: &features,
         }],
         Toolchain::default(),
     )

@@ -1,6 +1,6 @@
 //! The real `wsfwd` binary, run in the node namespace.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     process::{Command, ExitStatus},
     sync::OnceLock,
@@ -30,6 +30,20 @@ pub fn binary() -> PathBuf {
         Ok(bin) => bin.clone(),
         Err(e) => panic!("{e}"),
     }
+}
+
+/// Another build of the agent, whose programs differ (`build-variant`):
+/// `WSFWD_VARIANT_BIN`, else `wsfwd-variant` beside the workspace's debug
+/// build (`cargo xtask test` builds it). Refused when stale, like `binary`.
+pub fn variant_binary() -> PathBuf {
+    let bin = match std::env::var_os("WSFWD_VARIANT_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/wsfwd-variant"),
+    };
+    if let Err(e) = check_fresh(&bin) {
+        panic!("{e:#} (the variant build: WSFWD_EBPF_FEATURES=build-variant cargo build -p wsfwd, copied to {})", bin.display());
+    }
+    bin
 }
 
 /// The agent's sources: its own, the eBPF programs it embeds, the shared ABI.
@@ -90,8 +104,13 @@ pub struct Halted {
 impl Halted {
     /// Starts an agent over the running datapath (same config and pins).
     pub fn resume(self, ns: &Netns, extra: &[&str]) -> anyhow::Result<Agent> {
+        self.resume_with(&binary(), ns, extra)
+    }
+
+    /// `resume` with another build of the agent.
+    pub fn resume_with(self, bin: &Path, ns: &Netns, extra: &[&str]) -> anyhow::Result<Agent> {
         let this = std::mem::ManuallyDrop::new(self);
-        Agent::spawn(ns, &this.dir, this.config.clone(), this.generation + 1, extra)
+        Agent::spawn(bin, ns, &this.dir, this.config.clone(), this.generation + 1, extra)
     }
 }
 
@@ -113,9 +132,13 @@ pub enum Stop {
 /// Runs `wsfwd run` in `ns` (entering only its network namespace, so its
 /// pins stay visible to this process) and waits for its "ready" line.
 pub fn command(ns: &Netns, config: &Path, bpffs: &Path, extra: &[&str]) -> Command {
+    command_of(&binary(), ns, config, bpffs, extra)
+}
+
+fn command_of(bin: &Path, ns: &Netns, config: &Path, bpffs: &Path, extra: &[&str]) -> Command {
     let mut c = Command::new("nsenter");
     c.arg(format!("--net={}", ns.path()))
-        .arg(binary())
+        .arg(bin)
         .args(["run", "--iface", "n0"])
         .arg("--config")
         .arg(config)
@@ -130,13 +153,13 @@ impl Agent {
     pub fn start(ns: &Netns, dir: &Path, config_yaml: &str, extra: &[&str]) -> anyhow::Result<Self> {
         let config = dir.join("config.yaml");
         std::fs::write(&config, config_yaml)?;
-        Self::spawn(ns, dir, config, 0, extra)
+        Self::spawn(&binary(), ns, dir, config, 0, extra)
     }
 
-    fn spawn(ns: &Netns, dir: &Path, config: PathBuf, generation: u32, extra: &[&str]) -> anyhow::Result<Self> {
+    fn spawn(bin: &Path, ns: &Netns, dir: &Path, config: PathBuf, generation: u32, extra: &[&str]) -> anyhow::Result<Self> {
         let bpffs = dir.join("bpf");
         let log = dir.join(if generation == 0 { "agent.log".to_owned() } else { format!("agent-{generation}.log") });
-        let mut proc = Proc::spawn(&mut command(ns, &config, &bpffs, extra), &log)?;
+        let mut proc = Proc::spawn(&mut command_of(bin, ns, &config, &bpffs, extra), &log)?;
         proc.wait_for_line("ready", Duration::from_secs(20)).context("wsfwd run did not get ready")?;
         Ok(Self { proc, bpffs, config, dir: dir.to_owned(), net: ns.path().into(), generation, handed_over: false })
     }
@@ -155,6 +178,11 @@ impl Agent {
         }
         self.handed_over = true;
         Ok(Halted { dir: self.dir.clone(), config: self.config.clone(), net: self.net.clone(), generation: self.generation })
+    }
+
+    /// The tags of the programs this agent loaded, as its log says.
+    pub fn program_tags(&self) -> BTreeSet<String> {
+        self.log().lines().filter_map(|l| l.split(", tag ").nth(1)).map(|t| t.trim().to_owned()).collect()
     }
 
     /// The config file the agent watches.
@@ -273,6 +301,13 @@ pub fn tc_links() -> Vec<(u64, u64)> {
         .collect();
     out.sort();
     out
+}
+
+/// The kernel's tag of program `id` (a hash of its instructions), as bpftool prints it.
+pub fn program_tag(id: u64) -> String {
+    let out = run(Command::new("bpftool").args(["prog", "show", "id", &id.to_string(), "-j"])).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("bpftool prog show printed no JSON ({e}): {out}"));
+    v["tag"].as_str().unwrap_or_else(|| panic!("no tag: {v}")).to_owned()
 }
 
 /// wsfwd's clsact filters on `iface` in `ns`, as (hook and priority, program

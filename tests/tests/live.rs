@@ -30,13 +30,18 @@ fn attachments(t: &Topo, clsact: bool) -> Vec<(String, u64)> {
 }
 
 /// Restarts the agent under a full fleet, each way, with a gap in which no
-/// agent runs; asserts nothing was lost or re-created and the programs were
-/// swapped inside the same attachments.
+/// agent runs, then upgrades it to a different build (other programs, same
+/// layout) and back; asserts nothing was lost or re-created and the programs
+/// were swapped inside the same attachments.
 async fn restarts_lose_nothing(t: &Topo, mut agent: Agent, clsact: bool) {
     let fleet = Fleet::open(&t.client, &t.clients, t.vip(), CONNECTIONS).await.unwrap();
     assert!(fleet.by_backend().len() >= 2, "{:?}", fleet.by_backend());
     fleet.run_for(2).await.unwrap();
-    for (round, how) in [Stop::Kill, Stop::Term, Stop::Kill].into_iter().enumerate() {
+    let (build, other_build) = (agent::binary(), agent::variant_binary());
+    let first_tags = agent.program_tags();
+    assert_eq!(first_tags.len(), 2, "{}", agent.log());
+    let rounds = [(Stop::Kill, &build), (Stop::Term, &build), (Stop::Kill, &build), (Stop::Term, &other_build), (Stop::Term, &build)];
+    for (round, (how, bin)) in rounds.into_iter().enumerate() {
         let links = attachments(t, clsact);
         assert_eq!(links.len(), 2, "ingress and egress on n0: {links:?}");
         let before = agent.stats().unwrap();
@@ -48,8 +53,14 @@ async fn restarts_lose_nothing(t: &Topo, mut agent: Agent, clsact: bool) {
         let status: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(status["agentRunning"], false, "round {round}: {status}");
         assert!(status["maps"]["SERVICES"]["entries"].as_u64() >= Some(1), "round {round}: {status}");
-        agent = tokio::task::block_in_place(|| halted.resume(&t.node, EXTRA)).unwrap();
+        agent = tokio::task::block_in_place(|| halted.resume_with(bin, &t.node, EXTRA)).unwrap();
         assert!(agent.log().contains("adopted the running datapath"), "{}", agent.log());
+        // The programs running are the ones this build loaded: the other
+        // build's differ, and going back brings the first ones back.
+        let tags = agent.program_tags();
+        let running: std::collections::BTreeSet<String> = attachments(t, clsact).iter().map(|(_, prog)| agent::program_tag(*prog)).collect();
+        assert_eq!(running, tags, "round {round}: attached programs are not this agent's");
+        assert_eq!(tags == first_tags, bin == &build, "round {round}: {tags:?} vs the first build's {first_tags:?}");
         // A collection runs within a second: it must remove nothing live.
         fleet.run_for(3).await.unwrap_or_else(|e| panic!("round {round}, after restarting from {how:?}: {e:#}"));
         let after = attachments(t, clsact);

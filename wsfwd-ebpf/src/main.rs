@@ -26,12 +26,27 @@ use aya_ebpf::{macros::classifier, programs::TcContext};
 /// TC ingress on an external interface: frontend traffic is translated here.
 #[classifier]
 pub fn wsfwd_tc_ingress(ctx: TcContext) -> i32 {
+    #[cfg(feature = "build-variant")]
+    variant();
     ingress::handle(&ctx)
+}
+
+/// The `build-variant` difference: one load of a global, so the programs'
+/// instructions (and kernel tags) differ while their behaviour does not.
+#[cfg(feature = "build-variant")]
+#[inline(always)]
+fn variant() {
+    #[unsafe(no_mangle)]
+    static BUILD_VARIANT: u32 = 1;
+    // SAFETY: a read-only global.
+    unsafe { core::ptr::read_volatile(&BUILD_VARIANT) };
 }
 
 /// TC egress on an external interface: replies are translated back here.
 #[classifier]
 pub fn wsfwd_tc_egress(ctx: TcContext) -> i32 {
+    #[cfg(feature = "build-variant")]
+    variant();
     egress::handle(&ctx)
 }
 

@@ -92,6 +92,21 @@ pub fn build_agent(profile: Profile) -> Result<PathBuf> {
     Ok(binary)
 }
 
+/// Builds the agent with its programs' `build-variant` feature (programs that
+/// differ from the default build's, same layout) and keeps it as
+/// `wsfwd-variant` beside the debug build: the upgrade tests start it over a
+/// running datapath. Build the default agent after it: they share a build
+/// directory, and the last build is the one at `wsfwd`.
+pub fn build_agent_variant() -> Result<PathBuf> {
+    let mut cmd = cargo("build");
+    cmd.args(["--locked", "--package", "wsfwd"]).env("WSFWD_EBPF_FEATURES", "build-variant");
+    cmd::run(&mut cmd).context("building the agent's variant failed")?;
+    let built = target_dir().join(Profile::Debug.dir()).join("wsfwd");
+    let variant = built.with_file_name("wsfwd-variant");
+    std::fs::copy(&built, &variant).with_context(|| format!("copying {} to {}", built.display(), variant.display()))?;
+    Ok(variant)
+}
+
 /// Builds the agent and runs it as root with `args`; returns the agent's exit code.
 pub fn run_agent(profile: Profile, args: &[OsString]) -> Result<ExitCode> {
     let binary = build_agent(profile)?;

@@ -83,6 +83,12 @@ fn end_to_end(extra: &ExtraArgs, report: &mut Report) {
              run `cargo xtask test` as root",
         );
     }
+    // The upgrade tests (`live`) also start a different build over a running one.
+    if extra.select.targets.is_empty() || extra.select.targets.iter().any(|(_, name)| name == "live") {
+        if let Err(e) = cargo::build_agent_variant() {
+            return report.stage_failed(format!("end-to-end: {e:#}"));
+        }
+    }
     // The tests drive the real agent binary, and refuse one older than its sources.
     let agent = match cargo::build_agent(cargo::Profile::Debug) {
         Ok(a) => a,

@@ -288,6 +288,10 @@ impl Datapath {
                 .ok_or_else(|| anyhow!("program {prog} missing from the object"))?
                 .try_into()?;
             p.load().with_context(|| format!("loading {prog}"))?;
+            // Says which build runs: the tag is a hash of the instructions.
+            if let Ok(info) = p.info() {
+                log::info!("{prog}: program id {}, tag {:016x}", info.id(), info.tag());
+            }
             for iface in ifaces {
                 let was = previous.get(&iface.index).filter(|a| a.name == name_bytes(&iface.name)).map(|a| a.mode);
                 let mode = attach::attach_or_replace(p, &iface.name, hook, &self.pins, was, mode)?;

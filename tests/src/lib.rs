@@ -9,5 +9,7 @@ pub mod fleet;
 pub mod forge;
 pub mod netns;
 pub mod peers;
+pub mod pkt;
+pub mod progrun;
 pub mod sys;
 pub mod topo;

@@ -1,0 +1,74 @@
+//! Running a loaded program on one frame with `BPF_PROG_TEST_RUN`: the
+//! programs the agent attached, found by id, fed a frame as if it arrived on
+//! (or left through) an interface of the calling thread's namespace.
+use std::os::fd::{FromRawFd as _, OwnedFd, AsRawFd as _};
+
+use anyhow::{Context as _, bail};
+
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+
+fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> std::io::Result<i64> {
+    // SAFETY: attr is a zero-padded bpf_attr of the size given.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) };
+    if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(rc) }
+}
+
+fn put_u32(attr: &mut [u8; 128], at: usize, v: u32) {
+    attr[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+}
+
+fn put_u64(attr: &mut [u8; 128], at: usize, v: u64) {
+    attr[at..at + 8].copy_from_slice(&v.to_ne_bytes());
+}
+
+/// A file descriptor for loaded program `id`.
+pub fn prog_fd(id: u64) -> anyhow::Result<OwnedFd> {
+    let mut attr = [0u8; 128];
+    put_u32(&mut attr, 0, u32::try_from(id)?);
+    let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut attr).with_context(|| format!("BPF_PROG_GET_FD_BY_ID {id}"))?;
+    // SAFETY: the kernel just handed us this descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// What a program did with one frame.
+#[derive(Debug)]
+pub struct Ran {
+    /// Its return value (`TC_ACT_*`, `XDP_*`).
+    pub verdict: u32,
+    /// The frame as the program left it.
+    pub frame: Vec<u8>,
+}
+
+/// TC return values.
+pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_SHOT: u32 = 2;
+pub const TC_ACT_REDIRECT: u32 = 7;
+
+/// Runs TC program `fd` once on `frame`, as on interface `ifindex` (the
+/// `__sk_buff`'s `ifindex` and `ingress_ifindex`). The kernel sets the
+/// frame's packet type from its destination MAC and that interface's.
+pub fn run_tc(fd: &OwnedFd, frame: &[u8], ifindex: u32) -> anyhow::Result<Ran> {
+    // `struct __sk_buff` up to and including `ifindex` (offset 40).
+    let mut ctx = [0u8; 44];
+    ctx[36..40].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut attr = [0u8; 128];
+    put_u32(&mut attr, 0, fd.as_raw_fd() as u32);
+    put_u32(&mut attr, 8, frame.len() as u32);
+    put_u32(&mut attr, 12, out.len() as u32);
+    put_u64(&mut attr, 16, frame.as_ptr() as u64);
+    put_u64(&mut attr, 24, out.as_mut_ptr() as u64);
+    put_u32(&mut attr, 32, 1);
+    put_u32(&mut attr, 40, ctx.len() as u32);
+    put_u64(&mut attr, 48, ctx.as_ptr() as u64);
+    bpf(BPF_PROG_TEST_RUN, &mut attr).context("BPF_PROG_TEST_RUN")?;
+    let verdict = u32::from_ne_bytes(attr[4..8].try_into()?);
+    let size = u32::from_ne_bytes(attr[12..16].try_into()?) as usize;
+    if size > out.len() {
+        bail!("the program's frame ({size} bytes) outgrew the buffer");
+    }
+    out.truncate(size);
+    Ok(Ran { verdict, frame: out })
+}

@@ -1,0 +1,295 @@
+//! Packet fixtures, in the style of Katran's: each case is a frame built from
+//! headers, run once through a program the agent attached (with
+//! `BPF_PROG_TEST_RUN`, from inside the node's namespace, so the program's
+//! route and neighbour lookups see the node's tables), with the verdict, the
+//! counter and the output frame it must give, byte for byte. Every output's
+//! IPv4 and L4 checksums are recomputed from scratch (`pkt::checksums_ok`).
+//! Cases run in order: a flow's later packets find the state its first made.
+use std::{net::Ipv4Addr, process::Command};
+
+use wsfwd_common::DEFAULT_HASH_SEED;
+use wsfwd_tests::{
+    agent::Agent,
+    checks::predicted_for_client,
+    forge::mac_of,
+    pkt::{Frame, L4, TCP_ACK, TCP_RST, TCP_SYN, checksums_ok},
+    progrun::{Ran, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, prog_fd, run_tc},
+    sys::run,
+    topo::{SEED_CONFIG, Spec, Topo, UDP_SERVICE, VIP},
+};
+
+/// A service whose one endpoint is not ready: new flows are refused.
+const REFUSING_SERVICE: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: refusing}
+spec:
+  externalIPs: [192.168.0.150]
+  ports: [{port: 9081}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: refusing-1
+  labels: {kubernetes.io/service-name: refusing}
+addressType: IPv4
+ports: [{port: 9080}]
+endpoints:
+- addresses: ["10.244.1.10"]
+  conditions: {ready: false}
+"#;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hook {
+    Ingress,
+    Egress,
+}
+
+/// What the output frame must be.
+enum Out {
+    /// Untouched.
+    Same,
+    /// Exactly this.
+    Is(Frame),
+    /// A frame the program built (an answer): these bytes must check out.
+    Checked(Box<dyn Fn(&[u8]) -> Result<(), String>>),
+}
+
+struct Case {
+    name: &'static str,
+    hook: Hook,
+    input: Frame,
+    verdict: u32,
+    /// Raised by exactly one.
+    counter: &'static str,
+    out: Out,
+}
+
+/// The attached programs' ids: (ingress, egress), by their names.
+fn programs() -> (u64, u64) {
+    let mut ingress = None;
+    let mut egress = None;
+    for (_, id) in wsfwd_tests::agent::tc_links() {
+        let out = run(Command::new("bpftool").args(["prog", "show", "id", &id.to_string(), "-j"])).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        match v["name"].as_str() {
+            Some(n) if n.contains("ingres") => ingress = Some(id),
+            Some(n) if n.contains("egres") => egress = Some(id),
+            _ => {}
+        }
+    }
+    (ingress.expect("an attached ingress program"), egress.expect("an attached egress program"))
+}
+
+fn ifindex(t: &Topo, iface: &str) -> u32 {
+    t.node.exec(&["cat", &format!("/sys/class/net/{iface}/ifindex")]).unwrap().trim().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tc_fixtures_gateway_t1() {
+    let mut t = Topo::new("fx", Spec::T1).unwrap();
+    t.start_ws_peers().unwrap();
+    let config = format!("{SEED_CONFIG}\n---\n{UDP_SERVICE}\n---\n{REFUSING_SERVICE}");
+    let agent = Agent::start(&t.node, &t.dir, &config, &[]).unwrap();
+    // Neighbours known, so redirects write both MACs.
+    for b in &t.backends {
+        let mac: Vec<String> = mac_of(&b.ns, "e0").unwrap().iter().map(|x| format!("{x:02x}")).collect();
+        let nb = format!("nb{}", b.addr.octets()[2]);
+        t.node.ip(&["neigh", "replace", &b.addr.to_string(), "lladdr", &mac.join(":"), "nud", "permanent", "dev", &nb]).unwrap();
+    }
+    let (n0, n0_mac, client_mac) = (ifindex(&t, "n0"), mac_of(&t.node, "n0").unwrap(), mac_of(&t.client, "c0").unwrap());
+    let client = Ipv4Addr::new(10, 0, 1, 2);
+    let vip = (VIP, 9080);
+    // Where the testim-service (ClientIP) and testim-udp flows of `client` go.
+    let tcp_to = t.backend_by_addr(&predicted_for_client(&config, "testim-service", DEFAULT_HASH_SEED, client)).unwrap();
+    let udp_to = t.backend_by_addr(&predicted_for_client(&config, "testim-udp", DEFAULT_HASH_SEED, client)).unwrap();
+    let k = |b: &wsfwd_tests::topo::Backend| b.addr.octets()[2];
+    let (tcp_nb, udp_nb) = (format!("nb{}", k(tcp_to)), format!("nb{}", k(udp_to)));
+    let (tcp_peer_mac, udp_peer_mac) = (mac_of(&tcp_to.ns, "e0").unwrap(), mac_of(&udp_to.ns, "e0").unwrap());
+    let (tcp_nb_mac, udp_nb_mac) = (mac_of(&t.node, &tcp_nb).unwrap(), mac_of(&t.node, &udp_nb).unwrap());
+    let from_client = |f: Frame| f.macs(client_mac, n0_mac);
+    // Replies as the kernel routes them out of n0, before egress translates them.
+    let to_client = |f: Frame| f.macs(n0_mac, client_mac);
+    let (tcp_ep, udp_ep) = ((tcp_to.addr, 9080), (udp_to.addr, 9090));
+    let port = 40000;
+
+    let syn = from_client(Frame::tcp((client, port), vip, TCP_SYN, 1000, 0));
+    let translated = |f: &Frame, to: (Ipv4Addr, u16), src_mac, dst_mac| {
+        let mut out = f.clone().macs(src_mac, dst_mac);
+        out.dst = to.0;
+        out.ttl -= 1;
+        match &mut out.l4 {
+            L4::Tcp { dport, .. } | L4::Udp { dport, .. } => *dport = to.1,
+            _ => unreachable!(),
+        }
+        out
+    };
+    let syn_ack = to_client(Frame::tcp(tcp_ep, (client, port), TCP_SYN | TCP_ACK, 5000, 1001));
+    let mut syn_ack_out = syn_ack.clone();
+    (syn_ack_out.src, syn_ack_out.l4) = (VIP, match syn_ack.l4.clone() {
+        L4::Tcp { dport, seq, ack, flags, window, options, payload, .. } => L4::Tcp { sport: 9080, dport, seq, ack, flags, window, options, payload },
+        _ => unreachable!(),
+    });
+    let mut ack = from_client(Frame::tcp((client, port), vip, TCP_ACK, 1001, 5001));
+    if let L4::Tcp { payload, .. } = &mut ack.l4 {
+        *payload = b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n".to_vec();
+    }
+    let udp = from_client(Frame::udp((client, port), vip, b"hello"));
+    let mut ttl1 = syn.clone();
+    ttl1.ttl = 1;
+    let mut options = from_client(Frame::tcp((client, port + 1), vip, TCP_SYN, 1, 0));
+    options.options = vec![1, 1, 1, 0]; // NOP NOP NOP EOL
+    let mut fragment = from_client(Frame::tcp((client, port + 2), vip, TCP_SYN, 1, 0));
+    fragment.more_fragments = true;
+    fragment.df = false;
+    let refused = from_client(Frame::tcp((client, port + 3), (VIP, 9081), TCP_SYN, 7777, 0));
+
+    let cases = vec![
+        Case {
+            name: "not a service: to the node's own address",
+            hook: Hook::Ingress,
+            input: from_client(Frame::udp((client, port), (t.node_addr, 5555), b"x")),
+            verdict: TC_ACT_OK,
+            counter: "pass-not-ours",
+            out: Out::Same,
+        },
+        Case {
+            name: "unknown port on the VIP",
+            hook: Hook::Ingress,
+            input: from_client(Frame::tcp((client, port), (VIP, 1234), TCP_SYN, 1, 0)),
+            verdict: TC_ACT_OK,
+            counter: "pass-not-ours",
+            out: Out::Same,
+        },
+        Case {
+            name: "TTL 1 is the kernel's to answer",
+            hook: Hook::Ingress,
+            input: ttl1,
+            verdict: TC_ACT_OK,
+            counter: "pass-ttl-expired",
+            out: Out::Same,
+        },
+        Case {
+            name: "IP options pass untouched",
+            hook: Hook::Ingress,
+            input: options,
+            verdict: TC_ACT_OK,
+            counter: "pass-unparsed",
+            out: Out::Same,
+        },
+        Case {
+            name: "a fragmented TCP segment to a frontend is dropped",
+            hook: Hook::Ingress,
+            input: fragment,
+            verdict: TC_ACT_SHOT,
+            counter: "drop-tcp-fragment",
+            out: Out::Same,
+        },
+        Case {
+            name: "new flow: SYN to the VIP, translated to its endpoint",
+            hook: Hook::Ingress,
+            input: syn.clone(),
+            verdict: TC_ACT_REDIRECT,
+            counter: "flow-created",
+            out: Out::Is(translated(&syn, tcp_ep, tcp_nb_mac, tcp_peer_mac)),
+        },
+        Case {
+            name: "reply: SYN-ACK from the endpoint gets the VIP back",
+            hook: Hook::Egress,
+            input: syn_ack,
+            verdict: TC_ACT_OK,
+            counter: "reply-translated",
+            out: Out::Is(syn_ack_out),
+        },
+        Case {
+            name: "established: the handshake's ACK with the Upgrade request",
+            hook: Hook::Ingress,
+            input: ack.clone(),
+            verdict: TC_ACT_REDIRECT,
+            counter: "redirected",
+            out: Out::Is(translated(&ack, tcp_ep, tcp_nb_mac, tcp_peer_mac)),
+        },
+        Case {
+            name: "UDP: a new flow to the UDP service on the same VIP",
+            hook: Hook::Ingress,
+            input: udp.clone(),
+            verdict: TC_ACT_REDIRECT,
+            counter: "flow-created",
+            out: Out::Is(translated(&udp, udp_ep, udp_nb_mac, udp_peer_mac)),
+        },
+        Case {
+            name: "a wrong IPv4 header checksum to a frontend is dropped",
+            hook: Hook::Ingress,
+            input: from_client(Frame::tcp((client, port + 4), vip, TCP_SYN, 1, 0)),
+            verdict: TC_ACT_SHOT,
+            counter: "drop-bad-ip-checksum",
+            // Corrupted below, after building.
+            out: Out::Same,
+        },
+        Case {
+            name: "no endpoint ready: the SYN is refused with a RST from the frontend",
+            hook: Hook::Ingress,
+            input: refused,
+            verdict: TC_ACT_REDIRECT,
+            counter: "rst-sent",
+            out: Out::Checked(Box::new(move |f: &[u8]| {
+                let mut want = Frame::tcp((VIP, 9081), (client, port + 3), TCP_RST | TCP_ACK, 0, 7778).macs(n0_mac, client_mac);
+                if let L4::Tcp { window, .. } = &mut want.l4 {
+                    *window = 0;
+                }
+                let want = want.bytes();
+                // The answer's IP id and TTL are its own; the rest is fixed.
+                let (mut got, mut want) = (f.to_vec(), want);
+                for b in [&mut got, &mut want] {
+                    if b.len() > 14 + 20 {
+                        b[14 + 4..14 + 6].fill(0);
+                        b[14 + 8] = 0;
+                        b[14 + 10..14 + 12].fill(0);
+                    }
+                }
+                if got == want { Ok(()) } else { Err(format!("RST\n got  {got:02x?}\n want {want:02x?}")) }
+            })),
+        },
+    ];
+
+    let (ingress_id, egress_id) = programs();
+    let mut failures = Vec::new();
+    for case in cases {
+        let mut input = case.input.bytes();
+        if case.counter == "drop-bad-ip-checksum" {
+            input[14 + 10] ^= 0xff;
+        }
+        let before = agent.stats().unwrap();
+        let id = if case.hook == Hook::Ingress { ingress_id } else { egress_id };
+        let frame = input.clone();
+        let ran: Ran = t.node.inside(move || run_tc(&prog_fd(id)?, &frame, n0)).unwrap();
+        let delta = agent.stats().unwrap().since(&before);
+        let mut wrong = Vec::new();
+        if ran.verdict != case.verdict {
+            wrong.push(format!("verdict {} (want {})", ran.verdict, case.verdict));
+        }
+        if delta[case.counter] != 1 {
+            wrong.push(format!("counter {} moved by {} (all moves: {delta:?})", case.counter, delta[case.counter]));
+        }
+        let out_ok = match &case.out {
+            Out::Same => (ran.frame == input).then_some(()).ok_or_else(|| format!("modified:\n got  {:02x?}\n sent {input:02x?}", ran.frame)),
+            Out::Is(want) => {
+                let want = want.bytes();
+                (ran.frame == want).then_some(()).ok_or_else(|| format!("output:\n got  {:02x?}\n want {want:02x?}", ran.frame))
+            }
+            Out::Checked(check) => check(&ran.frame),
+        };
+        if let Err(e) = out_ok {
+            wrong.push(e);
+        }
+        if !matches!(case.out, Out::Same) {
+            if let Err(e) = checksums_ok(&ran.frame) {
+                wrong.push(format!("checksums: {e}"));
+            }
+        }
+        if !wrong.is_empty() {
+            failures.push(format!("{} ({:?}): {}", case.name, case.hook, wrong.join("; ")));
+        }
+    }
+    assert!(failures.is_empty(), "{} cases failed:\n{}", failures.len(), failures.join("\n"));
+}

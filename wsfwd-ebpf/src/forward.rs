@@ -1,19 +1,13 @@
 //! Sending a translated packet on: FIB lookup towards the endpoint, then a
 //! redirect out of the egress interface. The packet never returns to the
 //! kernel's stack, which never saw the flow.
-use core::mem::size_of;
-
-use aya_ebpf::{
-    bindings::{
-        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS,
-        TC_ACT_REDIRECT,
-        bpf_fib_lookup, bpf_redir_neigh,
-    },
-    helpers::{bpf_redirect, generated::bpf_fib_lookup as fib_lookup, generated::bpf_redirect_neigh},
-    programs::TcContext,
+use aya_ebpf::bindings::{
+    BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS,
+    bpf_fib_lookup,
 };
 use wsfwd_common::abi::{Counter, Rewrite};
 
+use crate::ctx::Ctx;
 
 const AF_INET: u8 = 2;
 
@@ -42,26 +36,21 @@ pub enum NoRoute {
 /// the kernel checks against the MTU whether or not the next hop's neighbour
 /// is resolved (0: let the kernel check the skb, only on success).
 #[inline(always)]
-pub fn route(ctx: &TcContext, proto: u8, e: &Rewrite, headers: u32, ip_len: u32) -> Result<Route, NoRoute> {
+pub fn route<C: Ctx>(ctx: &C, proto: u8, e: &Rewrite, headers: u32, ip_len: u32) -> Result<Route, NoRoute> {
     // SAFETY: bpf_fib_lookup is plain data; all-zero is a valid start.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
     params.l4_protocol = proto;
     params.sport = u16::from_ne_bytes(e.sport);
     params.dport = u16::from_ne_bytes(e.dport);
-    // SAFETY: ctx.skb points at the live __sk_buff.
-    let gso = unsafe { (*ctx.skb.skb).gso_size };
+    let gso = ctx.gso_size();
     // A GSO packet's length is that of all its segments: the kernel then
     // checks the skb itself (and we its segments, below).
     params.__bindgen_anon_1.tot_len = if gso == 0 { ip_len as u16 } else { 0 };
-    // SAFETY: ctx.skb points at the live __sk_buff.
-    params.ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    params.ifindex = ctx.ingress_ifindex();
     params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(e.saddr);
     params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(e.daddr);
-    // SAFETY: params is a valid, fully initialised lookup request.
-    let rc = unsafe {
-        fib_lookup(ctx.skb.skb as *mut _, &mut params, size_of::<bpf_fib_lookup>() as i32, 0)
-    };
+    let rc = ctx.fib_lookup(&mut params);
     // SAFETY: reading the union members the kernel filled in for AF_INET.
     let nexthop = unsafe { params.__bindgen_anon_4.ipv4_dst }.to_ne_bytes();
     // SAFETY: the kernel fills mtu_result in for these results.
@@ -82,26 +71,17 @@ pub fn route(ctx: &TcContext, proto: u8, e: &Rewrite, headers: u32, ip_len: u32)
     }
 }
 
-/// Redirects the (already rewritten) packet along `route`.
+/// Redirects the (already rewritten) packet along `route`. An unresolved
+/// neighbour is left to the kernel to resolve (TC only: the caller passes
+/// such a packet on before rewriting it where the hook cannot).
 #[inline(always)]
-pub fn redirect(ctx: &TcContext, route: &Route) -> Result<i32, Counter> {
+pub fn redirect<C: Ctx>(ctx: &C, route: &Route) -> Result<i32, Counter> {
     match route.macs {
         Some((dst, src)) => {
-            ctx.store(0, &dst, 0).map_err(|_| Counter::DropError)?;
-            ctx.store(6, &src, 0).map_err(|_| Counter::DropError)?;
-            // SAFETY: plain helper call.
-            let rc = unsafe { bpf_redirect(route.ifindex, 0) };
-            if rc == TC_ACT_REDIRECT as i64 { Ok(TC_ACT_REDIRECT as i32) } else { Err(Counter::DropError) }
+            ctx.store(0, &dst).map_err(|_| Counter::DropError)?;
+            ctx.store(6, &src).map_err(|_| Counter::DropError)?;
+            ctx.redirect(route.ifindex).map_err(|_| Counter::DropError)
         }
-        None => {
-            // The neighbour is not resolved yet: let the kernel resolve it and send.
-            let mut nh = bpf_redir_neigh { nh_family: AF_INET as u32, __bindgen_anon_1: unsafe { core::mem::zeroed() } };
-            nh.__bindgen_anon_1.ipv4_nh = u32::from_ne_bytes(route.nexthop);
-            // SAFETY: nh is a valid bpf_redir_neigh of the size given.
-            let rc = unsafe {
-                bpf_redirect_neigh(route.ifindex, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0)
-            };
-            if rc == TC_ACT_REDIRECT as i64 { Ok(TC_ACT_REDIRECT as i32) } else { Err(Counter::DropError) }
-        }
+        None => ctx.redirect_neigh(route.ifindex, route.nexthop).map_err(|_| Counter::DropError),
     }
 }

@@ -1,14 +1,12 @@
 //! External ingress: frontend packets are translated to their endpoint, and
 //! full-NAT replies to their client, then redirected; everything else passes
 //! untouched.
-use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    programs::TcContext,
-};
+
 use wsfwd_common::abi::{BACKEND_F_SNAT, Counter, DIR_ORIGINAL, DIR_REPLY, NO_TRAFFIC, PROTO_TCP, Rewrite, ServiceEntry, ServiceKey};
 
 use crate::{
     conntrack::{self, Table},
+    ctx::Ctx,
     counters::{Way, count, traffic},
     forward::{self, NoRoute},
     icmp,
@@ -29,41 +27,34 @@ pub enum Verdict {
 }
 
 #[inline(always)]
-pub fn handle(ctx: &TcContext) -> i32 {
+pub fn handle<C: Ctx>(ctx: &C) -> i32 {
     match run(ctx) {
         Ok(verdict) => verdict,
         Err(Verdict::Pass(c)) => {
             count(c);
-            TC_ACT_OK as i32
+            C::PASS
         }
         Err(Verdict::Drop(c)) => {
             count(c);
-            TC_ACT_SHOT as i32
+            C::DROP
         }
         Err(Verdict::Refuse(c)) => {
             count(c);
-            reply::refuse(ctx)
+            // Only TC answers; elsewhere the packet goes on to TC, which refuses it.
+            ctx.tc().map_or(C::PASS, reply::refuse)
         }
     }
 }
 
 #[inline(always)]
-fn run(ctx: &TcContext) -> Result<i32, Verdict> {
-    // SAFETY: ctx.skb points at the live __sk_buff.
-    let (pkt_type, vlan) = unsafe { ((*ctx.skb.skb).pkt_type, (*ctx.skb.skb).vlan_present) };
-    // Frames for another host's MAC (promiscuous mode, a bridge port) are
-    // not ours even when they carry a frontend address; the kernel drops them.
-    if pkt_type != PACKET_HOST {
-        return Err(Verdict::Pass(Counter::PassNotForHost));
-    }
-    // The tag sits in the skb's metadata: forwarding the packet would carry
-    // it to the endpoint. Tagged traffic belongs to whatever owns the VLAN.
-    if vlan != 0 {
-        return Err(Verdict::Pass(Counter::PassVlan));
-    }
+fn run<C: Ctx>(ctx: &C) -> Result<i32, Verdict> {
+    ctx.for_this_host().map_err(Verdict::Pass)?;
     let p = match parse::parse(ctx) {
         Ok(p) => p,
-        Err(Counter::PassIcmpNotOurs) => return icmp::at_ingress(ctx).map_err(Verdict::Drop),
+        Err(Counter::PassIcmpNotOurs) => match ctx.tc() {
+            Some(tc) => return icmp::at_ingress(tc).map_err(Verdict::Drop),
+            None => return Err(Verdict::Pass(Counter::PassIcmpNotOurs)),
+        },
         Err(c) => return Err(Verdict::Pass(c)),
     };
     if p.frag == Frag::Later && !frag::recall(p) {
@@ -90,12 +81,9 @@ fn run(ctx: &TcContext) -> Result<i32, Verdict> {
     }
 }
 
-/// `skb->pkt_type` of a frame addressed to this host's MAC.
-const PACKET_HOST: u32 = 0;
-
 /// A packet for a frontend.
 #[inline(always)]
-fn to_endpoint(ctx: &TcContext, p: &Packet, svc: &ServiceEntry) -> Result<i32, Verdict> {
+fn to_endpoint<C: Ctx>(ctx: &C, p: &Packet, svc: &ServiceEntry) -> Result<i32, Verdict> {
     if p.ttl <= 1 {
         return Err(Verdict::Pass(Counter::PassTtlExpired));
     }
@@ -190,7 +178,7 @@ fn new_flow(p: &Packet, svc: &ServiceEntry, now: u64, to: &mut Rewrite, slot: &m
 
 /// Not for a frontend: a full-NAT reply (to a SNAT address and port), or not ours.
 #[inline(always)]
-fn to_client(ctx: &TcContext, p: &Packet) -> Result<i32, Verdict> {
+fn to_client<C: Ctx>(ctx: &C, p: &Packet) -> Result<i32, Verdict> {
     let (port_min, port_count) = snat_ports();
     let dport = u16::from_be_bytes(p.dport) as u32;
     if dport < port_min || dport - port_min >= port_count {
@@ -214,7 +202,7 @@ fn to_client(ctx: &TcContext, p: &Packet) -> Result<i32, Verdict> {
 /// the kernel must finish the job: local delivery, and fragmenting.
 /// What it delivers is counted in the flow's `TRAFFIC` slot.
 #[inline(always)]
-fn forward(ctx: &TcContext, p: &Packet, e: &Rewrite, done: Counter, slot: u32, way: Way) -> Result<i32, Verdict> {
+fn forward<C: Ctx>(ctx: &C, p: &Packet, e: &Rewrite, done: Counter, slot: u32, way: Way) -> Result<i32, Verdict> {
     let route = match forward::route(ctx, p.proto, e, p.headers, p.ip_len) {
         Ok(r) => r,
         Err(NoRoute::Drop(c)) => return Err(Verdict::Drop(c)),
@@ -234,7 +222,8 @@ fn forward(ctx: &TcContext, p: &Packet, e: &Rewrite, done: Counter, slot: u32, w
         }
         // Never dropped silently: the sender learns the path MTU.
         Err(NoRoute::FragNeeded { mtu, gso }) => {
-            let verdict = icmp::frag_needed(ctx, p, mtu).map_err(|_| Verdict::Drop(Counter::DropFragNeeded))?;
+            let tc = ctx.tc().ok_or(Verdict::Pass(Counter::PassNotOurs))?;
+            let verdict = icmp::frag_needed(tc, p, mtu).map_err(|_| Verdict::Drop(Counter::DropFragNeeded))?;
             if gso {
                 count(Counter::IcmpFragNeededGso);
             }
@@ -253,7 +242,7 @@ fn forward(ctx: &TcContext, p: &Packet, e: &Rewrite, done: Counter, slot: u32, w
 /// source (full NAT: the node's own address, which the kernel refuses as
 /// martian) is left for egress to write into each fragment (see `frag`).
 #[inline(always)]
-fn fragment_by_kernel(ctx: &TcContext, p: &Packet, e: &Rewrite) -> Result<i32, Verdict> {
+fn fragment_by_kernel<C: Ctx>(ctx: &C, p: &Packet, e: &Rewrite) -> Result<i32, Verdict> {
     if e.saddr == p.saddr && e.sport == p.sport {
         return to_kernel(ctx, p, e, Counter::FragmentedByKernel);
     }
@@ -262,14 +251,14 @@ fn fragment_by_kernel(ctx: &TcContext, p: &Packet, e: &Rewrite) -> Result<i32, V
     }
     nat::translate_destination(ctx, p, e).map_err(|_| Verdict::Drop(Counter::DropError))?;
     count(Counter::FragmentedByKernelSnat);
-    Ok(TC_ACT_OK as i32)
+    Ok(C::PASS)
 }
 
 /// Translates and hands the packet on to the kernel's stack (which then
 /// routes it, and decrements its TTL).
 #[inline(always)]
-fn to_kernel(ctx: &TcContext, p: &Packet, e: &Rewrite, done: Counter) -> Result<i32, Verdict> {
+fn to_kernel<C: Ctx>(ctx: &C, p: &Packet, e: &Rewrite, done: Counter) -> Result<i32, Verdict> {
     nat::translate(ctx, p, e).map_err(|_| Verdict::Drop(Counter::DropError))?;
     count(done);
-    Ok(TC_ACT_OK as i32)
+    Ok(C::PASS)
 }

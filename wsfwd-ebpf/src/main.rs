@@ -8,6 +8,7 @@
 
 mod conntrack;
 mod counters;
+mod ctx;
 mod egress;
 mod forward;
 mod frag;

@@ -1,13 +1,13 @@
 //! Address and port rewrites with incremental checksum updates (RFC 1624)
 //! through the kernel helpers, which also handle CHECKSUM_PARTIAL and
 //! CHECKSUM_COMPLETE packets. A checksum is never zeroed or recomputed.
-use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
-    programs::TcContext,
-};
+use aya_ebpf::bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR};
 use wsfwd_common::abi::{PROTO_UDP, Rewrite};
 
-use crate::parse::{Frag, IP_OFF, L4_OFF, Packet};
+use crate::{
+    ctx::Ctx,
+    parse::{Frag, IP_OFF, L4_OFF, Packet},
+};
 
 const IP_TTL_OFF: usize = IP_OFF + 8;
 const IP_CSUM_OFF: usize = IP_OFF + 10;
@@ -18,8 +18,8 @@ const L4_DPORT_OFF: usize = L4_OFF + 2;
 
 pub struct Error;
 
-impl From<i64> for Error {
-    fn from(_: i64) -> Self {
+impl From<()> for Error {
+    fn from(_: ()) -> Self {
         Error
     }
 }
@@ -37,8 +37,8 @@ fn l4_flags(p: &Packet) -> u64 {
 
 /// Replaces an address (at `addr_off`) and a port (at `port_off`).
 #[inline(always)]
-fn rewrite(
-    ctx: &TcContext,
+fn rewrite<C: Ctx>(
+    ctx: &C,
     p: &Packet,
     addr_off: usize,
     (old_addr, new_addr): ([u8; 4], [u8; 4]),
@@ -56,11 +56,11 @@ fn rewrite(
         ctx.l4_csum_replace(csum, from, to, flags | BPF_F_PSEUDO_HDR as u64 | 4)?;
     }
     ctx.l3_csum_replace(IP_CSUM_OFF, from, to, 4)?;
-    ctx.store(addr_off, &new_addr, 0)?;
+    ctx.store(addr_off, &new_addr)?;
     if l4 && old_port != new_port {
         let (from, to) = (u16::from_ne_bytes(old_port) as u64, u16::from_ne_bytes(new_port) as u64);
         ctx.l4_csum_replace(csum, from, to, flags | 2)?;
-        ctx.store(port_off, &new_port, 0)?;
+        ctx.store(port_off, &new_port)?;
     }
     Ok(())
 }
@@ -68,7 +68,7 @@ fn rewrite(
 /// Rewrites the packet into what its flow entry says it becomes: the
 /// destination (DNAT), the source (SNAT, or un-DNAT of a reply), or both.
 #[inline(always)]
-pub fn translate(ctx: &TcContext, p: &Packet, e: &Rewrite) -> Result<(), Error> {
+pub fn translate<C: Ctx>(ctx: &C, p: &Packet, e: &Rewrite) -> Result<(), Error> {
     translate_destination(ctx, p, e)?;
     if e.saddr != p.saddr || e.sport != p.sport {
         rewrite(ctx, p, IP_SRC_OFF, (p.saddr, e.saddr), L4_SPORT_OFF, (p.sport, e.sport))?;
@@ -78,7 +78,7 @@ pub fn translate(ctx: &TcContext, p: &Packet, e: &Rewrite) -> Result<(), Error> 
 
 /// The destination half of `translate` alone.
 #[inline(always)]
-pub fn translate_destination(ctx: &TcContext, p: &Packet, e: &Rewrite) -> Result<(), Error> {
+pub fn translate_destination<C: Ctx>(ctx: &C, p: &Packet, e: &Rewrite) -> Result<(), Error> {
     if e.daddr != p.daddr || e.dport != p.dport {
         rewrite(ctx, p, IP_DST_OFF, (p.daddr, e.daddr), L4_DPORT_OFF, (p.dport, e.dport))?;
     }
@@ -88,10 +88,10 @@ pub fn translate_destination(ctx: &TcContext, p: &Packet, e: &Rewrite) -> Result
 /// A redirect skips the kernel's forwarding, so the TTL is ours to
 /// decrement. The caller has checked it is above 1.
 #[inline(always)]
-pub fn decrement_ttl(ctx: &TcContext, ttl: u8, proto: u8) -> Result<(), Error> {
+pub fn decrement_ttl<C: Ctx>(ctx: &C, ttl: u8, proto: u8) -> Result<(), Error> {
     let old = u16::from_ne_bytes([ttl, proto]) as u64;
     let new = u16::from_ne_bytes([ttl - 1, proto]) as u64;
     ctx.l3_csum_replace(IP_CSUM_OFF, old, new, 2)?;
-    ctx.store(IP_TTL_OFF, &(ttl - 1), 0)?;
+    ctx.store(IP_TTL_OFF, &[ttl - 1])?;
     Ok(())
 }

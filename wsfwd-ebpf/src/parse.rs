@@ -2,7 +2,7 @@
 //! packet, so later helper calls (which invalidate packet pointers) are safe.
 use core::mem::size_of;
 
-use aya_ebpf::{macros::map, maps::PerCpuArray, programs::TcContext};
+use aya_ebpf::{macros::map, maps::PerCpuArray};
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::Ipv4Hdr,
@@ -11,6 +11,8 @@ use wsfwd_common::{
     abi::{Counter, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
     tcp::{self, NO_SCALE, Segment},
 };
+
+use crate::ctx::Ctx;
 
 pub const ETH_LEN: usize = size_of::<EthHdr>();
 pub const IP_OFF: usize = ETH_LEN;
@@ -81,7 +83,7 @@ impl Packet {
 }
 
 #[inline(always)]
-fn bytes_at<const N: usize>(ctx: &TcContext, off: usize) -> Option<[u8; N]> {
+fn bytes_at<C: Ctx, const N: usize>(ctx: &C, off: usize) -> Option<[u8; N]> {
     let (start, end) = (ctx.data(), ctx.data_end());
     if start + off + N > end {
         return None;
@@ -92,11 +94,11 @@ fn bytes_at<const N: usize>(ctx: &TcContext, off: usize) -> Option<[u8; N]> {
 
 /// Reads `N` bytes at `off`, pulling paged data into the linear part once if needed.
 #[inline(always)]
-pub fn read<const N: usize>(ctx: &TcContext, off: usize) -> Option<[u8; N]> {
+pub fn read<C: Ctx, const N: usize>(ctx: &C, off: usize) -> Option<[u8; N]> {
     if let Some(b) = bytes_at(ctx, off) {
         return Some(b);
     }
-    ctx.pull_data((off + N) as u32).ok()?;
+    ctx.pull((off + N) as u32).ok()?;
     bytes_at(ctx, off)
 }
 
@@ -109,7 +111,7 @@ pub fn read<const N: usize>(ctx: &TcContext, off: usize) -> Option<[u8; N]> {
 /// The result lives in a per-CPU scratch slot, not on the 512-byte eBPF
 /// stack: every path borrows it instead of copying it.
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Result<&'static mut Packet, Counter> {
+pub fn parse<C: Ctx>(ctx: &C) -> Result<&'static mut Packet, Counter> {
     let eth: [u8; ETH_LEN] = bytes_at(ctx, 0).ok_or(Counter::PassUnparsed)?;
     if u16::from_ne_bytes([eth[12], eth[13]]) != EtherType::Ipv4 as u16 {
         return Err(Counter::PassNotIpv4L4);
@@ -132,8 +134,7 @@ pub fn parse(ctx: &TcContext) -> Result<&'static mut Packet, Counter> {
         return Err(Counter::PassIcmpNotOurs);
     }
     let mut ip_len = u16::from_be_bytes([ip[2], ip[3]]) as u32;
-    // SAFETY: ctx.skb points at the live __sk_buff.
-    if ip_len == 0 && unsafe { (*ctx.skb.skb).gso_size } != 0 {
+    if ip_len == 0 && ctx.gso_size() != 0 {
         // A GSO packet beyond 64 KiB (BIG TCP) says 0; its length is the skb's.
         ip_len = ctx.len().saturating_sub(ETH_LEN as u32);
     }
@@ -181,7 +182,7 @@ pub fn parse(ctx: &TcContext) -> Result<&'static mut Packet, Counter> {
 /// What `ip_rcv` and TCP/UDP would reject. `l4_len` is TCP's header length
 /// or UDP's length field.
 #[inline(always)]
-fn check(ctx: &TcContext, ip: &[u8; IP_LEN], ip_len: u32, proto: u8, l4_len: u32, frag: Frag) -> Option<Counter> {
+fn check<C: Ctx>(ctx: &C, ip: &[u8; IP_LEN], ip_len: u32, proto: u8, l4_len: u32, frag: Frag) -> Option<Counter> {
     // The IP length must cover the header and fit in the frame (a shorter
     // one leaves Ethernet padding, which the kernel trims). GSO packets carry
     // their whole length.
@@ -225,7 +226,7 @@ fn ip_checksum(ip: &[u8; IP_LEN]) -> u32 {
 /// bytes long, or `NO_SCALE`. Reads the options in place, a byte at a time
 /// (no copy on the small eBPF stack).
 #[inline(always)]
-fn window_scale(ctx: &TcContext, doff: u32) -> u8 {
+fn window_scale<C: Ctx>(ctx: &C, doff: u32) -> u8 {
     let len = (doff as usize).saturating_sub(TCP_READ);
     if len > TCP_OPTIONS_MAX {
         return NO_SCALE;
@@ -236,7 +237,7 @@ fn window_scale(ctx: &TcContext, doff: u32) -> u8 {
         if i + 2 >= len {
             break;
         }
-        let Some([kind, size, value]) = bytes_at::<3>(ctx, at + i) else { break };
+        let Some([kind, size, value]) = bytes_at::<C, 3>(ctx, at + i) else { break };
         match kind {
             TCPOPT_EOL => break,
             TCPOPT_NOP => i += 1,

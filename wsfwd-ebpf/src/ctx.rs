@@ -1,0 +1,155 @@
+//! What the packet logic needs from its hook, behind one trait (as Cilium's
+//! `__ctx_buff` does for TC and XDP): the packet's bytes, rewrites with their
+//! checksum updates, the route lookup and the redirect. Parsing, NAT and
+//! forwarding are written once against it; only the adapters differ.
+use core::mem::size_of;
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, bpf_fib_lookup, bpf_redir_neigh},
+    helpers::{bpf_redirect, generated::{bpf_fib_lookup as fib_lookup, bpf_redirect_neigh}},
+    programs::TcContext,
+};
+use wsfwd_common::abi::Counter;
+
+pub trait Ctx {
+    /// The verdict that hands the packet on untouched.
+    const PASS: i32;
+    /// The verdict that drops it.
+    const DROP: i32;
+
+    /// The TC context, where the hook is TC: what only TC can do (answer
+    /// with ICMP or a RST, give the kernel a translated packet) goes through it.
+    fn tc(&self) -> Option<&TcContext>;
+
+    /// Start and end of the directly readable bytes.
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+    /// Makes the first `len` bytes directly readable, if the hook can.
+    fn pull(&self, len: u32) -> Result<(), ()>;
+    /// The whole frame's length.
+    fn len(&self) -> u32;
+    /// The GSO segment size (0: not a GSO packet).
+    fn gso_size(&self) -> u32;
+    /// The interface the packet arrived on.
+    fn ingress_ifindex(&self) -> u32;
+    /// Addressed to this host's MAC (not another host's, as a bridge port
+    /// or a promiscuous interface sees), and not VLAN-tagged in metadata.
+    fn for_this_host(&self) -> Result<(), Counter>;
+
+    fn store<const N: usize>(&self, off: usize, v: &[u8; N]) -> Result<(), ()>;
+    /// RFC 1624 update of the IPv4 header checksum at `off` for a `size`-byte field.
+    fn l3_csum_replace(&self, off: usize, from: u64, to: u64, size: u64) -> Result<(), ()>;
+    /// The same for the L4 checksum at `off`; `flags` as `bpf_l4_csum_replace`'s
+    /// (size, `BPF_F_PSEUDO_HDR`, `BPF_F_MARK_MANGLED_0`).
+    fn l4_csum_replace(&self, off: usize, from: u64, to: u64, flags: u64) -> Result<(), ()>;
+
+    /// `bpf_fib_lookup` for this packet.
+    fn fib_lookup(&self, params: &mut bpf_fib_lookup) -> i64;
+    /// Sends the packet out of `ifindex`; the verdict that does it.
+    fn redirect(&self, ifindex: u32) -> Result<i32, ()>;
+    /// Sends it out of `ifindex` to `nexthop`, whose MAC the kernel resolves
+    /// (TC only).
+    fn redirect_neigh(&self, ifindex: u32, nexthop: [u8; 4]) -> Result<i32, ()>;
+}
+
+impl Ctx for TcContext {
+    const PASS: i32 = TC_ACT_OK as i32;
+    const DROP: i32 = TC_ACT_SHOT as i32;
+
+    #[inline(always)]
+    fn tc(&self) -> Option<&TcContext> {
+        Some(self)
+    }
+
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+
+    #[inline(always)]
+    fn pull(&self, len: u32) -> Result<(), ()> {
+        self.pull_data(len).map(|_| ()).map_err(|_| ())
+    }
+
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        TcContext::len(self)
+    }
+
+    #[inline(always)]
+    fn gso_size(&self) -> u32 {
+        // SAFETY: skb points at the live __sk_buff.
+        unsafe { (*self.skb.skb).gso_size }
+    }
+
+    #[inline(always)]
+    fn ingress_ifindex(&self) -> u32 {
+        // SAFETY: skb points at the live __sk_buff.
+        unsafe { (*self.skb.skb).ingress_ifindex }
+    }
+
+    #[inline(always)]
+    fn for_this_host(&self) -> Result<(), Counter> {
+        // SAFETY: skb points at the live __sk_buff.
+        let (pkt_type, vlan) = unsafe { ((*self.skb.skb).pkt_type, (*self.skb.skb).vlan_present) };
+        // Frames for another host's MAC are not ours even when they carry a
+        // frontend address; the kernel drops them.
+        if pkt_type != PACKET_HOST {
+            return Err(Counter::PassNotForHost);
+        }
+        // The tag sits in the skb's metadata: forwarding the packet would
+        // carry it to the endpoint. Tagged traffic belongs to whatever owns the VLAN.
+        if vlan != 0 {
+            return Err(Counter::PassVlan);
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn store<const N: usize>(&self, off: usize, v: &[u8; N]) -> Result<(), ()> {
+        TcContext::store(self, off, v, 0).map_err(|_| ())
+    }
+
+    #[inline(always)]
+    fn l3_csum_replace(&self, off: usize, from: u64, to: u64, size: u64) -> Result<(), ()> {
+        TcContext::l3_csum_replace(self, off, from, to, size).map_err(|_| ())
+    }
+
+    #[inline(always)]
+    fn l4_csum_replace(&self, off: usize, from: u64, to: u64, flags: u64) -> Result<(), ()> {
+        TcContext::l4_csum_replace(self, off, from, to, flags).map_err(|_| ())
+    }
+
+    #[inline(always)]
+    fn fib_lookup(&self, params: &mut bpf_fib_lookup) -> i64 {
+        // SAFETY: params is a valid, fully initialised lookup request of the size given.
+        unsafe { fib_lookup(self.skb.skb as *mut _, params, size_of::<bpf_fib_lookup>() as i32, 0) }
+    }
+
+    #[inline(always)]
+    fn redirect(&self, ifindex: u32) -> Result<i32, ()> {
+        // SAFETY: plain helper call.
+        let rc = unsafe { bpf_redirect(ifindex, 0) };
+        if rc == TC_ACT_REDIRECT as i64 { Ok(TC_ACT_REDIRECT as i32) } else { Err(()) }
+    }
+
+    #[inline(always)]
+    fn redirect_neigh(&self, ifindex: u32, nexthop: [u8; 4]) -> Result<i32, ()> {
+        // SAFETY: plain data; all-zero is a valid start.
+        let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
+        nh.nh_family = AF_INET;
+        nh.__bindgen_anon_1.ipv4_nh = u32::from_ne_bytes(nexthop);
+        // SAFETY: nh is a valid bpf_redir_neigh of the size given.
+        let rc = unsafe { bpf_redirect_neigh(ifindex, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0) };
+        if rc == TC_ACT_REDIRECT as i64 { Ok(TC_ACT_REDIRECT as i32) } else { Err(()) }
+    }
+}
+
+const AF_INET: u32 = 2;
+/// `skb->pkt_type` of a frame addressed to this host's MAC.
+const PACKET_HOST: u32 = 0;

@@ -146,7 +146,19 @@ fn command_of(bin: &Path, ns: &Netns, config: &Path, bpffs: &Path, extra: &[&str
         .arg(bpffs)
         .args(extra)
         .env_remove("RUST_LOG");
+    // The whole suite runs once per hook: `WSFWD_TEST_ATTACH=xdp` puts XDP in
+    // front of TC in every test that does not choose for itself.
+    if let Some(hook) = attach_under_test() {
+        if !extra.contains(&"--attach") {
+            c.args(["--attach", &hook]);
+        }
+    }
     c
+}
+
+/// The hook the suite runs under (`WSFWD_TEST_ATTACH`), if not the default.
+pub fn attach_under_test() -> Option<String> {
+    std::env::var("WSFWD_TEST_ATTACH").ok().filter(|h| !h.is_empty())
 }
 
 impl Agent {

@@ -40,6 +40,11 @@ pub struct Ran {
     pub frame: Vec<u8>,
 }
 
+/// XDP return values.
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_REDIRECT: u32 = 4;
+
 /// TC return values.
 pub const TC_ACT_OK: u32 = 0;
 pub const TC_ACT_SHOT: u32 = 2;
@@ -53,6 +58,20 @@ pub fn run_tc(fd: &OwnedFd, frame: &[u8], ifindex: u32) -> anyhow::Result<Ran> {
     let mut ctx = [0u8; 44];
     ctx[36..40].copy_from_slice(&ifindex.to_ne_bytes());
     ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    run(fd, frame, &ctx)
+}
+
+/// Runs XDP program `fd` once on `frame`, as received on `ifindex`.
+pub fn run_xdp(fd: &OwnedFd, frame: &[u8], ifindex: u32) -> anyhow::Result<Ran> {
+    // `struct xdp_md`: data 0, data_end = the frame's size, data_meta 0,
+    // ingress_ifindex, rx_queue_index 0, egress_ifindex 0.
+    let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    run(fd, frame, &ctx)
+}
+
+fn run(fd: &OwnedFd, frame: &[u8], ctx: &[u8]) -> anyhow::Result<Ran> {
     let mut out = vec![0u8; frame.len() + 256];
     let mut attr = [0u8; 128];
     put_u32(&mut attr, 0, fd.as_raw_fd() as u32);

@@ -13,7 +13,7 @@ use wsfwd_tests::{
     checks::predicted_for_client,
     forge::mac_of,
     pkt::{Frame, L4, TCP_ACK, TCP_RST, TCP_SYN, checksums_ok},
-    progrun::{Ran, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, prog_fd, run_tc},
+    progrun::{Ran, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_REDIRECT, prog_fd, run_tc, run_xdp},
     sys::run,
     topo::{SEED_CONFIG, Spec, Topo, UDP_SERVICE, VIP},
 };
@@ -65,20 +65,23 @@ struct Case {
     out: Out,
 }
 
-/// The attached programs' ids: (ingress, egress), by their names.
-fn programs() -> (u64, u64) {
-    let mut ingress = None;
-    let mut egress = None;
-    for (_, id) in wsfwd_tests::agent::tc_links() {
-        let out = run(Command::new("bpftool").args(["prog", "show", "id", &id.to_string(), "-j"])).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        match v["name"].as_str() {
-            Some(n) if n.contains("ingres") => ingress = Some(id),
-            Some(n) if n.contains("egres") => egress = Some(id),
+/// The agent's programs' ids, by name: (TC ingress, TC egress, XDP if loaded).
+fn programs() -> (u64, u64, Option<u64>) {
+    let out = run(Command::new("bpftool").args(["prog", "show", "-j"])).unwrap();
+    let all: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let attached: Vec<u64> = wsfwd_tests::agent::tc_links().into_iter().map(|(_, id)| id).collect();
+    let (mut ingress, mut egress, mut xdp) = (None, None, None);
+    for p in all.as_array().into_iter().flatten() {
+        let (Some(id), Some(name)) = (p["id"].as_u64(), p["name"].as_str()) else { continue };
+        match name {
+            n if n.starts_with("wsfwd_tc_ingres") && attached.contains(&id) => ingress = Some(id),
+            n if n.starts_with("wsfwd_tc_egres") && attached.contains(&id) => egress = Some(id),
+            // The newest: this test's agent loaded it last.
+            n if n.starts_with("wsfwd_xdp_ingr") => xdp = xdp.max(Some(id)),
             _ => {}
         }
     }
-    (ingress.expect("an attached ingress program"), egress.expect("an attached egress program"))
+    (ingress.expect("an attached ingress program"), egress.expect("an attached egress program"), xdp)
 }
 
 fn ifindex(t: &Topo, iface: &str) -> u32 {
@@ -87,10 +90,22 @@ fn ifindex(t: &Topo, iface: &str) -> u32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tc_fixtures_gateway_t1() {
-    let mut t = Topo::new("fx", Spec::T1).unwrap();
+    fixtures(false).await;
+}
+
+/// The same cases with XDP in front (generic XDP on the veth): what XDP can
+/// finish it does, with the same bytes out; the rest it passes on untouched
+/// (`xdp-to-tc`) for TC, which the TC cases above cover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xdp_fixtures_gateway_t1() {
+    fixtures(true).await;
+}
+
+async fn fixtures(xdp: bool) {
+    let mut t = Topo::new(if xdp { "fxx" } else { "fx" }, Spec::T1).unwrap();
     t.start_ws_peers().unwrap();
     let config = format!("{SEED_CONFIG}\n---\n{UDP_SERVICE}\n---\n{REFUSING_SERVICE}");
-    let agent = Agent::start(&t.node, &t.dir, &config, &[]).unwrap();
+    let agent = Agent::start(&t.node, &t.dir, &config, &["--attach", if xdp { "xdp" } else { "tc" }]).unwrap();
     // Neighbours known, so redirects write both MACs.
     for b in &t.backends {
         let mac: Vec<String> = mac_of(&b.ns, "e0").unwrap().iter().map(|x| format!("{x:02x}")).collect();
@@ -252,17 +267,36 @@ async fn tc_fixtures_gateway_t1() {
         },
     ];
 
-    let (ingress_id, egress_id) = programs();
+    let (ingress_id, egress_id, xdp_id) = programs();
+    let xdp_id = if xdp { Some(xdp_id.expect("an XDP program under --attach xdp")) } else { None };
     let mut failures = Vec::new();
-    for case in cases {
+    for mut case in cases {
         let mut input = case.input.bytes();
         if case.counter == "drop-bad-ip-checksum" {
             input[14 + 10] ^= 0xff;
         }
+        // XDP's verdicts; what it passes on, TC judges (and counts) next.
+        let by_xdp = xdp_id.filter(|_| case.hook == Hook::Ingress);
+        if by_xdp.is_some() {
+            case.verdict = match case.verdict {
+                TC_ACT_REDIRECT if case.counter != "rst-sent" => XDP_REDIRECT,
+                TC_ACT_SHOT => XDP_DROP,
+                _ => XDP_PASS,
+            };
+            if case.verdict == XDP_PASS {
+                case.counter = "xdp-to-tc";
+                case.out = Out::Same;
+            }
+        }
         let before = agent.stats().unwrap();
-        let id = if case.hook == Hook::Ingress { ingress_id } else { egress_id };
         let frame = input.clone();
-        let ran: Ran = t.node.inside(move || run_tc(&prog_fd(id)?, &frame, n0)).unwrap();
+        let ran: Ran = match by_xdp {
+            Some(id) => t.node.inside(move || run_xdp(&prog_fd(id)?, &frame, n0)).unwrap(),
+            None => {
+                let id = if case.hook == Hook::Ingress { ingress_id } else { egress_id };
+                t.node.inside(move || run_tc(&prog_fd(id)?, &frame, n0)).unwrap()
+            }
+        };
         let delta = agent.stats().unwrap().since(&before);
         let mut wrong = Vec::new();
         if ran.verdict != case.verdict {
@@ -288,7 +322,8 @@ async fn tc_fixtures_gateway_t1() {
             }
         }
         if !wrong.is_empty() {
-            failures.push(format!("{} ({:?}): {}", case.name, case.hook, wrong.join("; ")));
+            let hook = if by_xdp.is_some() { "XDP".to_owned() } else { format!("TC {:?}", case.hook) };
+            failures.push(format!("{} ({hook}): {}", case.name, wrong.join("; ")));
         }
     }
     assert!(failures.is_empty(), "{} cases failed:\n{}", failures.len(), failures.join("\n"));

@@ -342,12 +342,12 @@ async fn t1_10_cleanup_removes_everything_and_bad_config_attaches_nothing() {
     assert!(!t.dir.join("bpf2").exists());
     node_has_nothing("after a bad config");
 
-    // So does an attach mode that does not exist yet.
+    // So does a hook that does not exist.
     let good = t.dir.join("good.yaml");
     std::fs::write(&good, SEED_CONFIG).unwrap();
-    let out = agent::command(&t.node, &good, &t.dir.join("bpf3"), &["--attach", "xdp"]).output().unwrap();
+    let out = agent::command(&t.node, &good, &t.dir.join("bpf3"), &["--attach", "dpdk"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--attach xdp: not available yet"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value 'dpdk' for '--attach <HOOK>'"), "{}", String::from_utf8_lossy(&out.stderr));
 
     // And a missing interface fails (exit 1) leaving nothing attached or pinned.
     let mut cmd = agent::command(&t.node, &good, &t.dir.join("bpf4"), &["--iface", "nosuch0"]);

@@ -85,7 +85,8 @@ pub struct Attachment {
     pub name: [u8; 16],
     /// `ATTACH_TCX` or `ATTACH_CLSACT`.
     pub mode: u32,
-    pub _pad: u32,
+    /// `XDP_NATIVE`, `XDP_GENERIC`, or 0: TC alone.
+    pub xdp: u32,
 }
 
 /// `FRONTEND_NAMES` value, keyed like `SERVICES`: the service port a
@@ -103,6 +104,8 @@ impl Default for FrontendName {
 
 pub const ATTACH_TCX: u32 = 1;
 pub const ATTACH_CLSACT: u32 = 2;
+pub const XDP_NATIVE: u32 = 1;
+pub const XDP_GENERIC: u32 = 2;
 
 /// Capacity of `SNAT_IPS`.
 pub const MAX_SNAT_IPS: u32 = 64;
@@ -470,9 +473,14 @@ pub enum Counter {
     FragmentedByKernelSnat = 35,
     /// A fragment the kernel made of such a datagram, given its new source at egress.
     FragmentSnatTranslated = 36,
+    /// XDP handed a packet on untouched to TC on the same interface, which
+    /// judges it (and counts its own verdict): not a frontend packet, or one
+    /// only TC can finish (ICMP, an unresolved neighbour, local delivery,
+    /// fragmenting, a refusal).
+    XdpToTc = 37,
 }
 
-pub const COUNTER_COUNT: u32 = Counter::FragmentSnatTranslated as u32 + 1;
+pub const COUNTER_COUNT: u32 = Counter::XdpToTc as u32 + 1;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -513,6 +521,7 @@ impl Counter {
         Counter::DropFragmentUnknown,
         Counter::FragmentedByKernelSnat,
         Counter::FragmentSnatTranslated,
+        Counter::XdpToTc,
     ];
 
     /// Stable names for logs, `wsfwd stats` and tests.
@@ -555,6 +564,7 @@ impl Counter {
             Counter::DropFragmentUnknown => "drop-fragment-unknown",
             Counter::FragmentedByKernelSnat => "fragmented-by-kernel-snat",
             Counter::FragmentSnatTranslated => "fragment-snat-translated",
+            Counter::XdpToTc => "xdp-to-tc",
         }
     }
 }

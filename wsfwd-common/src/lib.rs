@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod abi;
+pub mod csum;
 pub mod hash;
 pub mod tcp;
 

@@ -5,11 +5,16 @@
 use core::mem::size_of;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, bpf_fib_lookup, bpf_redir_neigh},
+    bindings::{
+        BPF_F_MARK_MANGLED_0, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, bpf_fib_lookup, bpf_redir_neigh,
+        xdp_action::{XDP_DROP, XDP_PASS, XDP_REDIRECT},
+    },
     helpers::{bpf_redirect, generated::{bpf_fib_lookup as fib_lookup, bpf_redirect_neigh}},
-    programs::TcContext,
+    programs::{TcContext, XdpContext},
 };
-use wsfwd_common::abi::Counter;
+use wsfwd_common::{abi::Counter, csum};
+
+use crate::maps::LOCAL_MACS;
 
 pub trait Ctx {
     /// The verdict that hands the packet on untouched.
@@ -153,3 +158,129 @@ impl Ctx for TcContext {
 const AF_INET: u32 = 2;
 /// `skb->pkt_type` of a frame addressed to this host's MAC.
 const PACKET_HOST: u32 = 0;
+
+/// XDP: the frame is linear and written directly; checksums are updated in
+/// software (`wsfwd_common::csum`), which assumes complete checksums, as
+/// frames from a NIC carry (see the README on XDP over veth).
+impl Ctx for XdpContext {
+    const PASS: i32 = XDP_PASS as i32;
+    const DROP: i32 = XDP_DROP as i32;
+
+    #[inline(always)]
+    fn tc(&self) -> Option<&TcContext> {
+        None
+    }
+
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+
+    #[inline(always)]
+    fn pull(&self, _len: u32) -> Result<(), ()> {
+        // Linear already; what is not there does not exist.
+        Err(())
+    }
+
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        (XdpContext::data_end(self) - XdpContext::data(self)) as u32
+    }
+
+    #[inline(always)]
+    fn gso_size(&self) -> u32 {
+        0
+    }
+
+    #[inline(always)]
+    fn ingress_ifindex(&self) -> u32 {
+        XdpContext::ingress_ifindex(self) as u32
+    }
+
+    #[inline(always)]
+    fn for_this_host(&self) -> Result<(), Counter> {
+        // XDP has no packet type: the frame's destination is compared with
+        // the interface's own MAC (a bridge port or a promiscuous interface
+        // sees other hosts' frames). A VLAN tag is in the frame here, where
+        // parsing stops at it.
+        let start = XdpContext::data(self);
+        // The whole Ethernet header, not a few bytes: a short bound is
+        // compiled into a form the verifier cannot follow.
+        if start + 14 > XdpContext::data_end(self) {
+            return Err(Counter::PassUnparsed);
+        }
+        // SAFETY: bounds checked just above.
+        let eth = unsafe { *(start as *const [u8; 14]) };
+        let own = LOCAL_MACS.get(XdpContext::ingress_ifindex(self) as u32).ok_or(Counter::PassNotForHost)?;
+        if own[6] == 1 && eth[..6] == own[..6] { Ok(()) } else { Err(Counter::PassNotForHost) }
+    }
+
+    #[inline(always)]
+    fn store<const N: usize>(&self, off: usize, v: &[u8; N]) -> Result<(), ()> {
+        let start = XdpContext::data(self);
+        if start + off + N > XdpContext::data_end(self) {
+            return Err(());
+        }
+        // SAFETY: bounds checked against data_end just above.
+        unsafe { *((start + off) as *mut [u8; N]) = *v };
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn l3_csum_replace(&self, off: usize, from: u64, to: u64, size: u64) -> Result<(), ()> {
+        let old = load2(self, off)?;
+        let new = match size {
+            4 => csum::replace4(old, (from as u32).to_ne_bytes(), (to as u32).to_ne_bytes()),
+            2 => csum::replace2(old, (from as u16).to_ne_bytes(), (to as u16).to_ne_bytes()),
+            _ => return Err(()),
+        };
+        self.store(off, &new)
+    }
+
+    #[inline(always)]
+    fn l4_csum_replace(&self, off: usize, from: u64, to: u64, flags: u64) -> Result<(), ()> {
+        let old = load2(self, off)?;
+        // The pseudo-header flag changes nothing for a complete checksum.
+        let new = match flags & 0xf {
+            4 => csum::replace4(old, (from as u32).to_ne_bytes(), (to as u32).to_ne_bytes()),
+            2 => csum::replace2(old, (from as u16).to_ne_bytes(), (to as u16).to_ne_bytes()),
+            _ => return Err(()),
+        };
+        let new = if flags & BPF_F_MARK_MANGLED_0 as u64 != 0 { csum::udp(old, new) } else { new };
+        self.store(off, &new)
+    }
+
+    #[inline(always)]
+    fn fib_lookup(&self, params: &mut bpf_fib_lookup) -> i64 {
+        // SAFETY: params is a valid, fully initialised lookup request of the size given.
+        unsafe { fib_lookup(self.ctx as *mut _, params, size_of::<bpf_fib_lookup>() as i32, 0) }
+    }
+
+    #[inline(always)]
+    fn redirect(&self, ifindex: u32) -> Result<i32, ()> {
+        // SAFETY: plain helper call.
+        let rc = unsafe { bpf_redirect(ifindex, 0) };
+        if rc == XDP_REDIRECT as i64 { Ok(XDP_REDIRECT as i32) } else { Err(()) }
+    }
+
+    #[inline(always)]
+    fn redirect_neigh(&self, _ifindex: u32, _nexthop: [u8; 4]) -> Result<i32, ()> {
+        Err(())
+    }
+}
+
+/// Two bytes at `off` (a checksum field).
+#[inline(always)]
+fn load2(ctx: &XdpContext, off: usize) -> Result<[u8; 2], ()> {
+    let start = XdpContext::data(ctx);
+    if start + off + 2 > XdpContext::data_end(ctx) {
+        return Err(());
+    }
+    // SAFETY: bounds checked against data_end just above.
+    Ok(unsafe { *((start + off) as *const [u8; 2]) })
+}

@@ -71,6 +71,14 @@ pub fn route<C: Ctx>(ctx: &C, proto: u8, e: &Rewrite, headers: u32, ip_len: u32)
     }
 }
 
+impl Route {
+    /// The next hop's MAC is known: the packet can be sent as it is.
+    #[inline(always)]
+    pub fn resolved(&self) -> bool {
+        self.macs.is_some()
+    }
+}
+
 /// Redirects the (already rewritten) packet along `route`. An unresolved
 /// neighbour is left to the kernel to resolve (TC only: the caller passes
 /// such a packet on before rewriting it where the hook cannot).

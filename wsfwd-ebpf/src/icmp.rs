@@ -10,7 +10,10 @@
 //! IP header, the quoted IP header, the quoted L4 checksum where the quote
 //! holds it, and the ICMP checksum over all of it.
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
-use wsfwd_common::abi::{Counter, DIR_ORIGINAL, DIR_REPLY, FlowKey, Rewrite, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use wsfwd_common::{
+    abi::{Counter, DIR_ORIGINAL, DIR_REPLY, FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Rewrite},
+    csum::{fold, sum, update as csum_update},
+};
 
 use crate::{
     conntrack::Table,
@@ -88,18 +91,6 @@ fn parse(ctx: &TcContext) -> Option<Error> {
         None
     };
     Some(Error { outer, icmp_csum: u16::from_be_bytes([icmp[2], icmp[3]]), inner, ports, l4_csum })
-}
-
-/// RFC 1624: HC' = ~(~HC + ~m + m') over every changed 16-bit word.
-#[inline(always)]
-fn csum_update<const N: usize>(hc: u16, old: [u16; N], new: [u16; N]) -> u16 {
-    let mut sum = !hc as u32;
-    for i in 0..N {
-        sum += (!old[i]) as u32 + new[i] as u32;
-    }
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
 }
 
 #[inline(always)]
@@ -250,24 +241,6 @@ pub fn at_egress(ctx: &TcContext) -> i32 {
 /// The TTL of packets wsfwd originates.
 const TTL: u8 = 64;
 const FRAG_NEEDED: u8 = 4;
-
-/// Ones'-complement sum of big-endian 16-bit words.
-#[inline(always)]
-fn sum<const N: usize>(mut acc: u32, b: &[u8; N]) -> u32 {
-    let mut i = 0;
-    while i + 1 < N {
-        acc += u16::from_be_bytes([b[i], b[i + 1]]) as u32;
-        i += 2;
-    }
-    acc
-}
-
-#[inline(always)]
-fn fold(mut s: u32) -> u16 {
-    s = (s & 0xffff) + (s >> 16);
-    s = (s & 0xffff) + (s >> 16);
-    s as u16
-}
 
 /// Answers `p`, too large for the link its route leaves through, with ICMP
 /// "fragmentation needed" (`mtu`) from the address it was sent to, back out

@@ -30,19 +30,27 @@ pub enum Verdict {
 pub fn handle<C: Ctx>(ctx: &C) -> i32 {
     match run(ctx) {
         Ok(verdict) => verdict,
+        // Where the hook is not TC, TC on the same interface sees the packet
+        // next and counts its own verdict.
         Err(Verdict::Pass(c)) => {
-            count(c);
+            count(if ctx.tc().is_some() { c } else { Counter::XdpToTc });
             C::PASS
         }
         Err(Verdict::Drop(c)) => {
             count(c);
             C::DROP
         }
-        Err(Verdict::Refuse(c)) => {
-            count(c);
-            // Only TC answers; elsewhere the packet goes on to TC, which refuses it.
-            ctx.tc().map_or(C::PASS, reply::refuse)
-        }
+        // Only TC answers; elsewhere the packet goes on to TC, which refuses it.
+        Err(Verdict::Refuse(c)) => match ctx.tc() {
+            Some(tc) => {
+                count(c);
+                reply::refuse(tc)
+            }
+            None => {
+                count(Counter::XdpToTc);
+                C::PASS
+            }
+        },
     }
 }
 
@@ -204,8 +212,12 @@ fn to_client<C: Ctx>(ctx: &C, p: &Packet) -> Result<i32, Verdict> {
 #[inline(always)]
 fn forward<C: Ctx>(ctx: &C, p: &Packet, e: &Rewrite, done: Counter, slot: u32, way: Way) -> Result<i32, Verdict> {
     let route = match forward::route(ctx, p.proto, e, p.headers, p.ip_len) {
-        Ok(r) => r,
+        Ok(r) if r.resolved() || ctx.tc().is_some() => r,
         Err(NoRoute::Drop(c)) => return Err(Verdict::Drop(c)),
+        // What only TC can finish (the kernel resolving the neighbour, local
+        // delivery, fragmenting, answering with ICMP) goes on to it untouched.
+        _ if ctx.tc().is_none() => return Err(Verdict::Pass(Counter::XdpToTc)),
+        Ok(r) => r,
         // An endpoint on this node: delivered by the kernel's stack (its
         // replies leave through egress, where they are translated back).
         Err(NoRoute::Local) => {

@@ -22,7 +22,10 @@ mod reply;
 mod select;
 mod snat;
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 
 /// TC ingress on an external interface: frontend traffic is translated here.
 #[classifier]
@@ -41,6 +44,14 @@ fn variant() {
     static BUILD_VARIANT: u32 = 1;
     // SAFETY: a read-only global.
     unsafe { core::ptr::read_volatile(&BUILD_VARIANT) };
+}
+
+/// XDP on an external interface: frontend packets and full-NAT replies it
+/// can finish are translated and redirected here; everything else goes on
+/// untouched to TC on the same interface.
+#[xdp]
+pub fn wsfwd_xdp_ingress(ctx: XdpContext) -> u32 {
+    ingress::handle(&ctx) as u32
 }
 
 /// TC egress on an external interface: replies are translated back here.

@@ -100,6 +100,12 @@ pub static FRONTEND_NAMES: HashMap<ServiceKey, FrontendName> = HashMap::with_max
 #[map]
 pub static FRAGMENT_SOURCES: LruHashMap<FragKey, Rewrite> = LruHashMap::with_max_entries(4096, 0);
 
+/// Each external interface's MAC, by ifindex (`[mac, 1, 0]`; below 65,536):
+/// XDP has no packet type, so it compares the frame's destination itself.
+/// Filled by the agent before its XDP program is attached; not pinned.
+#[map]
+pub static LOCAL_MACS: Array<[u8; 8]> = Array::with_max_entries(65536, 0);
+
 /// The two entries of a flow being created: scratch space off the small eBPF stack.
 #[map]
 pub static NEW_FLOW: PerCpuArray<FlowEntry> = PerCpuArray::with_max_entries(2, 0);

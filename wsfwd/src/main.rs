@@ -132,9 +132,14 @@ struct RunCli {
     /// addresses.
     #[arg(long = "iface", value_name = "IFACE", required = true)]
     ifaces: Vec<String>,
-    /// Hook to attach to. Only "tc" exists today (XDP comes later).
-    #[arg(long, value_name = "HOOK", default_value = "tc")]
-    attach: String,
+    /// Where frontend traffic is taken: "xdp" (XDP first, native where the
+    /// driver has it, else generic; TC behind it finishes what XDP cannot:
+    /// ICMP, unresolved neighbours, local endpoints, fragmenting),
+    /// "tc" (TC alone), or "auto" (native XDP on physical NICs, TC alone on
+    /// virtual interfaces such as veth, where native XDP hurts). The choice
+    /// is logged per interface.
+    #[arg(long, value_name = "HOOK", value_enum, default_value = "auto")]
+    attach: wsfwd::datapath::attach::Hook,
     /// How to attach to tc: "tcx" (Linux 6.6+), "clsact" (a filter on the
     /// clsact qdisc, as older kernels need) or "auto" (TCX, else clsact). A
     /// datapath already attached keeps its mode.
@@ -313,15 +318,12 @@ fn check_cmd(path: &std::path::Path, json: bool, seed: u32, ifaces: &[String]) -
 }
 
 fn run_cmd(a: RunCli) -> ExitCode {
-    if a.attach != "tc" {
-        eprintln!("error: --attach {}: not available yet; this version attaches with tc only", a.attach);
-        return ExitCode::from(EXIT_BAD_CONFIG);
-    }
     let args = run::RunArgs {
         config: a.config.clone(),
         ifaces: a.ifaces,
         bpffs: a.bpffs,
         tc_mode: a.tc_mode,
+        hook: a.attach,
         cleanup_on_exit: a.cleanup_on_exit,
         ct_size: a.ct_size,
         hash_seed: a.hash_seed,

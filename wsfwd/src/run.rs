@@ -26,6 +26,7 @@ pub struct RunArgs {
     pub ifaces: Vec<String>,
     pub bpffs: PathBuf,
     pub tc_mode: datapath::attach::Mode,
+    pub hook: datapath::attach::Hook,
     pub cleanup_on_exit: bool,
     pub ct_size: u32,
     pub hash_seed: u32,
@@ -167,6 +168,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         snat_ports: (u32::from(port_min), port_count),
         half_open_max,
         attach: args.tc_mode,
+        hook: args.hook,
     };
     // One agent per pin directory: checked first, before anything else is taken.
     let pins = PinDir::open(&args.bpffs)?;

@@ -61,6 +61,8 @@ pub struct AttachedIface {
     pub interface: String,
     pub ifindex: u32,
     pub mode: &'static str,
+    /// "native", "generic", or "none" (TC alone).
+    pub xdp: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -78,6 +80,11 @@ pub fn status(dir: &Path) -> anyhow::Result<Status> {
             interface: names_text::decode(&a.name),
             ifindex,
             mode: if a.mode == ATTACH_CLSACT { "clsact" } else { "tcx" },
+            xdp: match a.xdp {
+                wsfwd_common::abi::XDP_NATIVE => "native",
+                wsfwd_common::abi::XDP_GENERIC => "generic",
+                _ => "none",
+            },
         })
         .collect();
     attached.sort_by(|a, b| a.interface.cmp(&b.interface));
@@ -162,7 +169,8 @@ pub fn render_status(s: &Status) -> String {
     out += &format!("config:     generation {}, last read {} at {}\n", s.config_generation, s.last_load, utc(s.last_load_unix));
     out += &format!("reloads:    {} applied, {} rejected\n", s.reloads_applied, s.reloads_rejected);
     for a in &s.attached {
-        out += &format!("attached:   {} ({})\n", a.interface, a.mode);
+        let xdp = if a.xdp == "none" { String::new() } else { format!(", {} XDP in front", a.xdp) };
+        out += &format!("attached:   {} ({}{xdp})\n", a.interface, a.mode);
     }
     for (name, o) in &s.maps {
         out += &format!("{:<12}{} of {}\n", format!("{}:", name.to_lowercase()), o.entries, o.capacity);

@@ -10,11 +10,12 @@ use std::path::Path;
 
 use anyhow::{Context as _, anyhow};
 use aya::programs::{
-    Link as _, LinkOrder, SchedClassifier, TcAttachType,
+    Link as _, LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
     links::{FdLink, PinnedLink},
     tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
+    xdp::XdpLink,
 };
-use wsfwd_common::abi::{ATTACH_CLSACT, ATTACH_TCX};
+use wsfwd_common::abi::{ATTACH_CLSACT, ATTACH_TCX, XDP_GENERIC, XDP_NATIVE};
 
 use crate::bpffs::{self, PinDir};
 
@@ -29,6 +30,34 @@ pub enum Mode {
     Auto,
     Tcx,
     Clsact,
+}
+
+/// Where frontend traffic is taken first: `Auto` uses native XDP where the
+/// driver has it (not on virtual interfaces), else TC alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Hook {
+    Auto,
+    Xdp,
+    Tc,
+}
+
+/// The XDP mode for `iface` under `hook`, or `None` for TC alone, and why.
+pub fn xdp_choice(hook: Hook, driver: Option<&str>) -> (Option<XdpMode>, String) {
+    let virtual_if = matches!(driver, Some("veth" | "bridge" | "tun" | "macvlan" | "ipvlan" | "vxlan" | "geneve") | None);
+    let name = driver.unwrap_or("unknown driver");
+    match (hook, virtual_if) {
+        (Hook::Tc, _) => (None, "TC (--attach tc)".into()),
+        (Hook::Auto, true) => (
+            None,
+            format!(
+                "TC ({name}: native XDP on a virtual interface needs GSO off on its peer and NAPI on every \
+                 redirect target; --attach xdp forces generic XDP)"
+            ),
+        ),
+        (Hook::Auto, false) => (Some(XdpMode::Driver), format!("native XDP ({name}), TC behind it")),
+        (Hook::Xdp, true) => (Some(XdpMode::Skb), format!("generic XDP ({name}: --attach xdp on a virtual interface), TC behind it")),
+        (Hook::Xdp, false) => (Some(XdpMode::Driver), format!("native XDP ({name}), TC behind it")),
+    }
 }
 
 pub fn hook_name(hook: TcAttachType) -> &'static str {
@@ -101,6 +130,45 @@ pub fn attach_or_replace(
     Ok(ATTACH_CLSACT)
 }
 
+/// Attaches XDP program `p` to `iface` in `mode` (falling back from native
+/// to generic under `--attach xdp`), or swaps it into the link pinned there
+/// (which keeps its mode). The link is pinned, like TCX's. Returns the mode.
+pub fn attach_xdp(p: &mut Xdp, iface: &str, pins: &PinDir, mode: XdpMode, fallback: bool) -> anyhow::Result<u32> {
+    let pin = pins.link(iface, "xdp");
+    if pin.exists() {
+        let replaced = PinnedLink::from_pin(&pin)
+            .map_err(anyhow::Error::from)
+            .and_then(|l| XdpLink::try_from(FdLink::from(l)).map_err(anyhow::Error::from))
+            .and_then(|link| p.attach_to_link(link).map_err(anyhow::Error::from));
+        match replaced {
+            Ok(id) => {
+                drop(p.take_link(id)?);
+                return Ok(if mode == XdpMode::Skb { XDP_GENERIC } else { XDP_NATIVE });
+            }
+            Err(e) => {
+                log::warn!("{iface} xdp: the pinned link is gone ({e:#}); attaching again");
+                std::fs::remove_file(&pin).with_context(|| format!("removing {}", pin.display()))?;
+            }
+        }
+    }
+    let (id, used) = match p.attach(iface, mode) {
+        Ok(id) => (id, mode),
+        Err(e) if fallback && mode == XdpMode::Driver => {
+            log::info!("{iface}: native XDP refused ({e}); generic XDP instead");
+            (p.attach(iface, XdpMode::Skb).with_context(|| format!("attaching XDP to {iface} (generic)"))?, XdpMode::Skb)
+        }
+        Err(e) => return Err(anyhow!(e)).with_context(|| format!("attaching XDP to {iface}")),
+    };
+    let link = FdLink::try_from(p.take_link(id)?).map_err(|e| anyhow!("{e}"))?;
+    link.pin(&pin).with_context(|| format!("pinning the {iface} xdp link at {}", pin.display()))?;
+    Ok(if used == XdpMode::Skb { XDP_GENERIC } else { XDP_NATIVE })
+}
+
+/// Removes wsfwd's XDP program from `iface` (its pinned link under `dir`).
+pub fn detach_xdp(dir: &Path, iface: &str) -> Option<String> {
+    std::fs::remove_file(bpffs::link_path(dir, iface, "xdp")).ok().map(|()| format!("{iface} xdp"))
+}
+
 /// A clsact filter is not tied to any descriptor: it stays until removed.
 /// Dropping aya's handle would remove it, so the handle is forgotten.
 fn keep_attached(link: SchedClassifierLink) {
@@ -110,7 +178,7 @@ fn keep_attached(link: SchedClassifierLink) {
 /// Removes wsfwd's programs from `iface`: its pinned TCX links under `dir`
 /// and its clsact filters. Returns what was removed.
 pub fn detach(dir: &Path, iface: &str, mode: u32) -> Vec<String> {
-    let mut done = Vec::new();
+    let mut done: Vec<String> = detach_xdp(dir, iface).into_iter().collect();
     for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
         let name = hook_name(hook);
         match mode {

@@ -16,7 +16,7 @@ use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, MapInfo},
-    programs::{SchedClassifier, TcAttachType},
+    programs::{SchedClassifier, TcAttachType, Xdp},
 };
 use wsfwd_common::abi::{
     AffinityEntry, AffinityKey, Attachment, FlowEntry, FlowKey, LAYOUT_VERSION, LOAD_APPLIED, MAX_SNAT_IPS, Meta, globals, names_text,
@@ -25,13 +25,18 @@ use wsfwd_common::abi::{
 
 pub use contents::{Capacity, Contents};
 
-use crate::{bpffs::{self, PinDir}, netif::Iface};
+use crate::{
+    bpffs::{self, PinDir},
+    netif::{self, Iface},
+};
 
 /// The compiled eBPF object, built by build.rs from wsfwd-ebpf.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wsfwd-ebpf"));
 
 const INGRESS: &str = "wsfwd_tc_ingress";
 const EGRESS: &str = "wsfwd_tc_egress";
+const XDP: &str = "wsfwd_xdp_ingress";
+const LOCAL_MACS: &str = "LOCAL_MACS";
 
 pub struct Options {
     pub ct_size: u32,
@@ -42,6 +47,8 @@ pub struct Options {
     /// Full-NAT TCP flows one client address may hold before their handshakes complete.
     pub half_open_max: u32,
     pub attach: attach::Mode,
+    /// Whether XDP takes frontend traffic first (`--attach`).
+    pub hook: attach::Hook,
 }
 
 pub type FlowMap = HashMap<MapData, FlowKey, FlowEntry>;
@@ -271,11 +278,11 @@ impl Datapath {
         // `this` cleans up after itself (`cleanup_on_drop`) from here on.
         guard.disarm();
         this.write_meta(meta)?;
-        this.attach(ifaces, opts.attach)?;
+        this.attach(ifaces, opts.attach, opts.hook)?;
         Ok(this)
     }
 
-    fn attach(&mut self, ifaces: &[Iface], mode: attach::Mode) -> anyhow::Result<()> {
+    fn attach(&mut self, ifaces: &[Iface], mode: attach::Mode, hook: attach::Hook) -> anyhow::Result<()> {
         let attached_map: HashMap<_, u32, Attachment> =
             HashMap::try_from(self.ebpf.map_mut(names::ATTACHED).ok_or_else(|| anyhow!("no ATTACHED map"))?)?;
         let previous: std::collections::HashMap<u32, Attachment> =
@@ -302,10 +309,49 @@ impl Datapath {
                 modes.push((iface.clone(), mode));
             }
         }
+        // XDP in front of TC where chosen: TC stays behind it for what XDP passes on.
+        let mut xdp_modes = std::collections::HashMap::new();
+        for iface in ifaces {
+            let (mut choice, mut why) = attach::xdp_choice(hook, netif::driver(&iface.name).as_deref());
+            // XDP compares frames' destinations with the interface's MAC.
+            if choice.is_some() {
+                let mac = netif::mac(&iface.name).filter(|_| iface.index < 65536);
+                match mac {
+                    Some(mac) => {
+                        let mut macs: Array<_, [u8; 8]> = Array::try_from(self.ebpf.map_mut(LOCAL_MACS).ok_or_else(|| anyhow!("no {LOCAL_MACS} map"))?)?;
+                        let mut v = [0u8; 8];
+                        v[..6].copy_from_slice(&mac);
+                        v[6] = 1;
+                        macs.set(iface.index, v, 0).context("writing LOCAL_MACS")?;
+                    }
+                    None => (choice, why) = (None, "TC (its MAC or index could not be used for XDP)".into()),
+                }
+            }
+            log::info!("{}: {why}", iface.name);
+            match choice {
+                Some(xdp_mode) => {
+                    let p: &mut Xdp = self.ebpf.program_mut(XDP).ok_or_else(|| anyhow!("program {XDP} missing from the object"))?.try_into()?;
+                    if p.fd().is_err() {
+                        p.load().with_context(|| format!("loading {XDP}"))?;
+                        if let Ok(info) = p.info() {
+                            log::info!("{XDP}: program id {}, tag {:016x}", info.id(), info.tag());
+                        }
+                    }
+                    let used = attach::attach_xdp(p, &iface.name, &self.pins, xdp_mode, hook == attach::Hook::Xdp)?;
+                    xdp_modes.insert(iface.index, used);
+                }
+                None => {
+                    if let Some(what) = attach::detach_xdp(self.pins.dir(), &iface.name) {
+                        log::info!("detached from {what}: --attach chose TC alone");
+                    }
+                }
+            }
+        }
         let mut attached_map: HashMap<_, u32, Attachment> =
             HashMap::try_from(self.ebpf.map_mut(names::ATTACHED).ok_or_else(|| anyhow!("no ATTACHED map"))?)?;
         for (iface, mode) in modes {
-            let a = Attachment { name: name_bytes(&iface.name), mode, _pad: 0 };
+            let xdp = xdp_modes.get(&iface.index).copied().unwrap_or(0);
+            let a = Attachment { name: name_bytes(&iface.name), mode, xdp };
             attached_map.insert(iface.index, a, 0).context("writing ATTACHED")?;
         }
         // Interfaces an earlier agent served that this one does not.

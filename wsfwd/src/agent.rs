@@ -18,7 +18,7 @@ use crate::{
     netif,
     placement::{self, Node},
     reload,
-    run::{RunArgs, check_node_ports},
+    settings::{RunArgs, check_node_ports},
 };
 
 /// How long a config file that does not parse is given to be finished by

@@ -17,6 +17,7 @@ pub mod placement;
 pub mod reload;
 pub mod route;
 pub mod run;
+pub mod settings;
 pub mod stats;
 pub mod status;
 pub mod watch;

@@ -318,7 +318,7 @@ fn check_cmd(path: &std::path::Path, json: bool, seed: u32, ifaces: &[String]) -
 }
 
 fn run_cmd(a: RunCli) -> ExitCode {
-    let args = run::RunArgs {
+    let args = wsfwd::settings::RunArgs {
         config: a.config.clone(),
         ifaces: a.ifaces,
         bpffs: a.bpffs,

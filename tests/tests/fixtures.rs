@@ -15,7 +15,7 @@ use wsfwd_tests::{
     pkt::{Frame, L4, TCP_ACK, TCP_RST, TCP_SYN, checksums_ok},
     progrun::{Ran, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_REDIRECT, prog_fd, run_tc, run_xdp},
     sys::run,
-    topo::{SEED_CONFIG, Spec, Topo, UDP_SERVICE, VIP},
+    topo::{SEED_CONFIG, Spec, Topo, UDP_SERVICE, VIP, upstream_config},
 };
 
 /// A service whose one endpoint is not ready: new flows are refused.
@@ -267,64 +267,196 @@ async fn fixtures(xdp: bool) {
         },
     ];
 
-    let (ingress_id, egress_id, xdp_id) = programs();
-    let xdp_id = if xdp { Some(xdp_id.expect("an XDP program under --attach xdp")) } else { None };
+    let progs = Progs::find(xdp);
+    let failures: Vec<String> = cases.into_iter().filter_map(|case| run_case(&t, &agent, &progs, n0, case).1).collect();
+    assert!(failures.is_empty(), "{} cases failed:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tc_fixtures_full_nat_t2() {
+    full_nat_fixtures(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xdp_fixtures_full_nat_t2() {
+    full_nat_fixtures(true).await;
+}
+
+/// MAC `mac` as `ip neigh` takes it.
+fn mac_text(mac: [u8; 6]) -> String {
+    mac.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// Full NAT (T2: client, node and endpoints on one segment): a new flow gets
+/// the node's address and a SNAT port (the one value chosen at random, read
+/// from the output), its replies come back to that port and leave from the
+/// VIP, and a mid-stream segment with no mapping is dropped.
+async fn full_nat_fixtures(xdp: bool) {
+    let mut t = Topo::new(if xdp { "fnx" } else { "fn" }, Spec::T2).unwrap();
+    t.start_ws_peers().unwrap();
+    let endpoints: Vec<Ipv4Addr> = t.backends.iter().filter(|b| !b.behind).map(|b| b.addr).collect();
+    let config = upstream_config(&endpoints, "Cluster");
+    let agent = Agent::start(&t.node, &t.dir, &config, &["--attach", if xdp { "xdp" } else { "tc" }]).unwrap();
+    let client = t.clients[0];
+    let (n0, n0_mac, client_mac) = (ifindex(&t, "n0"), mac_of(&t.node, "n0").unwrap(), mac_of(&t.client, "c0").unwrap());
+    let to = t.backend_by_addr(&predicted_for_client(&config, "testim-service", DEFAULT_HASH_SEED, client)).unwrap();
+    let ep_mac = mac_of(&to.ns, "e0").unwrap();
+    // Neighbours known, so redirects write both MACs.
+    for (addr, mac) in [(to.addr, ep_mac), (client, client_mac)] {
+        t.node.ip(&["neigh", "replace", &addr.to_string(), "lladdr", &mac_text(mac), "nud", "permanent", "dev", "n0"]).unwrap();
+    }
+    let (ep, node, vip, port) = ((to.addr, 30100), t.node_addr, (VIP, 9080), 40000);
+    let progs = Progs::find(xdp);
     let mut failures = Vec::new();
-    for mut case in cases {
-        let mut input = case.input.bytes();
-        if case.counter == "drop-bad-ip-checksum" {
-            input[14 + 10] ^= 0xff;
+
+    let syn = Frame::tcp((client, port), vip, TCP_SYN, 1000, 0).macs(client_mac, n0_mac);
+    let expect_out = move |f: &Frame, snat_port: u16| {
+        let mut out = f.clone().macs(n0_mac, ep_mac);
+        (out.src, out.dst, out.ttl) = (node, ep.0, f.ttl - 1);
+        if let L4::Tcp { sport, dport, .. } = &mut out.l4 {
+            (*sport, *dport) = (snat_port, ep.1);
         }
-        // XDP's verdicts; what it passes on, TC judges (and counts) next.
-        let by_xdp = xdp_id.filter(|_| case.hook == Hook::Ingress);
-        if by_xdp.is_some() {
-            case.verdict = match case.verdict {
-                TC_ACT_REDIRECT if case.counter != "rst-sent" => XDP_REDIRECT,
-                TC_ACT_SHOT => XDP_DROP,
-                _ => XDP_PASS,
-            };
-            if case.verdict == XDP_PASS {
-                case.counter = "xdp-to-tc";
-                case.out = Out::Same;
-            }
-        }
-        let before = agent.stats().unwrap();
-        let frame = input.clone();
-        let ran: Ran = match by_xdp {
-            Some(id) => t.node.inside(move || run_xdp(&prog_fd(id)?, &frame, n0)).unwrap(),
-            None => {
-                let id = if case.hook == Hook::Ingress { ingress_id } else { egress_id };
-                t.node.inside(move || run_tc(&prog_fd(id)?, &frame, n0)).unwrap()
-            }
+        out
+    };
+    let want_syn = syn.clone();
+    let (out, failure) = run_case(&t, &agent, &progs, n0, Case {
+        name: "new flow: SYN to the VIP, from the node's address and a SNAT port to its endpoint",
+        hook: Hook::Ingress,
+        input: syn,
+        verdict: TC_ACT_REDIRECT,
+        counter: "snat-allocated",
+        out: Out::Checked(Box::new(move |f: &[u8]| {
+            let snat_port = u16::from_be_bytes([f[14 + 20], f[14 + 21]]);
+            let want = expect_out(&want_syn, snat_port).bytes();
+            if f == want.as_slice() { Ok(()) } else { Err(format!("output:\n got  {f:02x?}\n want {want:02x?}")) }
+        })),
+    });
+    failures.extend(failure);
+    let snat_port = u16::from_be_bytes([out[14 + 20], out[14 + 21]]);
+    let nat = agent.flows().unwrap();
+    assert!(
+        nat.iter().any(|f| f.table == "nat" && f.new_source == format!("{node}:{snat_port}")),
+        "the output's port {snat_port} is not the mapping in NAT: {nat:?}"
+    );
+
+    let syn_ack = Frame::tcp(ep, (node, snat_port), TCP_SYN | TCP_ACK, 5000, 1001).macs(ep_mac, n0_mac);
+    let mut syn_ack_out = syn_ack.clone().macs(n0_mac, client_mac);
+    (syn_ack_out.src, syn_ack_out.dst, syn_ack_out.ttl) = (VIP, client, syn_ack.ttl - 1);
+    if let L4::Tcp { sport, dport, .. } = &mut syn_ack_out.l4 {
+        (*sport, *dport) = (9080, port);
+    }
+    let mut ack = Frame::tcp((client, port), vip, TCP_ACK, 1001, 5001).macs(client_mac, n0_mac);
+    if let L4::Tcp { payload, .. } = &mut ack.l4 {
+        *payload = b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n".to_vec();
+    }
+    let ack_out = expect_out(&ack, snat_port);
+    let cases = vec![
+        Case {
+            name: "reply: the endpoint's SYN-ACK to the SNAT port leaves from the VIP to the client",
+            hook: Hook::Ingress,
+            input: syn_ack,
+            verdict: TC_ACT_REDIRECT,
+            counter: "snat-reply-redirected",
+            out: Out::Is(syn_ack_out),
+        },
+        Case {
+            name: "established: the client's ACK with the Upgrade request keeps its mapping",
+            hook: Hook::Ingress,
+            input: ack,
+            verdict: TC_ACT_REDIRECT,
+            counter: "redirected",
+            out: Out::Is(ack_out),
+        },
+        Case {
+            name: "mid-stream segment with no mapping: dropped, the endpoint never saw its connection",
+            hook: Hook::Ingress,
+            input: Frame::tcp((client, port + 1), vip, TCP_ACK, 1, 1).macs(client_mac, n0_mac),
+            verdict: TC_ACT_SHOT,
+            counter: "drop-no-nat-flow",
+            out: Out::Same,
+        },
+        Case {
+            name: "a reply to a SNAT port nobody holds is not ours",
+            hook: Hook::Ingress,
+            input: Frame::tcp(ep, (node, snat_port.wrapping_add(1)), TCP_ACK, 1, 1).macs(ep_mac, n0_mac),
+            verdict: TC_ACT_OK,
+            counter: "pass-not-ours",
+            out: Out::Same,
+        },
+    ];
+    failures.extend(cases.into_iter().filter_map(|case| run_case(&t, &agent, &progs, n0, case).1));
+    assert!(failures.is_empty(), "{} cases failed:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// The programs a case runs through.
+struct Progs {
+    ingress: u64,
+    egress: u64,
+    /// Under `--attach xdp`: ingress cases run through XDP.
+    xdp: Option<u64>,
+}
+
+impl Progs {
+    fn find(xdp: bool) -> Self {
+        let (ingress, egress, xdp_id) = programs();
+        Self { ingress, egress, xdp: if xdp { Some(xdp_id.expect("an XDP program under --attach xdp")) } else { None } }
+    }
+}
+
+/// Runs one case as on interface `n0`; returns the output frame and what
+/// was wrong, if anything.
+fn run_case(t: &Topo, agent: &Agent, progs: &Progs, n0: u32, mut case: Case) -> (Vec<u8>, Option<String>) {
+    let mut input = case.input.bytes();
+    if case.counter == "drop-bad-ip-checksum" {
+        input[14 + 10] ^= 0xff;
+    }
+    // XDP's verdicts; what it passes on, TC judges (and counts) next.
+    let by_xdp = progs.xdp.filter(|_| case.hook == Hook::Ingress);
+    if by_xdp.is_some() {
+        case.verdict = match case.verdict {
+            TC_ACT_REDIRECT if case.counter != "rst-sent" => XDP_REDIRECT,
+            TC_ACT_SHOT => XDP_DROP,
+            _ => XDP_PASS,
         };
-        let delta = agent.stats().unwrap().since(&before);
-        let mut wrong = Vec::new();
-        if ran.verdict != case.verdict {
-            wrong.push(format!("verdict {} (want {})", ran.verdict, case.verdict));
-        }
-        if delta[case.counter] != 1 {
-            wrong.push(format!("counter {} moved by {} (all moves: {delta:?})", case.counter, delta[case.counter]));
-        }
-        let out_ok = match &case.out {
-            Out::Same => (ran.frame == input).then_some(()).ok_or_else(|| format!("modified:\n got  {:02x?}\n sent {input:02x?}", ran.frame)),
-            Out::Is(want) => {
-                let want = want.bytes();
-                (ran.frame == want).then_some(()).ok_or_else(|| format!("output:\n got  {:02x?}\n want {want:02x?}", ran.frame))
-            }
-            Out::Checked(check) => check(&ran.frame),
-        };
-        if let Err(e) = out_ok {
-            wrong.push(e);
-        }
-        if !matches!(case.out, Out::Same) {
-            if let Err(e) = checksums_ok(&ran.frame) {
-                wrong.push(format!("checksums: {e}"));
-            }
-        }
-        if !wrong.is_empty() {
-            let hook = if by_xdp.is_some() { "XDP".to_owned() } else { format!("TC {:?}", case.hook) };
-            failures.push(format!("{} ({hook}): {}", case.name, wrong.join("; ")));
+        if case.verdict == XDP_PASS {
+            case.counter = "xdp-to-tc";
+            case.out = Out::Same;
         }
     }
-    assert!(failures.is_empty(), "{} cases failed:\n{}", failures.len(), failures.join("\n"));
+    let before = agent.stats().unwrap();
+    let frame = input.clone();
+    let ran: Ran = match by_xdp {
+        Some(id) => t.node.inside(move || run_xdp(&prog_fd(id)?, &frame, n0)).unwrap(),
+        None => {
+            let id = if case.hook == Hook::Ingress { progs.ingress } else { progs.egress };
+            t.node.inside(move || run_tc(&prog_fd(id)?, &frame, n0)).unwrap()
+        }
+    };
+    let delta = agent.stats().unwrap().since(&before);
+    let mut wrong = Vec::new();
+    if ran.verdict != case.verdict {
+        wrong.push(format!("verdict {} (want {})", ran.verdict, case.verdict));
+    }
+    if delta[case.counter] != 1 {
+        wrong.push(format!("counter {} moved by {} (all moves: {delta:?})", case.counter, delta[case.counter]));
+    }
+    let out_ok = match &case.out {
+        Out::Same => (ran.frame == input).then_some(()).ok_or_else(|| format!("modified:\n got  {:02x?}\n sent {input:02x?}", ran.frame)),
+        Out::Is(want) => {
+            let want = want.bytes();
+            (ran.frame == want).then_some(()).ok_or_else(|| format!("output:\n got  {:02x?}\n want {want:02x?}", ran.frame))
+        }
+        Out::Checked(check) => check(&ran.frame),
+    };
+    if let Err(e) = out_ok {
+        wrong.push(e);
+    }
+    if !matches!(case.out, Out::Same) {
+        if let Err(e) = checksums_ok(&ran.frame) {
+            wrong.push(format!("checksums: {e}"));
+        }
+    }
+    let hook = if by_xdp.is_some() { "XDP".to_owned() } else { format!("TC {:?}", case.hook) };
+    let failure = (!wrong.is_empty()).then(|| format!("{} ({hook}): {}", case.name, wrong.join("; ")));
+    (ran.frame, failure)
 }

@@ -158,6 +158,49 @@ async fn fixtures(xdp: bool) {
     fragment.more_fragments = true;
     fragment.df = false;
     let refused = from_client(Frame::tcp((client, port + 3), (VIP, 9081), TCP_SYN, 7777, 0));
+    // The client resets its connection (at the next sequence number), then
+    // opens a new one on the same tuple.
+    let sent = match &ack.l4 {
+        L4::Tcp { payload, .. } => payload.len() as u32,
+        _ => unreachable!(),
+    };
+    let rst = from_client(Frame::tcp((client, port), vip, TCP_RST, 1001 + sent, 0));
+    let mut reopen = from_client(Frame::tcp((client, port), vip, TCP_SYN, 90000, 0));
+    reopen.id = 0x4321;
+    // A UDP datagram in two fragments: the first carries the ports, the
+    // second follows it by IP identification.
+    let mut first = from_client(Frame::udp((client, port + 5), vip, &[7u8; 24]));
+    (first.more_fragments, first.df, first.id) = (true, false, 0x7777);
+    if let L4::Udp { payload, .. } = &mut first.l4 {
+        // The UDP header claims the whole datagram: 8 + 24 + 16 bytes.
+        payload.truncate(24);
+    }
+    let mut later = from_client(Frame::with(client, VIP, L4::Raw(vec![9u8; 16])));
+    (later.df, later.id, later.frag_offset) = (false, 0x7777, 4);
+    let first_in = {
+        // Build the first fragment's bytes with the UDP length of the whole datagram.
+        let mut f = first.clone();
+        if let L4::Udp { sport, dport, payload } = &f.l4 {
+            let mut raw = Vec::new();
+            raw.extend(sport.to_be_bytes());
+            raw.extend(dport.to_be_bytes());
+            raw.extend(((8 + payload.len() + 16) as u16).to_be_bytes());
+            raw.extend([0, 0]);
+            raw.extend(payload);
+            f.l4 = L4::Raw(raw);
+        }
+        f
+    };
+    let first_out = {
+        let mut out = first_in.clone().macs(udp_nb_mac, udp_peer_mac);
+        (out.dst, out.ttl) = (udp_ep.0, first_in.ttl - 1);
+        if let L4::Raw(raw) = &mut out.l4 {
+            raw[2..4].copy_from_slice(&9090u16.to_be_bytes());
+        }
+        out
+    };
+    let mut later_out = later.clone().macs(udp_nb_mac, udp_peer_mac);
+    (later_out.dst, later_out.ttl) = (udp_ep.0, later.ttl - 1);
 
     let cases = vec![
         Case {
@@ -231,6 +274,38 @@ async fn fixtures(xdp: bool) {
             verdict: TC_ACT_REDIRECT,
             counter: "flow-created",
             out: Out::Is(translated(&udp, udp_ep, udp_nb_mac, udp_peer_mac)),
+        },
+        Case {
+            name: "the client's RST at the next sequence number goes to the endpoint",
+            hook: Hook::Ingress,
+            input: rst.clone(),
+            verdict: TC_ACT_REDIRECT,
+            counter: "redirected",
+            out: Out::Is(translated(&rst, tcp_ep, tcp_nb_mac, tcp_peer_mac)),
+        },
+        Case {
+            name: "a SYN on the closed flow's tuple opens a new flow",
+            hook: Hook::Ingress,
+            input: reopen.clone(),
+            verdict: TC_ACT_REDIRECT,
+            counter: "flow-created",
+            out: Out::Is(translated(&reopen, tcp_ep, tcp_nb_mac, tcp_peer_mac)),
+        },
+        Case {
+            name: "UDP first fragment: translated with its ports, its ports remembered",
+            hook: Hook::Ingress,
+            input: first_in,
+            verdict: TC_ACT_REDIRECT,
+            counter: "flow-created",
+            out: Out::Is(first_out),
+        },
+        Case {
+            name: "UDP later fragment: follows the first by IP identification (addresses only)",
+            hook: Hook::Ingress,
+            input: later,
+            verdict: TC_ACT_REDIRECT,
+            counter: "redirected",
+            out: Out::Is(later_out),
         },
         Case {
             name: "a wrong IPv4 header checksum to a frontend is dropped",

@@ -4,11 +4,8 @@
 //! the code that made it.
 use std::net::Ipv4Addr;
 
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
+pub use wsfwd_common::tcp::{ACK as TCP_ACK, FIN as TCP_FIN, RST as TCP_RST, SYN as TCP_SYN};
 pub const TCP_PSH: u8 = 0x08;
-pub const TCP_ACK: u8 = 0x10;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum L4 {

@@ -345,6 +345,24 @@ async fn fixtures(xdp: bool) {
     let progs = Progs::find(xdp);
     let failures: Vec<String> = cases.into_iter().filter_map(|case| run_case(&t, &agent, &progs, n0, case).1).collect();
     assert!(failures.is_empty(), "{} cases failed:\n{}", failures.len(), failures.join("\n"));
+    if xdp {
+        xdp_is_shown_and_removed(&t, agent);
+    }
+}
+
+/// `wsfwd status` says XDP is in front (generic, on a veth), and `wsfwd
+/// cleanup` takes it off the interface with the rest.
+fn xdp_is_shown_and_removed(t: &Topo, agent: Agent) {
+    let status = agent.status().unwrap();
+    assert_eq!(status["attached"][0]["xdp"], "generic", "{status}");
+    let link = || t.node.ip(&["link", "show", "n0"]).unwrap();
+    assert!(link().contains("xdpgeneric"), "{}", link());
+    agent.signal(libc::SIGTERM);
+    agent.wait_for_log("stopped; the datapath keeps forwarding", 1, std::time::Duration::from_secs(10)).unwrap();
+    assert!(link().contains("xdpgeneric"), "XDP went with the agent: {}", link());
+    let removed = wsfwd_tests::agent::cleanup(std::path::Path::new(&t.node.path()), &agent.bpffs).unwrap();
+    assert!(removed.contains("removed n0 xdp"), "{removed}");
+    assert!(!link().contains("xdp"), "XDP left on n0 after cleanup: {}", link());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

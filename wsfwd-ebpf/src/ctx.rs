@@ -234,23 +234,14 @@ impl Ctx for XdpContext {
     #[inline(always)]
     fn l3_csum_replace(&self, off: usize, from: u64, to: u64, size: u64) -> Result<(), ()> {
         let old = load2(self, off)?;
-        let new = match size {
-            4 => csum::replace4(old, (from as u32).to_ne_bytes(), (to as u32).to_ne_bytes()),
-            2 => csum::replace2(old, (from as u16).to_ne_bytes(), (to as u16).to_ne_bytes()),
-            _ => return Err(()),
-        };
-        self.store(off, &new)
+        self.store(off, &replaced(old, from, to, size)?)
     }
 
     #[inline(always)]
     fn l4_csum_replace(&self, off: usize, from: u64, to: u64, flags: u64) -> Result<(), ()> {
         let old = load2(self, off)?;
         // The pseudo-header flag changes nothing for a complete checksum.
-        let new = match flags & 0xf {
-            4 => csum::replace4(old, (from as u32).to_ne_bytes(), (to as u32).to_ne_bytes()),
-            2 => csum::replace2(old, (from as u16).to_ne_bytes(), (to as u16).to_ne_bytes()),
-            _ => return Err(()),
-        };
+        let new = replaced(old, from, to, flags & 0xf)?;
         let new = if flags & BPF_F_MARK_MANGLED_0 as u64 != 0 { csum::udp(old, new) } else { new };
         self.store(off, &new)
     }
@@ -271,6 +262,17 @@ impl Ctx for XdpContext {
     #[inline(always)]
     fn redirect_neigh(&self, _ifindex: u32, _nexthop: [u8; 4]) -> Result<i32, ()> {
         Err(())
+    }
+}
+
+/// Checksum bytes `old` after a `size`-byte field changed from `from` to `to`
+/// (given as the helpers take them: the field's bytes read natively).
+#[inline(always)]
+fn replaced(old: [u8; 2], from: u64, to: u64, size: u64) -> Result<[u8; 2], ()> {
+    match size {
+        4 => Ok(csum::replace4(old, (from as u32).to_ne_bytes(), (to as u32).to_ne_bytes())),
+        2 => Ok(csum::replace2(old, (from as u16).to_ne_bytes(), (to as u16).to_ne_bytes())),
+        _ => Err(()),
     }
 }
 

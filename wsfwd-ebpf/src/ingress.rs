@@ -234,7 +234,8 @@ fn forward<C: Ctx>(ctx: &C, p: &Packet, e: &Rewrite, done: Counter, slot: u32, w
         }
         // Never dropped silently: the sender learns the path MTU.
         Err(NoRoute::FragNeeded { mtu, gso }) => {
-            let tc = ctx.tc().ok_or(Verdict::Pass(Counter::PassNotOurs))?;
+            // Only TC gets here (XDP passed it on above).
+            let tc = ctx.tc().ok_or(Verdict::Pass(Counter::XdpToTc))?;
             let verdict = icmp::frag_needed(tc, p, mtu).map_err(|_| Verdict::Drop(Counter::DropFragNeeded))?;
             if gso {
                 count(Counter::IcmpFragNeededGso);

@@ -61,6 +61,30 @@ pub fn ip_forward_enabled() -> Option<bool> {
     std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").ok().map(|s| s.trim() == "1")
 }
 
+/// Runs socket ioctl `request` on interface `name` with a `struct ifreq`
+/// whose bytes after the name are `arg` (up to 24); returns the ifreq as the
+/// kernel left it, or `None` if the call failed.
+fn ifreq_ioctl(name: &str, request: libc::c_ulong, arg: &[u8]) -> Option<[u8; 40]> {
+    // struct ifreq: the name (16 bytes, NUL-terminated), then a 24-byte union.
+    let mut ifr = [0u8; 40];
+    if name.len() >= 16 || arg.len() > 24 {
+        return None;
+    }
+    ifr[..name.len()].copy_from_slice(name.as_bytes());
+    ifr[16..16 + arg.len()].copy_from_slice(arg);
+    // SAFETY: a datagram socket for the ioctl, closed below; ifr is an
+    // ifreq, and whatever `arg` points at outlives the call.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        if fd < 0 {
+            return None;
+        }
+        let rc = libc::ioctl(fd, request, ifr.as_mut_ptr());
+        libc::close(fd);
+        (rc == 0).then_some(ifr)
+    }
+}
+
 /// The driver behind interface `name` (`veth`, `virtio_net`, `mlx5_core`…),
 /// asked of the interface in this network namespace (ethtool's
 /// ETHTOOL_GDRVINFO); `None` if it does not say.
@@ -70,26 +94,8 @@ pub fn driver(name: &str) -> Option<String> {
     // struct ethtool_drvinfo: cmd, then driver[32], version[32], ... (196 bytes).
     let mut info = [0u8; 196];
     info[..4].copy_from_slice(&ETHTOOL_GDRVINFO.to_ne_bytes());
-    // struct ifreq: the name, then (a union holding) a pointer to the request.
-    let mut ifr = [0u8; 40];
-    if name.len() >= 16 {
-        return None;
-    }
-    ifr[..name.len()].copy_from_slice(name.as_bytes());
-    ifr[16..24].copy_from_slice(&(info.as_mut_ptr() as usize).to_ne_bytes());
-    // SAFETY: a datagram socket for the ioctl, closed below; ifr and info
-    // outlive the call and have the sizes the kernel expects.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
-        if fd < 0 {
-            return None;
-        }
-        let rc = libc::ioctl(fd, SIOCETHTOOL, ifr.as_mut_ptr());
-        libc::close(fd);
-        if rc != 0 {
-            return None;
-        }
-    }
+    // The ifreq's union holds a pointer to the request.
+    ifreq_ioctl(name, SIOCETHTOOL, &(info.as_mut_ptr() as usize).to_ne_bytes())?;
     let driver = &info[4..36];
     let end = driver.iter().position(|&b| b == 0).unwrap_or(driver.len());
     Some(String::from_utf8_lossy(&driver[..end]).into_owned())
@@ -98,23 +104,7 @@ pub fn driver(name: &str) -> Option<String> {
 /// Interface `name`'s MAC address (SIOCGIFHWADDR), in this network namespace.
 pub fn mac(name: &str) -> Option<[u8; 6]> {
     const SIOCGIFHWADDR: libc::c_ulong = 0x8927;
-    // struct ifreq: the name, then a sockaddr (family, then the address).
-    let mut ifr = [0u8; 40];
-    if name.len() >= 16 {
-        return None;
-    }
-    ifr[..name.len()].copy_from_slice(name.as_bytes());
-    // SAFETY: a datagram socket for the ioctl, closed below; ifr is an ifreq.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
-        if fd < 0 {
-            return None;
-        }
-        let rc = libc::ioctl(fd, SIOCGIFHWADDR, ifr.as_mut_ptr());
-        libc::close(fd);
-        if rc != 0 {
-            return None;
-        }
-    }
+    // The union becomes a sockaddr: the family, then the address.
+    let ifr = ifreq_ioctl(name, SIOCGIFHWADDR, &[])?;
     ifr[18..24].try_into().ok()
 }

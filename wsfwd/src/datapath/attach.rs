@@ -80,24 +80,11 @@ pub fn attach_or_replace(
 ) -> anyhow::Result<u32> {
     let what = || format!("{iface} {}", hook_name(hook));
     let pin = pins.link(iface, hook_name(hook));
-    if pin.exists() {
-        let replaced = PinnedLink::from_pin(&pin)
-            .map_err(anyhow::Error::from)
-            .and_then(|l| SchedClassifierLink::try_from(FdLink::from(l)).map_err(anyhow::Error::from))
-            .and_then(|link| p.attach_to_link(link).map_err(anyhow::Error::from));
-        match replaced {
-            Ok(id) => {
-                // The pin keeps the link (now running `p`) after this handle goes.
-                drop(p.take_link(id)?);
-                return Ok(ATTACH_TCX);
-            }
-            // The interface was deleted (and perhaps recreated) while no
-            // agent ran: its link is defunct. Attach afresh.
-            Err(e) => {
-                log::warn!("{}: the pinned link is gone ({e:#}); attaching again", what());
-                std::fs::remove_file(&pin).with_context(|| format!("removing {}", pin.display()))?;
-            }
-        }
+    let swapped = swap_into_pinned(&pin, &what(), |fd| Ok(p.attach_to_link(SchedClassifierLink::try_from(fd)?)?))?;
+    if let Some(id) = swapped {
+        // The pin keeps the link (now running `p`) after this handle goes.
+        drop(p.take_link(id)?);
+        return Ok(ATTACH_TCX);
     }
     if previous == Some(ATTACH_CLSACT) {
         let link = SchedClassifierLink::attached(iface, hook, CLSACT_PRIORITY, CLSACT_HANDLE, None)?;
@@ -132,24 +119,14 @@ pub fn attach_or_replace(
 
 /// Attaches XDP program `p` to `iface` in `mode` (falling back from native
 /// to generic under `--attach xdp`), or swaps it into the link pinned there
-/// (which keeps its mode). The link is pinned, like TCX's. Returns the mode.
-pub fn attach_xdp(p: &mut Xdp, iface: &str, pins: &PinDir, mode: XdpMode, fallback: bool) -> anyhow::Result<u32> {
+/// (which keeps its mode: `previous`, as `ATTACHED` recorded it). The link is
+/// pinned, like TCX's. Returns the mode.
+pub fn attach_xdp(p: &mut Xdp, iface: &str, pins: &PinDir, mode: XdpMode, fallback: bool, previous: Option<u32>) -> anyhow::Result<u32> {
     let pin = pins.link(iface, "xdp");
-    if pin.exists() {
-        let replaced = PinnedLink::from_pin(&pin)
-            .map_err(anyhow::Error::from)
-            .and_then(|l| XdpLink::try_from(FdLink::from(l)).map_err(anyhow::Error::from))
-            .and_then(|link| p.attach_to_link(link).map_err(anyhow::Error::from));
-        match replaced {
-            Ok(id) => {
-                drop(p.take_link(id)?);
-                return Ok(if mode == XdpMode::Skb { XDP_GENERIC } else { XDP_NATIVE });
-            }
-            Err(e) => {
-                log::warn!("{iface} xdp: the pinned link is gone ({e:#}); attaching again");
-                std::fs::remove_file(&pin).with_context(|| format!("removing {}", pin.display()))?;
-            }
-        }
+    if let Some(id) = swap_into_pinned(&pin, &format!("{iface} xdp"), |fd| Ok(p.attach_to_link(XdpLink::try_from(fd)?)?))? {
+        drop(p.take_link(id)?);
+        // The link keeps the mode it was made with.
+        return Ok(previous.unwrap_or(if mode == XdpMode::Skb { XDP_GENERIC } else { XDP_NATIVE }));
     }
     let (id, used) = match p.attach(iface, mode) {
         Ok(id) => (id, mode),
@@ -167,6 +144,24 @@ pub fn attach_xdp(p: &mut Xdp, iface: &str, pins: &PinDir, mode: XdpMode, fallba
 /// Removes wsfwd's XDP program from `iface` (its pinned link under `dir`).
 pub fn detach_xdp(dir: &Path, iface: &str) -> Option<String> {
     std::fs::remove_file(bpffs::link_path(dir, iface, "xdp")).ok().map(|()| format!("{iface} xdp"))
+}
+
+/// Swaps a program into the link pinned at `pin` (`swap` does it, given the
+/// link); `None` when there is no pin, or when the link is defunct (its
+/// interface was deleted, perhaps recreated, while no agent ran), whose pin
+/// is then removed so that the caller attaches afresh.
+fn swap_into_pinned<I>(pin: &Path, what: &str, swap: impl FnOnce(FdLink) -> anyhow::Result<I>) -> anyhow::Result<Option<I>> {
+    if !pin.exists() {
+        return Ok(None);
+    }
+    match PinnedLink::from_pin(pin).map_err(anyhow::Error::from).and_then(|l| swap(FdLink::from(l))) {
+        Ok(id) => Ok(Some(id)),
+        Err(e) => {
+            log::warn!("{what}: the pinned link is gone ({e:#}); attaching again");
+            std::fs::remove_file(pin).with_context(|| format!("removing {}", pin.display()))?;
+            Ok(None)
+        }
+    }
 }
 
 /// A clsact filter is not tied to any descriptor: it stays until removed.

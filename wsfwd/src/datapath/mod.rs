@@ -337,7 +337,8 @@ impl Datapath {
                             log::info!("{XDP}: program id {}, tag {:016x}", info.id(), info.tag());
                         }
                     }
-                    let used = attach::attach_xdp(p, &iface.name, &self.pins, xdp_mode, hook == attach::Hook::Xdp)?;
+                    let was = previous.get(&iface.index).filter(|a| a.name == name_bytes(&iface.name) && a.xdp != 0).map(|a| a.xdp);
+                    let used = attach::attach_xdp(p, &iface.name, &self.pins, xdp_mode, hook == attach::Hook::Xdp, was)?;
                     xdp_modes.insert(iface.index, used);
                 }
                 None => {

@@ -120,6 +120,9 @@ async fn fixtures(xdp: bool) {
     let udp_to = t.backend_by_addr(&predicted_for_client(&config, "testim-udp", DEFAULT_HASH_SEED, client)).unwrap();
     let k = |b: &wsfwd_tests::topo::Backend| b.addr.octets()[2];
     let (tcp_nb, udp_nb) = (format!("nb{}", k(tcp_to)), format!("nb{}", k(udp_to)));
+    // The UDP endpoint's link is smaller than the client's: DF datagrams
+    // that do not fit are answered with "fragmentation needed".
+    t.node.ip(&["link", "set", &udp_nb, "mtu", "1280"]).unwrap();
     let (tcp_peer_mac, udp_peer_mac) = (mac_of(&tcp_to.ns, "e0").unwrap(), mac_of(&udp_to.ns, "e0").unwrap());
     let (tcp_nb_mac, udp_nb_mac) = (mac_of(&t.node, &tcp_nb).unwrap(), mac_of(&t.node, &udp_nb).unwrap());
     let from_client = |f: Frame| f.macs(client_mac, n0_mac);
@@ -201,6 +204,32 @@ async fn fixtures(xdp: bool) {
     };
     let mut later_out = later.clone().macs(udp_nb_mac, udp_peer_mac);
     (later_out.dst, later_out.ttl) = (udp_ep.0, later.ttl - 1);
+    // ICMP errors about the UDP flow, both ways. The endpoint reports on
+    // the datagram it received (to its own address, TTL 63 after the node):
+    // the client must see the error come from the VIP, quoting what it sent.
+    let mut udp_as_received = translated(&udp, udp_ep, udp_nb_mac, udp_peer_mac);
+    udp_as_received.ttl = udp.ttl - 1;
+    let mut udp_as_sent = udp.clone();
+    udp_as_sent.ttl = udp.ttl - 1;
+    let unreachable = |from, to, quote: &Frame| {
+        let mut f = Frame::with(from, to, L4::Icmp { kind: 3, code: 3, rest: [0; 4], payload: quote.ip_bytes() });
+        f.ttl = 63;
+        f
+    };
+    let icmp_to_client = to_client(unreachable(udp_ep.0, client, &udp_as_received));
+    let icmp_to_client_out = to_client(unreachable(VIP, client, &udp_as_sent));
+    // The client reports on a reply that left the node from the VIP: the
+    // endpoint must see it quote what the endpoint sent.
+    let mut reply_as_sent = Frame::udp((VIP, 9080), (client, port), b"world");
+    reply_as_sent.ttl = 63;
+    let mut reply_from_endpoint = Frame::udp(udp_ep, (client, port), b"world");
+    reply_from_endpoint.ttl = 63;
+    let icmp_to_endpoint = from_client(unreachable(client, VIP, &reply_as_sent));
+    let mut icmp_to_endpoint_out = unreachable(client, udp_ep.0, &reply_from_endpoint).macs(udp_nb_mac, udp_peer_mac);
+    icmp_to_endpoint_out.ttl = 62;
+    // A DF datagram larger than the endpoint's link (MTU 1280, set below).
+    let too_big = from_client(Frame::udp((client, port), vip, &[0x5au8; 1300]));
+    let too_big_answer = frag_needed_answer(&too_big, 1280);
 
     let cases = vec![
         Case {
@@ -292,6 +321,30 @@ async fn fixtures(xdp: bool) {
             out: Out::Is(translated(&reopen, tcp_ep, tcp_nb_mac, tcp_peer_mac)),
         },
         Case {
+            name: "ICMP error from the endpoint about a datagram: from the VIP, quoting what the client sent",
+            hook: Hook::Egress,
+            input: icmp_to_client,
+            verdict: TC_ACT_OK,
+            counter: "icmp-translated",
+            out: Out::Is(icmp_to_client_out),
+        },
+        Case {
+            name: "ICMP error from the client about a reply: to the endpoint, quoting what the endpoint sent",
+            hook: Hook::Ingress,
+            input: icmp_to_endpoint,
+            verdict: TC_ACT_REDIRECT,
+            counter: "icmp-translated",
+            out: Out::Is(icmp_to_endpoint_out),
+        },
+        Case {
+            name: "DF datagram too large for the endpoint's link: fragmentation needed, from the VIP",
+            hook: Hook::Ingress,
+            input: too_big,
+            verdict: TC_ACT_REDIRECT,
+            counter: "icmp-frag-needed-sent",
+            out: Out::Checked(Box::new(move |f: &[u8]| too_big_answer(f, n0_mac, client_mac))),
+        },
+        Case {
             name: "UDP first fragment: translated with its ports, its ports remembered",
             hook: Hook::Ingress,
             input: first_in,
@@ -322,23 +375,7 @@ async fn fixtures(xdp: bool) {
             input: refused,
             verdict: TC_ACT_REDIRECT,
             counter: "rst-sent",
-            out: Out::Checked(Box::new(move |f: &[u8]| {
-                let mut want = Frame::tcp((VIP, 9081), (client, port + 3), TCP_RST | TCP_ACK, 0, 7778).macs(n0_mac, client_mac);
-                if let L4::Tcp { window, .. } = &mut want.l4 {
-                    *window = 0;
-                }
-                let want = want.bytes();
-                // The answer's IP id and TTL are its own; the rest is fixed.
-                let (mut got, mut want) = (f.to_vec(), want);
-                for b in [&mut got, &mut want] {
-                    if b.len() > 14 + 20 {
-                        b[14 + 4..14 + 6].fill(0);
-                        b[14 + 8] = 0;
-                        b[14 + 10..14 + 12].fill(0);
-                    }
-                }
-                if got == want { Ok(()) } else { Err(format!("RST\n got  {got:02x?}\n want {want:02x?}")) }
-            })),
+            out: rst_answer((VIP, 9081), (client, port + 3), 7778, n0_mac, client_mac),
         },
     ];
 
@@ -347,6 +384,54 @@ async fn fixtures(xdp: bool) {
     assert!(failures.is_empty(), "{} cases failed:\n{}", failures.len(), failures.join("\n"));
     if xdp {
         xdp_is_shown_and_removed(&t, agent);
+    }
+}
+
+/// The RST that refuses a bare SYN from `to` (sequence `ack - 1`) to `from`:
+/// fixed bytes except the answer's own IP id and TTL (and so its checksum).
+fn rst_answer(from: (Ipv4Addr, u16), to: (Ipv4Addr, u16), ack: u32, src_mac: [u8; 6], dst_mac: [u8; 6]) -> Out {
+    Out::Checked(Box::new(move |f: &[u8]| {
+        let mut want = Frame::tcp(from, to, TCP_RST | TCP_ACK, 0, ack).macs(src_mac, dst_mac);
+        if let L4::Tcp { window, .. } = &mut want.l4 {
+            *window = 0;
+        }
+        let (mut got, mut want) = (f.to_vec(), want.bytes());
+        for b in [&mut got, &mut want] {
+            if b.len() > 14 + 20 {
+                b[14 + 4..14 + 6].fill(0);
+                b[14 + 8] = 0;
+                b[14 + 10..14 + 12].fill(0);
+            }
+        }
+        if got == want { Ok(()) } else { Err(format!("RST\n got  {got:02x?}\n want {want:02x?}")) }
+    }))
+}
+
+/// A checker for the "fragmentation needed" answer to `input` (RFC 792/1191):
+/// from the address it was sent to, back to its sender's MAC, TTL 64, DF,
+/// IP id 0, next-hop MTU `mtu`, quoting its IP header and first 8 bytes of
+/// UDP. The quoted UDP checksum is the datapath's own choice (made to keep
+/// the ICMP checksum right under offload) and is not compared; the ICMP
+/// checksum over all of it is checked from scratch by the caller.
+fn frag_needed_answer(input: &Frame, mtu: u16) -> impl Fn(&[u8], [u8; 6], [u8; 6]) -> Result<(), String> + use<> {
+    let sent = input.ip_bytes();
+    let (from, to) = (input.dst, input.src);
+    move |f: &[u8], src_mac, dst_mac| {
+        let mut quote = sent[..20 + 8].to_vec();
+        quote[20 + 6..20 + 8].fill(0);
+        let [m0, m1] = mtu.to_be_bytes();
+        let mut want = Frame::with(from, to, L4::Icmp { kind: 3, code: 4, rest: [0, 0, m0, m1], payload: quote }).macs(src_mac, dst_mac);
+        want.id = 0;
+        // Blank the quoted UDP checksum and the ICMP checksum covering it.
+        let (mut got, mut want) = (f.to_vec(), want.bytes());
+        for b in [&mut got, &mut want] {
+            const ICMP: usize = 14 + 20;
+            if b.len() >= ICMP + 8 + 20 + 8 {
+                b[ICMP + 2..ICMP + 4].fill(0);
+                b[ICMP + 8 + 20 + 6..ICMP + 8 + 20 + 8].fill(0);
+            }
+        }
+        if got == want { Ok(()) } else { Err(format!("frag-needed\n got  {got:02x?}\n want {want:02x?}")) }
     }
 }
 
@@ -383,13 +468,17 @@ fn mac_text(mac: [u8; 6]) -> String {
 /// Full NAT (T2: client, node and endpoints on one segment): a new flow gets
 /// the node's address and a SNAT port (the one value chosen at random, read
 /// from the output), its replies come back to that port and leave from the
-/// VIP, and a mid-stream segment with no mapping is dropped.
+/// VIP, an ICMP error from the endpoint reaches the client as the VIP's,
+/// a mid-stream segment with no mapping is dropped, and with the one SNAT
+/// port held a new SYN is refused.
 async fn full_nat_fixtures(xdp: bool) {
     let mut t = Topo::new(if xdp { "fnx" } else { "fn" }, Spec::T2).unwrap();
     t.start_ws_peers().unwrap();
     let endpoints: Vec<Ipv4Addr> = t.backends.iter().filter(|b| !b.behind).map(|b| b.addr).collect();
     let config = upstream_config(&endpoints, "Cluster");
-    let agent = Agent::start(&t.node, &t.dir, &config, &["--attach", if xdp { "xdp" } else { "tc" }]).unwrap();
+    // One SNAT port: the first flow holds it, the next is refused.
+    let args = ["--attach", if xdp { "xdp" } else { "tc" }, "--snat-ports", "61000-61000"];
+    let agent = Agent::start(&t.node, &t.dir, &config, &args).unwrap();
     let client = t.clients[0];
     let (n0, n0_mac, client_mac) = (ifindex(&t, "n0"), mac_of(&t.node, "n0").unwrap(), mac_of(&t.client, "c0").unwrap());
     let to = t.backend_by_addr(&predicted_for_client(&config, "testim-service", DEFAULT_HASH_SEED, client)).unwrap();
@@ -443,6 +532,18 @@ async fn full_nat_fixtures(xdp: bool) {
         *payload = b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n".to_vec();
     }
     let ack_out = expect_out(&ack, snat_port);
+    // The endpoint reports on the SYN it received (from the SNAT address,
+    // TTL 63): the client must see the error from the VIP, quoting its SYN.
+    let unreachable = |from, to, quote: &Frame, ttl| {
+        let mut f = Frame::with(from, to, L4::Icmp { kind: 3, code: 3, rest: [0; 4], payload: quote.ip_bytes() });
+        f.ttl = ttl;
+        f
+    };
+    let syn_sent = Frame::tcp((client, port), vip, TCP_SYN, 1000, 0);
+    let icmp_in = unreachable(ep.0, node, &expect_out(&syn_sent, snat_port), 64).macs(ep_mac, n0_mac);
+    let mut syn_as_sent = syn_sent.clone();
+    syn_as_sent.ttl = 63;
+    let icmp_out = unreachable(VIP, client, &syn_as_sent, 63).macs(n0_mac, client_mac);
     let cases = vec![
         Case {
             name: "reply: the endpoint's SYN-ACK to the SNAT port leaves from the VIP to the client",
@@ -467,6 +568,22 @@ async fn full_nat_fixtures(xdp: bool) {
             verdict: TC_ACT_SHOT,
             counter: "drop-no-nat-flow",
             out: Out::Same,
+        },
+        Case {
+            name: "ICMP error from the endpoint to the SNAT address: to the client from the VIP, quoting its SYN",
+            hook: Hook::Ingress,
+            input: icmp_in,
+            verdict: TC_ACT_REDIRECT,
+            counter: "icmp-translated",
+            out: Out::Is(icmp_out),
+        },
+        Case {
+            name: "SNAT ports exhausted: a new SYN is refused with a RST from the frontend",
+            hook: Hook::Ingress,
+            input: Frame::tcp((client, port + 2), vip, TCP_SYN, 500, 0).macs(client_mac, n0_mac),
+            verdict: TC_ACT_REDIRECT,
+            counter: "drop-snat-exhausted",
+            out: rst_answer(vip, (client, port + 2), 501, n0_mac, client_mac),
         },
         Case {
             name: "a reply to a SNAT port nobody holds is not ours",
@@ -496,6 +613,10 @@ impl Progs {
     }
 }
 
+/// Cases whose output only TC makes (answers, ICMP translation): XDP
+/// passes their frames on untouched.
+const TC_ANSWERS: [&str; 4] = ["rst-sent", "drop-snat-exhausted", "icmp-translated", "icmp-frag-needed-sent"];
+
 /// Runs one case as on interface `n0`; returns the output frame and what
 /// was wrong, if anything.
 fn run_case(t: &Topo, agent: &Agent, progs: &Progs, n0: u32, mut case: Case) -> (Vec<u8>, Option<String>) {
@@ -507,7 +628,7 @@ fn run_case(t: &Topo, agent: &Agent, progs: &Progs, n0: u32, mut case: Case) -> 
     let by_xdp = progs.xdp.filter(|_| case.hook == Hook::Ingress);
     if by_xdp.is_some() {
         case.verdict = match case.verdict {
-            TC_ACT_REDIRECT if case.counter != "rst-sent" => XDP_REDIRECT,
+            TC_ACT_REDIRECT if !TC_ANSWERS.contains(&case.counter) => XDP_REDIRECT,
             TC_ACT_SHOT => XDP_DROP,
             _ => XDP_PASS,
         };

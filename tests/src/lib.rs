@@ -5,6 +5,7 @@ pub mod agent;
 pub mod bench;
 pub mod checks;
 pub mod client;
+pub mod corpus;
 pub mod fleet;
 pub mod forge;
 pub mod netns;

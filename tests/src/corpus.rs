@@ -19,17 +19,17 @@ impl Rng {
     pub fn new(seed: u64) -> Self {
         Self(seed.max(1))
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+        (self.next_u64() % n.max(1) as u64) as usize
     }
     pub fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
+        (0..n).map(|_| self.next_u64() as u8).collect()
     }
 }
 
@@ -202,8 +202,8 @@ pub fn generate(p: &Places, seed: u64, total: usize) -> Vec<Sample> {
         }
         for _ in 0..64 {
             let mut f = b.clone();
-            set_u16(&mut f, ETH + 6, rng.next() as u16);
-            set_u16(&mut f, ETH + 4, rng.next() as u16);
+            set_u16(&mut f, ETH + 6, rng.next_u64() as u16);
+            set_u16(&mut f, ETH + 4, rng.next_u64() as u16);
             fix_ip_csum(&mut f);
             push("fragment", f);
         }
@@ -221,14 +221,14 @@ pub fn generate(p: &Places, seed: u64, total: usize) -> Vec<Sample> {
     for b in &raw {
         for tpid in [[0x81, 0x00], [0x88, 0xa8], [0x91, 0x00]] {
             for _ in 0..10 {
-                let vid = rng.next() as u16 & 0x0fff;
+                let vid = rng.next_u64() as u16 & 0x0fff;
                 let mut f = b[..12].to_vec();
                 f.extend(tpid);
                 f.extend(vid.to_be_bytes());
                 if tpid == [0x88, 0xa8] {
                     // Q-in-Q: an inner 802.1Q tag too.
                     f.extend([0x81, 0x00]);
-                    f.extend((rng.next() as u16 & 0x0fff).to_be_bytes());
+                    f.extend((rng.next_u64() as u16 & 0x0fff).to_be_bytes());
                 }
                 f.extend(&b[12..]);
                 push("vlan", f);
@@ -317,9 +317,9 @@ pub fn generate(p: &Places, seed: u64, total: usize) -> Vec<Sample> {
         match i % 5 {
             0 => q[12..16].copy_from_slice(&rng.bytes(4)),
             1 => q[20..24].copy_from_slice(&rng.bytes(4)),
-            2 => q[9] = rng.next() as u8,
+            2 => q[9] = rng.next_u64() as u8,
             3 => q[0] = 0x60 | (q[0] & 0x0f),
-            _ => q[0] = 0x40 | (rng.next() as u8 & 0x0f),
+            _ => q[0] = 0x40 | (rng.next_u64() as u8 & 0x0f),
         }
         push("icmp-quote", icmp_error(p, from, to, 3, 3, q));
     }
@@ -330,7 +330,7 @@ pub fn generate(p: &Places, seed: u64, total: usize) -> Vec<Sample> {
             if i % 2 == 0 {
                 f[at] ^= 1 << rng.below(8);
             } else {
-                f[at] = rng.next() as u8;
+                f[at] = rng.next_u64() as u8;
             }
         }
         if i % 3 == 0 {

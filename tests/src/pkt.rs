@@ -132,7 +132,7 @@ impl Frame {
         h.extend((total as u16).to_be_bytes());
         h.extend(self.id.to_be_bytes());
         let flags = (if self.df { 0x4000 } else { 0 }) | (if self.more_fragments { 0x2000 } else { 0 }) | self.frag_offset;
-        h.extend((flags as u16).to_be_bytes());
+        h.extend(flags.to_be_bytes());
         h.push(self.ttl);
         h.push(self.proto());
         h.extend([0, 0]);

@@ -23,7 +23,9 @@ const EXTRA: &[&str] = &["--gc-interval", "1"];
 /// programs (TCX links, or clsact filters).
 fn attachments(t: &Topo, clsact: bool) -> Vec<(String, u64)> {
     if clsact {
-        agent::clsact_filters(&t.node, "n0")
+        let ifaces = t.node.exec(&["ls", "/sys/class/net"]).unwrap();
+        let on = |i: &str| -> Vec<(String, u64)> { agent::clsact_filters(&t.node, i).into_iter().map(|(at, prog)| (format!("{i} {at}"), prog)).collect() };
+        ifaces.split_whitespace().flat_map(on).collect()
     } else {
         agent::tc_links().into_iter().map(|(link, prog)| (format!("link {link}"), prog)).collect()
     }
@@ -39,11 +41,14 @@ async fn restarts_lose_nothing(t: &Topo, mut agent: Agent, clsact: bool) {
     fleet.run_for(2).await.unwrap();
     let (build, other_build) = (agent::binary(), agent::variant_binary());
     let first_tags = agent.program_tags();
-    assert_eq!(first_tags.len(), 2, "{}", agent.log());
+    // Endpoint-facing interfaces carry the reply program on their ingress.
+    let status = agent.status().unwrap();
+    let endpoint_sides = status["attached"].as_array().unwrap().iter().filter(|a| a["side"] == "endpoints").count();
+    assert_eq!(first_tags.len(), 2 + usize::from(endpoint_sides > 0), "{}", agent.log());
     let rounds = [(Stop::Kill, &build), (Stop::Term, &build), (Stop::Kill, &build), (Stop::Term, &other_build), (Stop::Term, &build)];
     for (round, (how, bin)) in rounds.into_iter().enumerate() {
         let links = attachments(t, clsact);
-        assert_eq!(links.len(), 2, "ingress and egress on n0: {links:?}");
+        assert_eq!(links.len(), 2 + endpoint_sides, "ingress and egress on n0, replies on each endpoint-facing interface: {links:?}");
         let before = agent.stats().unwrap();
         let halted = tokio::task::block_in_place(|| agent.halt(how)).unwrap_or_else(|e| panic!("{how:?}: {e:#}"));
         // No agent: the datapath forwards on its own.

@@ -35,7 +35,8 @@ async fn t1_01_handshake_via_vip_and_node_port_with_real_client_address() {
     let leaked: Vec<_> = lines.iter().filter(|l| l.contains(" IP 10.244.")).collect();
     assert!(leaked.is_empty(), "backend addresses reached the client: {leaked:?}");
     let stats = agent.stats().unwrap();
-    assert!(stats["redirected"] > 0 && stats["reply-translated"] > 0, "{stats:?}");
+    // Replies are translated where they enter the node, never left to its forwarding.
+    assert!(stats["redirected"] > 0 && stats["reply-redirected"] > 0 && stats["reply-translated"] == 0, "{stats:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,7 +309,7 @@ async fn t1_10_cleanup_removes_everything_and_bad_config_attaches_nothing() {
     let agent = Agent::start(&t.node, &t.dir, SEED_CONFIG, &["--cleanup-on-exit"]).unwrap();
     let bpffs = agent.bpffs.clone();
     assert!(wsfwd_programs_loaded(), "nothing to remove: the test would prove nothing");
-    assert_eq!(wsfwd_links(), 2, "ingress and egress attached on n0");
+    assert_eq!(wsfwd_links(), 5, "ingress and egress on n0, the reply program on nb1, nb2 and nb3");
     assert!(bpffs.join("CONNTRACK").exists());
     let status = agent.stop().unwrap();
     assert!(status.success(), "{status}");
@@ -448,4 +449,46 @@ async fn t1_14_unknown_fragments_from_an_endpoint_never_leave() {
     assert_eq!(to(t.clients[2]), 1, "a fragment from a non-endpoint was stopped: {lines:#?}");
     let c = agent.stats().unwrap().since(&before);
     assert_eq!(c["drop-fragment-unknown"], 1, "{c:?}");
+}
+
+/// A node that forwards nothing through netfilter (`FORWARD` policy DROP,
+/// and the `ctstate INVALID` drop kube-proxy installs): the seed's scenario
+/// still works, because frontend packets are redirected at external ingress
+/// and the endpoints' replies at the ingress of the endpoint-facing
+/// interfaces, found from the routes to the endpoints. With that program
+/// turned off (`--endpoint-iface none`), the replies cross the node's
+/// forwarding, whose conntrack never saw their flow: dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t1_15_replies_skip_a_forward_drop_node() {
+    let mut t = Topo::new("fd", Spec::T1).unwrap();
+    t.start_ws_peers().unwrap();
+    for rule in [&["-P", "FORWARD", "DROP"][..], &["-A", "FORWARD", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"]] {
+        t.node.exec(&[&["iptables"][..], rule].concat()).unwrap();
+    }
+    {
+        let _agent = Agent::start(&t.node, &t.dir, SEED_CONFIG, &["--endpoint-iface", "none"]).unwrap();
+        let tried = tokio::time::timeout(Duration::from_secs(3), ws_connect(&t.client, t.clients[0], t.vip())).await;
+        assert!(!matches!(tried, Ok(Ok(_))), "connected with replies through a FORWARD DROP node: the test proves nothing");
+    }
+    t.node.exec(&["iptables", "-Z", "FORWARD"]).unwrap();
+    let agent = Agent::start(&t.node, &t.dir, SEED_CONFIG, &[]).unwrap();
+    let status = agent.status().unwrap();
+    let sides: Vec<(String, String)> = status["attached"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["interface"].as_str().unwrap().to_owned(), a["side"].as_str().unwrap().to_owned()))
+        .collect();
+    for nb in ["nb1", "nb2", "nb3"] {
+        assert!(sides.contains(&(nb.to_owned(), "endpoints".to_owned())), "{nb} not attached on the endpoint side: {sides:?}");
+    }
+    assert!(sides.contains(&("n0".to_owned(), "external".to_owned())), "{sides:?}");
+    handshake_checks(&t, &[t.vip(), t.node_port()]).await;
+    let stats = agent.stats().unwrap();
+    assert!(stats["reply-redirected"] > 0, "{stats:?}");
+    assert_eq!(stats["reply-translated"], 0, "replies went through the kernel's forwarding: {stats:?}");
+    assert!(agent.log().contains("nb1: replies of endpoints behind it translated at its ingress"), "{}", agent.log());
+    // Nothing of it reached the node's forwarding.
+    let forward = t.node.exec(&["iptables", "-L", "FORWARD", "-v", "-n", "-x"]).unwrap();
+    assert!(forward.contains("policy DROP 0 packets"), "{forward}");
 }

@@ -83,7 +83,8 @@ pub const LOAD_REJECTED: u32 = 2;
 pub struct Attachment {
     /// The interface name, NUL-padded.
     pub name: [u8; 16],
-    /// `ATTACH_TCX` or `ATTACH_CLSACT`.
+    /// `ATTACH_TCX` or `ATTACH_CLSACT`, with `ATTACH_F_ENDPOINT_SIDE` on an
+    /// endpoint-facing interface (the reply program on its ingress only).
     pub mode: u32,
     /// `XDP_NATIVE`, `XDP_GENERIC`, or 0: TC alone.
     pub xdp: u32,
@@ -104,6 +105,19 @@ impl Default for FrontendName {
 
 pub const ATTACH_TCX: u32 = 1;
 pub const ATTACH_CLSACT: u32 = 2;
+/// In `Attachment::mode`: an endpoint-facing interface, not an external one.
+pub const ATTACH_F_ENDPOINT_SIDE: u32 = 0x100;
+
+impl Attachment {
+    /// `ATTACH_TCX` or `ATTACH_CLSACT`.
+    pub fn tc_mode(&self) -> u32 {
+        self.mode & !ATTACH_F_ENDPOINT_SIDE
+    }
+
+    pub fn endpoint_side(&self) -> bool {
+        self.mode & ATTACH_F_ENDPOINT_SIDE != 0
+    }
+}
 pub const XDP_NATIVE: u32 = 1;
 pub const XDP_GENERIC: u32 = 2;
 
@@ -478,9 +492,17 @@ pub enum Counter {
     /// only TC can finish (ICMP, an unresolved neighbour, local delivery,
     /// fragmenting, a refusal).
     XdpToTc = 37,
+    /// A reply of an endpoint behind the node, translated where it entered
+    /// the node (the endpoint-facing interface) and redirected straight out.
+    ReplyRedirected = 38,
+    /// The endpoint-facing program left a packet to the kernel: not a reply
+    /// of a flow, or one the kernel must finish (ICMP, fragments, TTL 1,
+    /// fragmenting, local delivery). Replies among them are translated at
+    /// external egress as before.
+    EndpointSidePassed = 39,
 }
 
-pub const COUNTER_COUNT: u32 = Counter::XdpToTc as u32 + 1;
+pub const COUNTER_COUNT: u32 = Counter::EndpointSidePassed as u32 + 1;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -522,6 +544,8 @@ impl Counter {
         Counter::FragmentedByKernelSnat,
         Counter::FragmentSnatTranslated,
         Counter::XdpToTc,
+        Counter::ReplyRedirected,
+        Counter::EndpointSidePassed,
     ];
 
     /// Stable names for logs, `wsfwd stats` and tests.
@@ -565,6 +589,8 @@ impl Counter {
             Counter::FragmentedByKernelSnat => "fragmented-by-kernel-snat",
             Counter::FragmentSnatTranslated => "fragment-snat-translated",
             Counter::XdpToTc => "xdp-to-tc",
+            Counter::ReplyRedirected => "reply-redirected",
+            Counter::EndpointSidePassed => "endpoint-side-passed",
         }
     }
 }

@@ -1,18 +1,20 @@
-//! External egress: replies from endpoints behind the node, routed out by the
-//! kernel, get their frontend address back. Everything else passes untouched.
+//! External egress: replies from endpoints behind the node that the kernel
+//! routed out (what the endpoint-facing program left to it, or everything
+//! where that program is not attached) get their frontend address back.
+//! Everything else passes untouched.
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     programs::TcContext,
 };
-use wsfwd_common::abi::{Counter, DIR_REPLY, REVNAT_F_UNIQUE, RevNatKey, Rewrite};
+use wsfwd_common::abi::Counter;
 
 use crate::{
-    conntrack::{self, Table},
     counters::{Way, count, traffic},
-    icmp,
-    maps::{ENDPOINT_ADDRS, REVNAT},
-    frag, nat,
+    frag, icmp,
+    maps::ENDPOINT_ADDRS,
+    nat,
     parse::{self, Frag, Packet},
+    revnat,
 };
 
 #[inline(always)]
@@ -60,42 +62,19 @@ pub fn handle(ctx: &TcContext) -> i32 {
         return TC_ACT_OK as i32;
     }
     let p: &Packet = p;
-    // Cheap filter first: is the source an endpoint at all?
-    let endpoint = RevNatKey { addr: p.saddr, port: p.sport, proto: p.proto, _pad: 0 };
-    // SAFETY: the value is copied out before any other map call.
-    let Some(revnat) = (unsafe { REVNAT.get(&endpoint) }).copied() else {
-        count(Counter::PassNotOurs);
-        return TC_ACT_OK as i32;
-    };
-    let key = conntrack::key(p, DIR_REPLY);
-    let now = conntrack::now();
-    let found = match Table::Conntrack.get(&key) {
-        Some(e) => Some((Table::Conntrack, e)),
-        None => Table::Handshakes.get(&key).map(|e| (Table::Handshakes, e)),
-    };
-    let (e, slot) = match found {
-        Some((table, e)) => {
-            // Copied first: the entry may move to another map.
-            // SAFETY: a pointer into a map value, valid for this run.
-            let (to, slot) = unsafe { ((*e).to, (*e).traffic) };
-            conntrack::seen(table, e, &key, p, now);
-            (to, slot)
-        }
-        // Evicted: an endpoint of exactly one frontend still says where it belongs.
-        None if revnat.flags & REVNAT_F_UNIQUE != 0 => {
-            count(Counter::ReplyFromRevNat);
-            (Rewrite { saddr: revnat.addr, sport: revnat.port, daddr: p.daddr, dport: p.dport }, revnat.traffic)
-        }
-        None => {
-            count(Counter::PassReplyUnknown);
+    let reply = match revnat::find(p) {
+        Ok(r) => r,
+        Err(c) => {
+            count(c);
             return TC_ACT_OK as i32;
         }
     };
-    if nat::translate(ctx, p, &e).is_err() {
+    reply.seen(p);
+    if nat::translate(ctx, p, &reply.to).is_err() {
         count(Counter::DropError);
         return TC_ACT_SHOT as i32;
     }
     count(Counter::ReplyTranslated);
-    traffic(slot, Way::FromEndpoint, p.ip_len);
+    traffic(reply.slot, Way::FromEndpoint, p.ip_len);
     TC_ACT_OK as i32
 }

@@ -10,6 +10,7 @@ mod conntrack;
 mod counters;
 mod ctx;
 mod egress;
+mod endpoints;
 mod forward;
 mod frag;
 mod halfopen;
@@ -19,6 +20,7 @@ mod maps;
 mod nat;
 mod parse;
 mod reply;
+mod revnat;
 mod select;
 mod snat;
 
@@ -60,6 +62,15 @@ pub fn wsfwd_tc_egress(ctx: TcContext) -> i32 {
     #[cfg(feature = "build-variant")]
     variant();
     egress::handle(&ctx)
+}
+
+/// TC ingress on an endpoint-facing interface: replies of endpoints behind
+/// the node are translated here and sent straight out.
+#[classifier]
+pub fn wsfwd_tc_from_endpoints(ctx: TcContext) -> i32 {
+    #[cfg(feature = "build-variant")]
+    variant();
+    endpoints::handle(&ctx)
 }
 
 #[cfg(not(test))]

@@ -198,6 +198,14 @@ impl Agent<'_> {
         Ok(applied)
     }
 
+    /// Puts the reply program on the endpoint-facing interfaces of the
+    /// current placement (or those `--endpoint-iface` names).
+    pub fn attach_endpoint_side(&mut self) -> anyhow::Result<()> {
+        let external = netif::resolve(&self.args.ifaces).map_err(anyhow::Error::msg)?;
+        let ifaces = placement::endpoint_side(&self.args.endpoint_ifaces, &self.node, &external).map_err(anyhow::Error::msg)?;
+        self.dp.attach_endpoint_side(&ifaces, self.args.tc_mode)
+    }
+
     /// Places the endpoints again (routes or node addresses changed) and, if
     /// any moved, switches to the plan for where they are now. A plan that
     /// cannot be made keeps the running one, and says why.
@@ -216,6 +224,9 @@ impl Agent<'_> {
                     log::info!("{line}");
                 }
                 self.node = next;
+                if let Err(e) = self.attach_endpoint_side() {
+                    log::warn!("endpoint-facing interfaces not updated ({e:#}); their replies are translated at external egress");
+                }
             }
             Err(e) => log::warn!("routes changed, but the new plan was not applied ({e:#}); keeping the running one"),
         }

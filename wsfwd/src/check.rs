@@ -192,7 +192,7 @@ mod tests {
 
     fn node_with_external(addrs: &[[u8; 4]]) -> Node {
         let gw = Ipv4Addr::new(10, 0, 1, 1);
-        Node { addrs: vec![gw], external: addrs.iter().map(|&a| (Ipv4Addr::from(a), gw)).collect(), snat_ips: vec![] }
+        Node { addrs: vec![gw], external: addrs.iter().map(|&a| (Ipv4Addr::from(a), gw)).collect(), ..Node::default() }
     }
 
     #[test]

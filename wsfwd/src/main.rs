@@ -181,6 +181,14 @@ struct RunCli {
     /// of the route to each such endpoint.
     #[arg(long = "snat-ip", value_name = "ADDR")]
     snat_ips: Vec<std::net::Ipv4Addr>,
+    /// An endpoint-facing interface: replies of endpoints behind the node
+    /// are translated where they enter it and sent straight out of an
+    /// external interface, skipping the node's forwarding and netfilter.
+    /// Repeat for several; "none" turns this off (replies are then
+    /// translated at external egress). Default: the interfaces the routes
+    /// to endpoints behind the node leave through, followed as routes change.
+    #[arg(long = "endpoint-iface", value_name = "IFACE|none")]
+    endpoint_ifaces: Vec<String>,
     /// SNAT source ports, MIN-MAX. Default: the largest range outside the
     /// node's ip_local_port_range and the NodePort range (30000-32767).
     #[arg(long, value_name = "MIN-MAX", value_parser = parse_port_range)]
@@ -337,6 +345,7 @@ fn run_cmd(a: RunCli) -> ExitCode {
         drain_timeout: Duration::from_secs(a.drain_timeout),
         metrics_addr: a.metrics_addr.0,
         snat_ips: a.snat_ips,
+        endpoint_ifaces: a.endpoint_ifaces,
         snat_ports: a.snat_ports,
         snat_quarantine: Duration::from_secs(a.snat_quarantine),
         nat_size: a.nat_size,

@@ -18,16 +18,37 @@ pub fn resolve(names: &[String]) -> Result<Vec<Iface>, String> {
         if out.iter().any(|i| &i.name == name) {
             return Err(format!("--iface {name} is given twice"));
         }
-        let c = CString::new(name.as_str()).map_err(|_| format!("--iface {name:?}: not an interface name"))?;
-        // SAFETY: c is a valid NUL-terminated string.
-        let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
-        if index == 0 {
-            return Err(format!("--iface {name}: no such interface in this network namespace"));
-        }
+        let index = index_of(name).ok_or_else(|| format!("--iface {name}: no such interface in this network namespace"))?;
         let addrs = all.iter().filter(|(n, _)| n == name).map(|(_, a)| *a).collect();
         out.push(Iface { name: name.clone(), index, addrs });
     }
     Ok(out)
+}
+
+/// The index of interface `name`, if it exists.
+pub fn index_of(name: &str) -> Option<u32> {
+    let c = CString::new(name).ok()?;
+    // SAFETY: c is a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
+/// The name of interface `index`, if it exists.
+pub fn name_of(index: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: buf has the IF_NAMESIZE bytes if_indextoname writes at most.
+    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    // SAFETY: on success, buf holds a NUL-terminated name.
+    (!p.is_null()).then(|| unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
+}
+
+/// Whether interface `index` is a loopback (local endpoints' routes leave through it).
+pub fn is_loopback(index: u32) -> bool {
+    const IFF_LOOPBACK: u32 = 0x8;
+    name_of(index)
+        .and_then(|n| std::fs::read_to_string(format!("/sys/class/net/{n}/flags")).ok())
+        .and_then(|f| u32::from_str_radix(f.trim().trim_start_matches("0x"), 16).ok())
+        .is_some_and(|flags| flags & IFF_LOOPBACK != 0)
 }
 
 /// Every (interface, IPv4 address) pair, from getifaddrs(3).

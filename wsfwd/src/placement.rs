@@ -8,7 +8,7 @@ use std::{
 
 use crate::{
     model::{Endpoint, Service, TrafficPolicy},
-    netif::Iface,
+    netif::{self, Iface},
     route,
 };
 
@@ -23,6 +23,9 @@ pub struct Node {
     pub external: BTreeMap<Ipv4Addr, Ipv4Addr>,
     /// `--snat-ip`: when given, the SNAT addresses of every full-NAT endpoint.
     pub snat_ips: Vec<Ipv4Addr>,
+    /// The interfaces the routes to endpoints behind the node leave through
+    /// (by index; not loopback): where their replies enter the node.
+    pub endpoint_links: BTreeSet<u32>,
 }
 
 impl Node {
@@ -67,7 +70,38 @@ pub fn resolve(services: &[Service], ifaces: &[Iface], snat_ips: &[Ipv4Addr]) ->
                 format!("endpoint {addr} is reached through {} which has no IPv4 address to SNAT from", iface.name)
             })?;
             node.external.insert(addr, src);
+        } else if !netif::is_loopback(route.oif) {
+            node.endpoint_links.insert(route.oif);
         }
     }
     Ok(node)
+}
+
+/// The endpoint-facing interfaces to put the reply program on: as named by
+/// `--endpoint-iface` (`["none"]`: none), or else those the routes to
+/// endpoints behind the node leave through. Never an external interface,
+/// whose own programs already see what arrives there.
+pub fn endpoint_side(named: &[String], node: &Node, external: &[Iface]) -> Result<Vec<Iface>, String> {
+    if named == ["none"] {
+        return Ok(Vec::new());
+    }
+    if !named.is_empty() {
+        let mut out = Vec::new();
+        for name in named {
+            let index = netif::index_of(name).ok_or_else(|| format!("--endpoint-iface {name}: no such interface in this network namespace"))?;
+            if external.iter().any(|i| i.index == index) {
+                return Err(format!("--endpoint-iface {name} is also an --iface: replies arriving there are already handled"));
+            }
+            if !out.iter().any(|i: &Iface| i.index == index) {
+                out.push(Iface { name: name.clone(), index, addrs: Vec::new() });
+            }
+        }
+        return Ok(out);
+    }
+    Ok(node
+        .endpoint_links
+        .iter()
+        .filter(|index| !external.iter().any(|i| i.index == **index))
+        .filter_map(|&index| netif::name_of(index).map(|name| Iface { name, index, addrs: Vec::new() }))
+        .collect())
 }

@@ -86,6 +86,14 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     // The first plan: over an adopted datapath, endpoints it served that
     // this config lacks drain from now.
     agent.first_plan(cfg.services, &node)?;
+    // Named interfaces that cannot take the program fail the start; chosen
+    // ones only lose the shortcut (egress translates their replies).
+    if let Err(e) = agent.attach_endpoint_side() {
+        if !args.endpoint_ifaces.is_empty() {
+            return Err(e.context("--endpoint-iface").into());
+        }
+        log::warn!("endpoint-facing interfaces not attached ({e:#}); replies are translated at external egress");
+    }
     if start == datapath::Start::Adopted {
         log::info!("adopted the running datapath in {}: its flows are kept, its programs replaced", args.bpffs.display());
     }

@@ -24,6 +24,8 @@ pub struct RunArgs {
     /// Where to serve Prometheus metrics; `None`: nowhere.
     pub metrics_addr: Option<std::net::SocketAddr>,
     pub snat_ips: Vec<std::net::Ipv4Addr>,
+    /// `--endpoint-iface`: empty for the routes' choice, `["none"]` for none.
+    pub endpoint_ifaces: Vec<String>,
     pub snat_ports: Option<(u16, u16)>,
     pub snat_quarantine: Duration,
     pub nat_size: u32,

@@ -63,6 +63,9 @@ pub struct AttachedIface {
     pub mode: &'static str,
     /// "native", "generic", or "none" (TC alone).
     pub xdp: &'static str,
+    /// "external" (frontend traffic in, replies out) or "endpoints" (replies
+    /// of endpoints behind the node in, translated there).
+    pub side: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -79,7 +82,8 @@ pub fn status(dir: &Path) -> anyhow::Result<Status> {
         .map(|(ifindex, a)| AttachedIface {
             interface: names_text::decode(&a.name),
             ifindex,
-            mode: if a.mode == ATTACH_CLSACT { "clsact" } else { "tcx" },
+            mode: if a.tc_mode() == ATTACH_CLSACT { "clsact" } else { "tcx" },
+            side: if a.endpoint_side() { "endpoints" } else { "external" },
             xdp: match a.xdp {
                 wsfwd_common::abi::XDP_NATIVE => "native",
                 wsfwd_common::abi::XDP_GENERIC => "generic",
@@ -170,7 +174,8 @@ pub fn render_status(s: &Status) -> String {
     out += &format!("reloads:    {} applied, {} rejected\n", s.reloads_applied, s.reloads_rejected);
     for a in &s.attached {
         let xdp = if a.xdp == "none" { String::new() } else { format!(", {} XDP in front", a.xdp) };
-        out += &format!("attached:   {} ({}{xdp})\n", a.interface, a.mode);
+        let side = if a.side == "endpoints" { ", endpoint side: replies translated here" } else { "" };
+        out += &format!("attached:   {} ({}{xdp}{side})\n", a.interface, a.mode);
     }
     for (name, o) in &s.maps {
         out += &format!("{:<12}{} of {}\n", format!("{}:", name.to_lowercase()), o.entries, o.capacity);

@@ -68,18 +68,23 @@ pub fn hook_name(hook: TcAttachType) -> &'static str {
     }
 }
 
+/// The pinned TCX link of the reply program on an endpoint-facing interface.
+pub const ENDPOINT_SIDE_PIN: &str = "from-endpoints";
+
 /// Attaches `p` to `iface`'s `hook`, or swaps it in for the program already
-/// there (`previous`: the mode found in `ATTACHED`). Returns the mode used.
+/// there (`previous`: the mode found in `ATTACHED`). A TCX link is pinned as
+/// `<iface>-<pin_as>`. Returns the mode used.
 pub fn attach_or_replace(
     p: &mut SchedClassifier,
     iface: &str,
     hook: TcAttachType,
+    pin_as: &str,
     pins: &PinDir,
     previous: Option<u32>,
     mode: Mode,
 ) -> anyhow::Result<u32> {
-    let what = || format!("{iface} {}", hook_name(hook));
-    let pin = pins.link(iface, hook_name(hook));
+    let what = || format!("{iface} {pin_as}");
+    let pin = pins.link(iface, pin_as);
     let swapped = swap_into_pinned(&pin, &what(), |fd| Ok(p.attach_to_link(SchedClassifierLink::try_from(fd)?)?))?;
     if let Some(id) = swapped {
         // The pin keeps the link (now running `p`) after this handle goes.
@@ -168,6 +173,16 @@ fn swap_into_pinned<I>(pin: &Path, what: &str, swap: impl FnOnce(FdLink) -> anyh
 /// Dropping aya's handle would remove it, so the handle is forgotten.
 fn keep_attached(link: SchedClassifierLink) {
     std::mem::forget(link);
+}
+
+/// Removes the reply program from endpoint-facing `iface`: its pinned TCX
+/// link, or its clsact filter on ingress.
+pub fn detach_endpoint_side(dir: &Path, iface: &str, mode: u32) -> Option<String> {
+    if mode == ATTACH_CLSACT {
+        let link = SchedClassifierLink::attached(iface, TcAttachType::Ingress, CLSACT_PRIORITY, CLSACT_HANDLE, None).ok()?;
+        return link.detach().ok().map(|()| format!("{iface} {ENDPOINT_SIDE_PIN} (clsact)"));
+    }
+    std::fs::remove_file(bpffs::link_path(dir, iface, ENDPOINT_SIDE_PIN)).ok().map(|()| format!("{iface} {ENDPOINT_SIDE_PIN} (tcx)"))
 }
 
 /// Removes wsfwd's programs from `iface`: its pinned TCX links under `dir`

@@ -385,7 +385,7 @@ mod tests {
 
     /// b2 is reached out of an external interface, from 10.0.1.1.
     fn node_with_external_b2(snat_ips: &[Ipv4Addr]) -> Node {
-        Node { addrs: vec![NODE], external: [(B2, NODE)].into(), snat_ips: snat_ips.to_vec() }
+        Node { addrs: vec![NODE], external: [(B2, NODE)].into(), snat_ips: snat_ips.to_vec(), ..Node::default() }
     }
 
     fn backend(c: &Contents, addr: Ipv4Addr) -> Backend {
@@ -424,7 +424,7 @@ mod tests {
         assert!(!used.contains(&B2), "{used:?}");
         assert_eq!(used.len(), 2);
         // Nothing behind the node: the frontend is kept, with an empty table (refused).
-        let all_external = Node { addrs: vec![NODE], external: [(B1, NODE), (B2, NODE), (Ipv4Addr::new(10, 244, 3, 10), NODE)].into(), snat_ips: vec![] };
+        let all_external = Node { addrs: vec![NODE], external: [(B1, NODE), (B2, NODE), (Ipv4Addr::new(10, 244, 3, 10), NODE)].into(), ..Node::default() };
         let c = compile(&testim("Local"), &all_external, 7).unwrap();
         assert_eq!(c.services[0].1.table_size, 0);
         assert!(c.summary[0].contains("externalTrafficPolicy Local, no ready endpoint behind this node"), "{:?}", c.summary);

@@ -19,7 +19,7 @@ use aya::{
     programs::{SchedClassifier, TcAttachType, Xdp},
 };
 use wsfwd_common::abi::{
-    AffinityEntry, AffinityKey, Attachment, FlowEntry, FlowKey, LAYOUT_VERSION, LOAD_APPLIED, MAX_SNAT_IPS, Meta, globals, names_text,
+    AffinityEntry, AffinityKey, ATTACH_F_ENDPOINT_SIDE, Attachment, FlowEntry, FlowKey, LAYOUT_VERSION, LOAD_APPLIED, MAX_SNAT_IPS, Meta, globals, names_text,
     map_names as names,
 };
 
@@ -36,6 +36,7 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 const INGRESS: &str = "wsfwd_tc_ingress";
 const EGRESS: &str = "wsfwd_tc_egress";
 const XDP: &str = "wsfwd_xdp_ingress";
+const FROM_ENDPOINTS: &str = "wsfwd_tc_from_endpoints";
 const LOCAL_MACS: &str = "LOCAL_MACS";
 
 pub struct Options {
@@ -301,7 +302,7 @@ impl Datapath {
             }
             for iface in ifaces {
                 let was = previous.get(&iface.index).filter(|a| a.name == name_bytes(&iface.name)).map(|a| a.mode);
-                let mode = attach::attach_or_replace(p, &iface.name, hook, &self.pins, was, mode)?;
+                let mode = attach::attach_or_replace(p, &iface.name, hook, attach::hook_name(hook), &self.pins, was, mode)?;
                 // Known at once, so that a failure further on detaches it.
                 if !self.attached.iter().any(|(n, _)| n == &iface.name) {
                     self.attached.push((iface.name.clone(), mode));
@@ -355,9 +356,10 @@ impl Datapath {
             let a = Attachment { name: name_bytes(&iface.name), mode, xdp };
             attached_map.insert(iface.index, a, 0).context("writing ATTACHED")?;
         }
-        // Interfaces an earlier agent served that this one does not.
+        // Interfaces an earlier agent served that this one does not (the
+        // endpoint-facing ones are settled by `attach_endpoint_side`).
         for (index, a) in previous {
-            if !ifaces.iter().any(|i| i.index == index) {
+            if !a.endpoint_side() && !ifaces.iter().any(|i| i.index == index) {
                 let name = attachment_name(&a);
                 // Recreated under the same name: attached again above, not ours to detach.
                 if ifaces.iter().any(|i| i.name == name) {
@@ -369,6 +371,56 @@ impl Datapath {
                 }
                 let _ = attached_map.remove(&index);
             }
+        }
+        Ok(())
+    }
+
+    /// Puts the reply program on the ingress of exactly `ifaces`, the
+    /// endpoint-facing interfaces: attached (or swapped in) where missing,
+    /// removed where an earlier plan or agent had it and this one does not.
+    /// Removing it loses nothing: replies then take the kernel's forwarding
+    /// and are translated at external egress.
+    pub fn attach_endpoint_side(&mut self, ifaces: &[Iface], mode: attach::Mode) -> anyhow::Result<()> {
+        let mut attached_map: HashMap<_, u32, Attachment> =
+            HashMap::try_from(self.ebpf.map_mut(names::ATTACHED).ok_or_else(|| anyhow!("no ATTACHED map"))?)?;
+        let previous: Vec<(u32, Attachment)> = attached_map.iter().filter_map(Result::ok).filter(|(_, a)| a.endpoint_side()).collect();
+        for (index, a) in &previous {
+            let name = attachment_name(a);
+            if !ifaces.iter().any(|i| i.index == *index && i.name == name) {
+                if let Some(what) = attach::detach_endpoint_side(self.pins.dir(), &name, a.tc_mode()) {
+                    log::info!("detached from {what}: no longer on the way to an endpoint");
+                }
+                let _ = attached_map.remove(index);
+                self.attached.retain(|(n, m)| !(n == &name && m & ATTACH_F_ENDPOINT_SIDE != 0));
+            }
+        }
+        if ifaces.is_empty() {
+            return Ok(());
+        }
+        let p: &mut SchedClassifier =
+            self.ebpf.program_mut(FROM_ENDPOINTS).ok_or_else(|| anyhow!("program {FROM_ENDPOINTS} missing from the object"))?.try_into()?;
+        if p.fd().is_err() {
+            p.load().with_context(|| format!("loading {FROM_ENDPOINTS}"))?;
+            if let Ok(info) = p.info() {
+                log::info!("{FROM_ENDPOINTS}: program id {}, tag {:016x}", info.id(), info.tag());
+            }
+        }
+        let mut done = Vec::new();
+        for iface in ifaces {
+            let was = previous.iter().find(|(i, a)| *i == iface.index && attachment_name(a) == iface.name).map(|(_, a)| a.tc_mode());
+            if self.attached.iter().any(|(n, m)| n == &iface.name && m & ATTACH_F_ENDPOINT_SIDE != 0) && was.is_some() {
+                continue;
+            }
+            let used = attach::attach_or_replace(p, &iface.name, TcAttachType::Ingress, attach::ENDPOINT_SIDE_PIN, &self.pins, was, mode)?;
+            let flagged = used | ATTACH_F_ENDPOINT_SIDE;
+            self.attached.push((iface.name.clone(), flagged));
+            done.push((iface.index, Attachment { name: name_bytes(&iface.name), mode: flagged, xdp: 0 }));
+            log::info!("{}: replies of endpoints behind it translated at its ingress and sent straight out", iface.name);
+        }
+        let mut attached_map: HashMap<_, u32, Attachment> =
+            HashMap::try_from(self.ebpf.map_mut(names::ATTACHED).ok_or_else(|| anyhow!("no ATTACHED map"))?)?;
+        for (index, a) in done {
+            attached_map.insert(index, a, 0).context("writing ATTACHED")?;
         }
         Ok(())
     }
@@ -451,7 +503,11 @@ impl Drop for Datapath {
             return;
         }
         for (iface, mode) in &self.attached {
-            attach::detach(self.pins.dir(), iface, *mode);
+            if mode & ATTACH_F_ENDPOINT_SIDE != 0 {
+                attach::detach_endpoint_side(self.pins.dir(), iface, mode & !ATTACH_F_ENDPOINT_SIDE);
+            } else {
+                attach::detach(self.pins.dir(), iface, *mode);
+            }
         }
         if let Err(e) = bpffs::remove_all(self.pins.dir()) {
             log::warn!("removing the pins: {e:#}");
@@ -495,7 +551,11 @@ pub fn cleanup(dir: &Path) -> anyhow::Result<Vec<String>> {
         .map(|m| m.iter().filter_map(Result::ok).map(|(_, a)| a).collect())
         .unwrap_or_default();
     for a in &attached {
-        done.extend(attach::detach(dir, &attachment_name(a), a.mode));
+        if a.endpoint_side() {
+            done.extend(attach::detach_endpoint_side(dir, &attachment_name(a), a.tc_mode()));
+        } else {
+            done.extend(attach::detach(dir, &attachment_name(a), a.tc_mode()));
+        }
     }
     for (path, name) in bpffs::pinned_links(dir) {
         if std::fs::remove_file(&path).is_ok() {

@@ -1,0 +1,56 @@
+//! Ingress of an endpoint-facing interface: a reply of an endpoint behind
+//! the node is translated where it enters the node and redirected straight
+//! out of the interface towards the client, so it never crosses the node's
+//! forwarding and netfilter (a `FORWARD` policy of DROP, or a `ctstate
+//! INVALID` rule, would drop a reply whose flow netfilter never saw).
+//!
+//! Only whole, valid TCP and UDP replies with a route that needs no help
+//! from the kernel are taken; everything else (not a reply, ICMP,
+//! fragments, TTL 1, too large for the outgoing link, to this node itself)
+//! is left to the kernel untouched, and external egress translates what
+//! is a reply, as it does where this program is not attached. The flow is
+//! recorded only by the program that translates the packet.
+use aya_ebpf::programs::TcContext;
+use wsfwd_common::abi::Counter;
+
+use crate::{
+    counters::{Way, count, traffic},
+    ctx::Ctx,
+    forward, nat,
+    parse::{self, Frag},
+    revnat,
+};
+
+#[inline(always)]
+pub fn handle(ctx: &TcContext) -> i32 {
+    match run(ctx) {
+        Ok(verdict) => verdict,
+        // A failed helper may have left the packet half rewritten.
+        Err(Counter::DropError) => {
+            count(Counter::DropError);
+            <TcContext as Ctx>::DROP
+        }
+        Err(c) => {
+            count(c);
+            <TcContext as Ctx>::PASS
+        }
+    }
+}
+
+#[inline(always)]
+fn run(ctx: &TcContext) -> Result<i32, Counter> {
+    let passed = Counter::EndpointSidePassed;
+    let p = parse::parse(ctx).map_err(|_| passed)?;
+    if p.invalid.is_some() || p.frag != Frag::Whole || p.ttl <= 1 {
+        return Err(passed);
+    }
+    let reply = revnat::find(p).map_err(|_| passed)?;
+    let route = forward::route(ctx, p.proto, &reply.to, p.headers, p.ip_len).map_err(|_| passed)?;
+    reply.seen(p);
+    nat::translate(ctx, p, &reply.to).map_err(|_| Counter::DropError)?;
+    nat::decrement_ttl(ctx, p.ttl, p.proto).map_err(|_| Counter::DropError)?;
+    let verdict = forward::redirect(ctx, &route)?;
+    count(Counter::ReplyRedirected);
+    traffic(reply.slot, Way::FromEndpoint, p.ip_len);
+    Ok(verdict)
+}

@@ -38,6 +38,8 @@ pub struct Ran {
     pub verdict: u32,
     /// The frame as the program left it.
     pub frame: Vec<u8>,
+    /// How long the run took, as the kernel timed it (ns).
+    pub duration_ns: u32,
 }
 
 /// XDP return values.
@@ -89,5 +91,32 @@ fn run(fd: &OwnedFd, frame: &[u8], ctx: &[u8]) -> anyhow::Result<Ran> {
         bail!("the program's frame ({size} bytes) outgrew the buffer");
     }
     out.truncate(size);
-    Ok(Ran { verdict, frame: out })
+    let duration_ns = u32::from_ne_bytes(attr[36..40].try_into()?);
+    Ok(Ran { verdict, frame: out, duration_ns })
+}
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+
+/// Program types.
+pub const SCHED_CLS: u32 = 3;
+pub const XDP: u32 = 6;
+
+/// Loads a program of type `prog_type` that only returns `verdict`: the
+/// floor a hook costs, to measure the real programs against.
+pub fn load_verdict_only(prog_type: u32, verdict: u32) -> anyhow::Result<OwnedFd> {
+    // r0 = verdict; exit.
+    let mut insns = [0u8; 16];
+    insns[0] = 0xb7;
+    insns[4..8].copy_from_slice(&verdict.to_le_bytes());
+    insns[8] = 0x95;
+    let license = b"GPL\0";
+    let mut attr = [0u8; 128];
+    put_u32(&mut attr, 0, prog_type);
+    put_u32(&mut attr, 4, 2);
+    put_u64(&mut attr, 8, insns.as_ptr() as u64);
+    put_u64(&mut attr, 16, license.as_ptr() as u64);
+    attr[48..48 + 9].copy_from_slice(b"pass_only");
+    let fd = bpf(BPF_PROG_LOAD, &mut attr).context("BPF_PROG_LOAD of a verdict-only program")?;
+    // SAFETY: the kernel just handed us this descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }

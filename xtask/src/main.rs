@@ -86,9 +86,11 @@ enum Cmd {
     /// workload in network namespaces (as root): WebSocket echo at a fixed rate, the highest
     /// rate with p99 under 10 ms, connection rate, bulk TCP, memory with idle connections, and
     /// scale with 1, 1,000 and 10,000 services. Writes BENCHMARKS.md, bench-results.json and
-    /// bench-chart.png. `--short` finishes in under five minutes.
+    /// bench-chart.png. `--short` finishes in under five minutes. `--micro` instead times each
+    /// program per packet next to a verdict-only program of the same hook (1 and 10,000
+    /// services, 1,000,000 flows) and writes bench-micro.md and bench-micro.json.
     Bench {
-        /// Arguments for the bench, e.g. `--short`.
+        /// Arguments for the bench, e.g. `--short` or `--micro`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "BENCH_ARGS")]
         args: Vec<OsString>,
     },

@@ -106,25 +106,24 @@ pub fn wsfwd_config(t: &Topo, extra_services: usize) -> String {
 /// `wsfwd_config` with the "ws" service's endpoints `ws` and the extra
 /// services' `rest`.
 pub fn wsfwd_config_with(extra_services: usize, ws: &[Ipv4Addr], rest: &[Ipv4Addr]) -> String {
-    let eps = |port: u16, addrs: &[Ipv4Addr]| -> String {
-        let mut s = format!("ports: [{{port: {port}}}]\nendpoints:\n");
-        for a in addrs {
-            let _ = writeln!(s, "- addresses: [\"{a}\"]");
-        }
-        s
-    };
-    let svc = |name: &str, vip: Ipv4Addr, port: u16, target: u16, addrs: &[Ipv4Addr]| {
-        format!(
-            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  annotations: {{kube-router.io/service.scheduler: sh}}\nspec:\n  externalIPs: [{vip}]\n  ports: [{{port: {port}, targetPort: {target}}}]\n  sessionAffinity: ClientIP\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  labels: {{kubernetes.io/service-name: {name}}}\naddressType: IPv4\n{}---\n",
-            eps(target, addrs)
-        )
-    };
-    let mut out = svc("ws", VIP, WS_PORT, WS_PORT, ws);
-    out += &svc("bulk", VIP, BULK_PORT, BULK_PORT, &rest[..1]);
+    let mut out = service_yaml("ws", VIP, WS_PORT, WS_PORT, ws);
+    out += &service_yaml("bulk", VIP, BULK_PORT, BULK_PORT, &rest[..1]);
     for i in 0..extra_services {
-        out += &svc(&format!("s{i}"), scale_vip(i), WS_PORT, WS_PORT, rest);
+        out += &service_yaml(&format!("s{i}"), scale_vip(i), WS_PORT, WS_PORT, rest);
     }
     out
+}
+
+/// One Service (ClientIP affinity, the seed's `sh` scheduler) on `vip:port`
+/// and its EndpointSlice of `addrs` on `target`, as YAML documents.
+pub fn service_yaml(name: &str, vip: Ipv4Addr, port: u16, target: u16, addrs: &[Ipv4Addr]) -> String {
+    let mut eps = format!("ports: [{{port: {target}}}]\nendpoints:\n");
+    for a in addrs {
+        let _ = writeln!(eps, "- addresses: [\"{a}\"]");
+    }
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  annotations: {{kube-router.io/service.scheduler: sh}}\nspec:\n  externalIPs: [{vip}]\n  ports: [{{port: {port}, targetPort: {target}}}]\n  sessionAffinity: ClientIP\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  labels: {{kubernetes.io/service-name: {name}}}\naddressType: IPv4\n{eps}---\n"
+    )
 }
 
 fn iptables_rules(t: &Topo, extra_services: usize) -> String {

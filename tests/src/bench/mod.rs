@@ -2,6 +2,7 @@
 //! nftables, nginx and HAProxy, on WebSocket workloads, in one run.
 pub mod contenders;
 pub mod load;
+pub mod micro;
 pub mod reload;
 pub mod report;
 pub mod results;

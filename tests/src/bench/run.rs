@@ -386,7 +386,7 @@ impl Drop for BpfStats {
     }
 }
 
-fn machine() -> Machine {
+pub fn machine() -> Machine {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     Machine {

@@ -21,6 +21,11 @@ struct Args {
     /// The command line to record in the report (set by `cargo xtask bench`).
     #[arg(long, value_name = "CMD", default_value = "cargo xtask bench")]
     command: String,
+    /// Per-packet cost of each program next to a verdict-only program of
+    /// the same hook (1 and 10,000 services, 1,000,000 flows), instead of
+    /// the workloads; writes bench-micro.md and bench-micro.json.
+    #[arg(long)]
+    micro: bool,
     /// Run one section only and print it, writing no report ("reload").
     #[arg(long, value_name = "SECTION")]
     only: Option<String>,
@@ -30,6 +35,9 @@ struct Args {
 async fn main() -> ExitCode {
     let args = Args::parse();
     let sizes = if args.short { Sizes::SHORT } else { Sizes::FULL };
+    if args.micro {
+        return micro(&args);
+    }
     match args.only.as_deref() {
         None => {}
         Some("reload") => {
@@ -71,4 +79,49 @@ async fn main() -> ExitCode {
     }
     println!("wrote {}/BENCHMARKS.md, bench-results.json, bench-chart.png", args.out.display());
     ExitCode::SUCCESS
+}
+
+fn micro(args: &Args) -> ExitCode {
+    let samples = if args.short { 2_000 } else { 20_000 };
+    let mut rows = Vec::new();
+    for services in [1, 10_000] {
+        eprintln!("timing the programs with {services} services and {} flows...", wsfwd_tests::bench::micro::FLOWS);
+        match wsfwd_tests::bench::micro::measure(services, wsfwd_tests::bench::micro::FLOWS, samples) {
+            Ok(r) => rows.extend(r),
+            Err(e) => {
+                eprintln!("micro benchmark failed: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let table = wsfwd_tests::bench::micro::table(&rows);
+    let machine = wsfwd_tests::bench::run::machine();
+    println!("{table}");
+    let md = format!(
+        "# Per-packet cost\n\n`{}` on {} ({} cores), kernel {}. Each packet is one `BPF_PROG_TEST_RUN` (repeat 1, so \
+         every sample starts from the original frame), timed by the kernel; {samples} packets per row. \
+         The verdict-only program of the same hook runs the same frames in the same run; its time is \
+         mostly the test run's own. \"established\" and \"reply\" rows pick a different one of the \
+         tracked flows for each packet (their entries mostly out of cache); \"one flow\" rows send \
+         the same flow's packet every time.\n\n{table}",
+        args.command,
+        machine.cpu,
+        machine.cores,
+        machine.kernel,
+    );
+    let write = || -> anyhow::Result<()> {
+        std::fs::write(args.out.join("bench-micro.md"), md)?;
+        std::fs::write(args.out.join("bench-micro.json"), serde_json::to_string_pretty(&rows)?)?;
+        Ok(())
+    };
+    match write() {
+        Ok(()) => {
+            println!("wrote {}/bench-micro.md, bench-micro.json", args.out.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("writing the report: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

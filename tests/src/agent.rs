@@ -291,6 +291,16 @@ impl Agent {
 /// list TCX attachments, so this is what proves attachment, replacement and
 /// detachment on kernels that use TCX.
 pub fn tc_links() -> Vec<(u64, u64)> {
+    links_of("wsfwd_tc")
+}
+
+/// BPF links of wsfwd's XDP program, as (link id, program id).
+pub fn xdp_links() -> Vec<(u64, u64)> {
+    links_of("wsfwd_xdp")
+}
+
+/// BPF links whose program's name starts with `prefix`.
+fn links_of(prefix: &str) -> Vec<(u64, u64)> {
     let json = |args: &[&str]| -> serde_json::Value {
         let out = run(Command::new("bpftool").args(args)).unwrap();
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("bpftool {args:?} printed no JSON ({e}): {out}"))
@@ -300,7 +310,7 @@ pub fn tc_links() -> Vec<(u64, u64)> {
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("wsfwd_tc")))
+        .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with(prefix)))
         .filter_map(|p| p["id"].as_u64())
         .collect();
     let links = json(&["link", "show", "-j"]);

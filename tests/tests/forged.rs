@@ -171,8 +171,15 @@ async fn malformed_frames_are_never_forwarded(name: &str, spec: Spec) {
     let client = t.clients[1];
     let frontends = if full_nat { vec![t.vip()] } else { vec![t.vip(), t.node_port()] };
     let mut sent = Vec::new();
+    // Through the test's bridge a VLAN tag reaches the node in the frame's
+    // metadata, which XDP cannot read (README, "Limits today": use `--attach
+    // tc` on VLAN trunks): under XDP, T2 leaves the tagged frames out.
+    let tags_hidden = full_nat && wsfwd_tests::agent::attach_under_test().as_deref() == Some("xdp");
     for dst in frontends {
         for (what, frame) in malformed_corpus(&link, client, dst) {
+            if tags_hidden && what.contains("VLAN") {
+                continue;
+            }
             link.send(&frame).unwrap_or_else(|e| panic!("{what}: {e:#}"));
             sent.push((what, dst));
         }
@@ -189,6 +196,9 @@ async fn malformed_frames_are_never_forwarded(name: &str, spec: Spec) {
 
     let c = agent.stats().unwrap().since(&before);
     for reason in ["drop-bad-ip-header", "drop-bad-ip-checksum", "drop-truncated-l4", "drop-tcp-fragment", "pass-vlan", "pass-not-for-host"] {
+        if reason == "pass-vlan" && tags_hidden {
+            continue;
+        }
         assert!(c[reason] > 0, "nothing counted as {reason}: {c:?}");
     }
 }

@@ -20,15 +20,18 @@ const CONNECTIONS: usize = 1000;
 const EXTRA: &[&str] = &["--gc-interval", "1"];
 
 /// How the programs are attached: the attachments' identities and their
-/// programs (TCX links, or clsact filters).
+/// programs (TCX links, or clsact filters; XDP links).
 fn attachments(t: &Topo, clsact: bool) -> Vec<(String, u64)> {
-    if clsact {
+    let xdp = agent::xdp_links().into_iter().map(|(link, prog)| (format!("xdp link {link}"), prog));
+    let mut all: Vec<(String, u64)> = if clsact {
         let ifaces = t.node.exec(&["ls", "/sys/class/net"]).unwrap();
         let on = |i: &str| -> Vec<(String, u64)> { agent::clsact_filters(&t.node, i).into_iter().map(|(at, prog)| (format!("{i} {at}"), prog)).collect() };
         ifaces.split_whitespace().flat_map(on).collect()
     } else {
         agent::tc_links().into_iter().map(|(link, prog)| (format!("link {link}"), prog)).collect()
-    }
+    };
+    all.extend(xdp);
+    all
 }
 
 /// Restarts the agent under a full fleet, each way, with a gap in which no
@@ -43,12 +46,15 @@ async fn restarts_lose_nothing(t: &Topo, mut agent: Agent, clsact: bool) {
     let first_tags = agent.program_tags();
     // Endpoint-facing interfaces carry the reply program on their ingress.
     let status = agent.status().unwrap();
-    let endpoint_sides = status["attached"].as_array().unwrap().iter().filter(|a| a["side"] == "endpoints").count();
-    assert_eq!(first_tags.len(), 2 + usize::from(endpoint_sides > 0), "{}", agent.log());
+    let attached = status["attached"].as_array().unwrap();
+    let endpoint_sides = attached.iter().filter(|a| a["side"] == "endpoints").count();
+    // Under WSFWD_TEST_ATTACH=xdp, XDP sits in front of TC on n0.
+    let xdps = attached.iter().filter(|a| a["xdp"] != "none").count();
+    assert_eq!(first_tags.len(), 2 + usize::from(endpoint_sides > 0) + usize::from(xdps > 0), "{}", agent.log());
     let rounds = [(Stop::Kill, &build), (Stop::Term, &build), (Stop::Kill, &build), (Stop::Term, &other_build), (Stop::Term, &build)];
     for (round, (how, bin)) in rounds.into_iter().enumerate() {
         let links = attachments(t, clsact);
-        assert_eq!(links.len(), 2 + endpoint_sides, "ingress and egress on n0, replies on each endpoint-facing interface: {links:?}");
+        assert_eq!(links.len(), 2 + endpoint_sides + xdps, "ingress and egress on n0, replies on each endpoint-facing interface, XDP: {links:?}");
         let before = agent.stats().unwrap();
         let halted = tokio::task::block_in_place(|| agent.halt(how)).unwrap_or_else(|e| panic!("{how:?}: {e:#}"));
         // No agent: the datapath forwards on its own.

@@ -1,5 +1,6 @@
-//! `cargo xtask test`: prerequisites, then two stages that both always run: the unit and CLI
-//! tests as the current user, and the end-to-end tests one at a time as root. Each test binary
+//! `cargo xtask test`: prerequisites, then stages that all run whatever the others said: the
+//! unit and CLI tests as the current user, the end-to-end tests one at a time as root, and the
+//! end-to-end tests again with XDP in front of TC (`WSFWD_TEST_ATTACH=xdp`). Each test binary
 //! is run by us (see `testrun`), so a crashed binary counts as a failure and ignored tests are
 //! listed. The closing line is `N passed, N failed, N skipped`; only the exit status decides.
 
@@ -25,7 +26,7 @@ pub fn test(extra: &[OsString]) -> Result<ExitCode> {
         .map(OsString::from)
         .to_vec();
     unit_args.extend(extra.cargo.iter().cloned());
-    run_stage("unit", &unit_args, &extra, &extra.harness, None, &mut report);
+    run_stage(&Stage::UNIT, &unit_args, &extra, &extra.harness, None, &mut report);
 
     // Stage 2: the end-to-end tests, whatever stage 1 said: a unit failure must not hide them.
     end_to_end(&extra, &mut report);
@@ -34,30 +35,54 @@ pub fn test(extra: &[OsString]) -> Result<ExitCode> {
     Ok(if report.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
+/// A stage: its name, what it runs, and the environment it runs them in.
+struct Stage {
+    name: &'static str,
+    /// `WSFWD_TEST_ATTACH` for the agents the tests start.
+    attach: Option<&'static str>,
+    /// Test binaries left out (they choose their hooks themselves).
+    skip: &'static [&'static str],
+}
+
+impl Stage {
+    const UNIT: Stage = Stage { name: "unit", attach: None, skip: &[] };
+    const END_TO_END: Stage = Stage { name: "end-to-end", attach: None, skip: &[] };
+    /// Every end-to-end test of a path through the datapath again, with XDP
+    /// (generic, on the veths) in front of TC; the packet fixtures and the
+    /// corpus run both hooks in one pass already.
+    const END_TO_END_XDP: Stage = Stage {
+        name: "end-to-end under XDP",
+        attach: Some("xdp"),
+        skip: &["wsfwd-tests/test fixtures", "wsfwd-tests/test corpus", "wsfwd-tests/lib", "wsfwd-tests/bin"],
+    };
+}
+
 /// Builds a stage's test binaries and runs each; `root` runs them as root with that agent.
 fn run_stage(
-    stage: &str,
+    stage: &Stage,
     cargo_args: &[OsString],
     extra: &ExtraArgs,
     harness: &[OsString],
     root: Option<&std::path::Path>,
     report: &mut Report,
 ) {
+    let name = stage.name;
     let binaries = match testrun::build(cargo_args) {
         Ok(b) => b,
-        Err(e) => return report.stage_failed(format!("{stage}: building the tests failed: {e:#}")),
+        Err(e) => return report.stage_failed(format!("{name}: building the tests failed: {e:#}")),
     };
     if binaries.is_empty() {
-        return report.stage_failed(format!("{stage}: cargo built no test binary"));
+        return report.stage_failed(format!("{name}: cargo built no test binary"));
     }
+    let binaries: Vec<_> = binaries.into_iter().filter(|b| !stage.skip.iter().any(|s| b.name.starts_with(s))).collect();
     let built = binaries.len();
     let selected: Vec<_> = binaries.into_iter().filter(|b| extra.select.selects(b)).collect();
     if selected.len() < built {
         // Asked for: said, and not a failure.
-        report.note(format!("{stage}: {} of {built} test binaries selected by `{}`", selected.len(), extra.select));
+        report.note(format!("{name}: {} of {built} test binaries selected by `{}`", selected.len(), extra.select));
     }
     for bin in selected {
-        eprintln!("xtask: {stage}: running {} ({})", bin.name, bin.path.display());
+        eprintln!("xtask: {name}: running {} ({})", bin.name, bin.path.display());
         let mut cmd = match root {
             Some(agent) => {
                 let mut c = cmd::as_root(&bin.path);
@@ -67,9 +92,16 @@ fn run_stage(
             None => std::process::Command::new(&bin.path),
         };
         cmd.args(harness).current_dir(&bin.dir);
+        let shown = match stage.attach {
+            Some(hook) => {
+                cmd.env("WSFWD_TEST_ATTACH", hook);
+                format!("{} [{hook}]", bin.name)
+            }
+            None => bin.name.clone(),
+        };
         match testrun::run(&mut cmd) {
-            Ok(outcome) => report.add(&bin.name, outcome),
-            Err(e) => report.stage_failed(format!("{stage}: {}: {e:#}", bin.name)),
+            Ok(outcome) => report.add(&shown, outcome),
+            Err(e) => report.stage_failed(format!("{name}: {}: {e:#}", bin.name)),
         }
     }
 }
@@ -103,7 +135,8 @@ fn end_to_end(extra: &ExtraArgs, report: &mut Report) {
     args.extend(extra.cargo.iter().cloned());
     // Compiled as ourselves; only the test binaries run as root, so no build artifact
     // becomes root-owned.
-    run_stage("end-to-end", &args, extra, &harness, Some(&agent), report);
+    run_stage(&Stage::END_TO_END, &args, extra, &harness, Some(&agent), report);
+    run_stage(&Stage::END_TO_END_XDP, &args, extra, &harness, Some(&agent), report);
 }
 
 /// Arguments of `cargo xtask test -- ARGS`: `--test NAME`, `--bin NAME`, `--lib` and

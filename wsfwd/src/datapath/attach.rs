@@ -55,7 +55,16 @@ pub fn xdp_choice(hook: Hook, driver: Option<&str>) -> (Option<XdpMode>, String)
             ),
         ),
         (Hook::Auto, false) => (Some(XdpMode::Driver), format!("native XDP ({name}), TC behind it")),
-        (Hook::Xdp, true) => (Some(XdpMode::Skb), format!("generic XDP ({name}: --attach xdp on a virtual interface), TC behind it")),
+        // Generic XDP sees skbs whose checksums a local sender may have left
+        // to offload (CHECKSUM_PARTIAL), which XDP's software updates do not
+        // handle: a test mode, said so.
+        (Hook::Xdp, true) => (
+            Some(XdpMode::Skb),
+            format!(
+                "generic XDP ({name}: --attach xdp on a virtual interface, for testing: XDP assumes complete \
+                 checksums, which a sender on this host with tx offload does not give), TC behind it"
+            ),
+        ),
         (Hook::Xdp, false) => (Some(XdpMode::Driver), format!("native XDP ({name}), TC behind it")),
     }
 }

@@ -492,3 +492,32 @@ async fn t1_15_replies_skip_a_forward_drop_node() {
     let forward = t.node.exec(&["iptables", "-L", "FORWARD", "-v", "-n", "-x"]).unwrap();
     assert!(forward.contains("policy DROP 0 packets"), "{forward}");
 }
+
+/// Established packets skip the route lookup (the datapath caches next hops),
+/// so a neighbour that changes must reach the cache at once: an endpoint
+/// whose MAC changes under a live connection (a pod replaced on the same
+/// address) gets the very next message, without waiting for a
+/// retransmission or the cache's one-second expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t1_16_a_changed_neighbour_is_followed_at_once() {
+    let mut t = Topo::new("nm", Spec::T1).unwrap();
+    t.start_ws_peers().unwrap();
+    let _agent = Agent::start(&t.node, &t.dir, SEED_CONFIG, &[]).unwrap();
+    let (mut ws, hello) = ws_connect(&t.client, t.clients[0], t.vip()).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(echo(&mut ws, Message::text("before")).await.unwrap(), Message::text("before"));
+    }
+    let b = t.backends.iter().find(|b| b.name == hello.backend).unwrap();
+    let mac = "02:aa:bb:cc:dd:ee";
+    b.ns.ip(&["link", "set", "e0", "address", mac]).unwrap();
+    let nb = format!("nb{}", b.addr.octets()[2]);
+    t.node.ip(&["neigh", "replace", &b.addr.to_string(), "lladdr", mac, "nud", "permanent", "dev", &nb]).unwrap();
+    // The agent hears the change over rtnetlink; it has had ample time.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..3 {
+        let msg = Message::text(format!("after {i}"));
+        // Within a TCP retransmission timeout: the first transmission got there.
+        let back = tokio::time::timeout(Duration::from_millis(150), echo(&mut ws, msg.clone())).await;
+        assert!(matches!(&back, Ok(Ok(m)) if *m == msg), "message {i} after the MAC change: {back:?}");
+    }
+}

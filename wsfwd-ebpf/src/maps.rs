@@ -106,6 +106,39 @@ pub static FRAGMENT_SOURCES: LruHashMap<FragKey, Rewrite> = LruHashMap::with_max
 #[map]
 pub static LOCAL_MACS: Array<[u8; 8]> = Array::with_max_entries(65536, 0);
 
+/// Routes recently looked up (`forward::route`), by (source, destination,
+/// arrival interface): the next hop's interface and MACs and the link's MTU,
+/// so an established flow's packets skip `bpf_fib_lookup`. An entry holds
+/// for `ROUTE_TTL_NS` at most, and not past a change of `ROUTE_GENERATION`.
+/// Not pinned: each load starts empty.
+#[map]
+pub static ROUTE_CACHE: LruHashMap<RouteKey, CachedRoute> = LruHashMap::with_max_entries(65536, 0);
+
+/// Bumped by the agent whenever it hears of a route, address, link or
+/// neighbour change (rtnetlink): every cached route is stale from then on.
+#[map]
+pub static ROUTE_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RouteKey {
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    pub ifindex: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CachedRoute {
+    pub cached_ns: u64,
+    pub generation: u32,
+    pub ifindex: u32,
+    pub mtu: u32,
+    pub nexthop: [u8; 4],
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+}
+
 /// The two entries of a flow being created: scratch space off the small eBPF stack.
 #[map]
 pub static NEW_FLOW: PerCpuArray<FlowEntry> = PerCpuArray::with_max_entries(2, 0);

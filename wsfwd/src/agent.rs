@@ -206,6 +206,14 @@ impl Agent<'_> {
         self.dp.attach_endpoint_side(&ifaces, self.args.tc_mode)
     }
 
+    /// Routes, addresses, links or neighbours changed: the datapath's cached
+    /// next hops are stale.
+    pub fn forget_routes(&mut self) {
+        if let Err(e) = self.dp.forget_routes() {
+            log::warn!("the datapath's cached routes could not be invalidated ({e:#}); they expire within a second");
+        }
+    }
+
     /// Places the endpoints again (routes or node addresses changed) and, if
     /// any moved, switches to the plan for where they are now. A plan that
     /// cannot be made keeps the running one, and says why.

@@ -139,17 +139,30 @@ fn parse(msg: &[u8]) -> io::Result<Option<Route>> {
     Ok((route.oif != 0).then_some(route))
 }
 
-/// Tells when the node's IPv4 routes or addresses change (rtnetlink
-/// multicast groups), so where endpoints sit can be looked up again.
+/// Tells when the node's IPv4 routes or addresses (or its links and
+/// neighbours) change, from rtnetlink multicast groups: where endpoints sit
+/// is looked up again, and the datapath's cached next hops are dropped.
 pub struct Watch {
     fd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
 }
 
+const RTMGRP_LINK: u32 = 0x1;
+const RTMGRP_NEIGH: u32 = 0x4;
 const RTMGRP_IPV4_IFADDR: u32 = 0x10;
 const RTMGRP_IPV4_ROUTE: u32 = 0x40;
 
 impl Watch {
+    /// Changes of IPv4 routes and addresses: where endpoints sit.
     pub fn new() -> io::Result<Self> {
+        Self::groups(RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_IFADDR)
+    }
+
+    /// Changes of links and neighbours: what a cached next hop may miss.
+    pub fn links_and_neighbours() -> io::Result<Self> {
+        Self::groups(RTMGRP_LINK | RTMGRP_NEIGH)
+    }
+
+    fn groups(groups: u32) -> io::Result<Self> {
         // SAFETY: a plain socket call; the fd is owned right away.
         let fd = unsafe {
             libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, libc::NETLINK_ROUTE)
@@ -162,7 +175,7 @@ impl Watch {
         // SAFETY: sockaddr_nl is plain data; zero is a valid start.
         let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         addr.nl_family = libc::AF_NETLINK as u16;
-        addr.nl_groups = RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_IFADDR;
+        addr.nl_groups = groups;
         // SAFETY: addr is a valid sockaddr_nl of the size given.
         let rc = unsafe {
             libc::bind(

@@ -155,6 +155,12 @@ pub fn measure(services: usize, flows: usize, samples: usize) -> anyhow::Result<
         let index: u32 = t.node.exec(&["cat", &format!("/sys/class/net/{name}/ifindex")])?.trim().parse()?;
         nb.push((b.addr, index, mac_of(&t.node, &name)?));
     }
+    // The clients' neighbours resolved, as traffic from them would leave them.
+    let client_mac: Vec<String> = mac_of(&t.client, "c0")?.iter().map(|x| format!("{x:02x}")).collect();
+    for i in 0..250 {
+        let addr = client(i).0.to_string();
+        t.node.ip(&["neigh", "replace", &addr, "lladdr", &client_mac.join(":"), "nud", "permanent", "dev", "n0"])?;
+    }
     let net = Net {
         client_mac: mac_of(&t.client, "c0")?,
         node_mac: mac_of(&t.node, "n0")?,

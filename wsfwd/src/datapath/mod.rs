@@ -38,6 +38,7 @@ const EGRESS: &str = "wsfwd_tc_egress";
 const XDP: &str = "wsfwd_xdp_ingress";
 const FROM_ENDPOINTS: &str = "wsfwd_tc_from_endpoints";
 const LOCAL_MACS: &str = "LOCAL_MACS";
+const ROUTE_GENERATION: &str = "ROUTE_GENERATION";
 
 pub struct Options {
     pub ct_size: u32,
@@ -423,6 +424,14 @@ impl Datapath {
             attached_map.insert(index, a, 0).context("writing ATTACHED")?;
         }
         Ok(())
+    }
+
+    /// Makes every route the programs cached stale (`ROUTE_GENERATION`).
+    pub fn forget_routes(&mut self) -> anyhow::Result<()> {
+        let mut g: Array<_, u32> =
+            Array::try_from(self.ebpf.map_mut(ROUTE_GENERATION).ok_or_else(|| anyhow!("no {ROUTE_GENERATION} map"))?)?;
+        let next = g.get(&0, 0).unwrap_or(0).wrapping_add(1);
+        g.set(0, next, 0).context("writing ROUTE_GENERATION")
     }
 
     fn write_meta(&mut self, meta: Meta) -> anyhow::Result<()> {

@@ -425,3 +425,43 @@ async fn a_spoofed_syn_flood_never_evicts_established_gateway_flows() {
     // Ten flows' worth of entries in a 1,024-entry LRU table: it was churned through.
     assert!(waiting >= 512, "the flood did not reach the handshake table ({waiting} entries)");
 }
+
+/// An endpoint forging another endpoint's address, with the victim's live
+/// flow's tuple: the endpoint-facing program takes a reply only from the
+/// interface the node routes its source through (strict reverse path), and
+/// leaves anything else to the kernel, whose `rp_filter` (strict here)
+/// drops it. Without that check the forged segment would be translated and
+/// reach the client as the VIP's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_forged_by_another_endpoint_never_reaches_the_client() {
+    let mut t = Topo::new("fe", Spec::T1).unwrap();
+    t.start_ws_peers().unwrap();
+    for conf in ["all", "default", "n0", "nb1", "nb2", "nb3"] {
+        t.node.exec(&["sysctl", "-qw", &format!("net.ipv4.conf.{conf}.rp_filter=1")]).unwrap();
+    }
+    let agent = Agent::start(&t.node, &t.dir, SEED_CONFIG, &[]).unwrap();
+    let (mut ws, hello) = ws_connect(&t.client, t.clients[0], t.vip()).await.unwrap();
+    still_echoes(&mut ws, "connecting").await;
+    let victim = t.backends.iter().find(|b| b.name == hello.backend).unwrap();
+    let forger = t.backends.iter().find(|b| b.name != hello.backend).unwrap();
+    let flows = agent.flows().unwrap();
+    let flow = flows
+        .iter()
+        .find(|f| f.direction == "original" && f.new_destination.starts_with(&format!("{}:", victim.addr)))
+        .unwrap_or_else(|| panic!("no flow to {}: {flows:?}", victim.addr));
+    let client_port: u16 = flow.source.rsplit_once(':').unwrap().1.parse().unwrap();
+    let cap = Capture::filtered(&t.client, "c0", &t, "client-forged", "tcp[4:4] = 0xdeadbeef");
+    let link = RawLink::open(&forger.ns, "e0", &t.node, &format!("nb{}", forger.addr.octets()[2])).unwrap();
+    let before = agent.stats().unwrap();
+    for _ in 0..5 {
+        let mut seg = Tcp::new(SocketAddrV4::new(victim.addr, 9080), SocketAddrV4::new(t.clients[0], client_port), TCP_ACK | TCP_PSH);
+        seg.seq = 0xdead_beef;
+        seg.payload = b"forged".to_vec();
+        link.send_ip(&seg.packet()).unwrap();
+    }
+    let reached = cap.stop();
+    assert!(reached.is_empty(), "replies forged by {} reached the client: {reached:#?}", forger.name);
+    let c = agent.stats().unwrap().since(&before);
+    assert!(c["endpoint-side-passed"] >= 5, "the forged replies were not left to the kernel: {c:?}");
+    still_echoes(&mut ws, "the forged replies").await;
+}

@@ -4,14 +4,15 @@
 //! forwarding and netfilter (a `FORWARD` policy of DROP, or a `ctstate
 //! INVALID` rule, would drop a reply whose flow netfilter never saw).
 //!
-//! Only whole, valid TCP and UDP replies with a route that needs no help
-//! from the kernel are taken; everything else (not a reply, ICMP,
+//! Only whole, valid TCP and UDP replies that arrive from where the node
+//! routes their source, with a route that needs no help from the kernel,
+//! are taken; everything else (not a reply, another interface's, ICMP,
 //! fragments, TTL 1, too large for the outgoing link, to this node itself)
 //! is left to the kernel untouched, and external egress translates what
 //! is a reply, as it does where this program is not attached. The flow is
 //! recorded only by the program that translates the packet.
 use aya_ebpf::programs::TcContext;
-use wsfwd_common::abi::Counter;
+use wsfwd_common::abi::{Counter, Rewrite};
 
 use crate::{
     counters::{Way, count, traffic},
@@ -45,6 +46,16 @@ fn run(ctx: &TcContext) -> Result<i32, Counter> {
         return Err(passed);
     }
     let reply = revnat::find(p).map_err(|_| passed)?;
+    // Strict reverse path, as `rp_filter=1`: a reply must arrive from where
+    // the node routes its source. This program runs before the kernel's own
+    // check, so an endpoint forging another's address would otherwise have
+    // that one's replies translated; left to the kernel, it meets whatever
+    // the node's `rp_filter` says.
+    let back = Rewrite { saddr: p.daddr, daddr: p.saddr, sport: p.dport, dport: p.sport };
+    match forward::route(ctx, p.proto, &back, 0, 0) {
+        Ok(r) if r.ifindex() == ctx.ingress_ifindex() => {}
+        _ => return Err(passed),
+    }
     let route = forward::route(ctx, p.proto, &reply.to, p.headers, p.ip_len).map_err(|_| passed)?;
     reply.seen(p);
     nat::translate(ctx, p, &reply.to).map_err(|_| Counter::DropError)?;

@@ -124,6 +124,12 @@ fn lookup<C: Ctx>(ctx: &C, proto: u8, e: &Rewrite, headers: u32, tot_len: u16) -
 }
 
 impl Route {
+    /// The interface it leaves through.
+    #[inline(always)]
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
     /// The next hop's MAC is known: the packet can be sent as it is.
     #[inline(always)]
     pub fn resolved(&self) -> bool {

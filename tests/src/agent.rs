@@ -294,6 +294,36 @@ pub fn tc_links() -> Vec<(u64, u64)> {
     links_of("wsfwd_tc")
 }
 
+/// The ids of wsfwd's loaded programs: the TC ones that are attached (by a
+/// BPF link), and the newest XDP program (the last agent loaded it).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProgramIds {
+    pub tc_ingress: Option<u64>,
+    pub tc_egress: Option<u64>,
+    pub from_endpoints: Option<u64>,
+    pub xdp: Option<u64>,
+}
+
+pub fn program_ids() -> ProgramIds {
+    let out = run(Command::new("bpftool").args(["prog", "show", "-j"])).unwrap();
+    let all: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let attached: Vec<u64> = tc_links().into_iter().map(|(_, id)| id).collect();
+    let mut ids = ProgramIds::default();
+    for p in all.as_array().into_iter().flatten() {
+        let (Some(id), Some(name)) = (p["id"].as_u64(), p["name"].as_str()) else { continue };
+        // Kernel program names are cut to 15 characters.
+        let slot = match name {
+            n if n.starts_with("wsfwd_tc_ingres") && attached.contains(&id) => &mut ids.tc_ingress,
+            n if n.starts_with("wsfwd_tc_egres") && attached.contains(&id) => &mut ids.tc_egress,
+            n if n.starts_with("wsfwd_tc_from_e") && attached.contains(&id) => &mut ids.from_endpoints,
+            n if n.starts_with("wsfwd_xdp_ingr") => &mut ids.xdp,
+            _ => continue,
+        };
+        *slot = (*slot).max(Some(id));
+    }
+    ids
+}
+
 /// BPF links of wsfwd's XDP program, as (link id, program id).
 pub fn xdp_links() -> Vec<(u64, u64)> {
     links_of("wsfwd_xdp")

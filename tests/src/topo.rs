@@ -333,6 +333,23 @@ impl Topo {
         if backend.behind { src } else { self.node_addr }
     }
 
+    /// T1: each backend's address resolved to its MAC on the node's link to
+    /// it (a permanent neighbour), so redirects write both MACs.
+    pub fn pin_backend_neighbours(&self) -> anyhow::Result<()> {
+        for b in &self.backends {
+            let mac = crate::forge::mac_of(&b.ns, "e0")?;
+            self.pin_neighbour(b.addr, mac, &format!("nb{}", b.addr.octets()[2]))?;
+        }
+        Ok(())
+    }
+
+    /// `addr` resolved to `mac` on the node's `dev` (a permanent neighbour).
+    pub fn pin_neighbour(&self, addr: Ipv4Addr, mac: [u8; 6], dev: &str) -> anyhow::Result<()> {
+        let mac: Vec<String> = mac.iter().map(|x| format!("{x:02x}")).collect();
+        self.node.ip(&["neigh", "replace", &addr.to_string(), "lladdr", &mac.join(":"), "nud", "permanent", "dev", dev])?;
+        Ok(())
+    }
+
     pub fn backend_by_addr(&self, addr: &str) -> Option<&Backend> {
         self.backends.iter().find(|b| b.addr.to_string() == addr)
     }

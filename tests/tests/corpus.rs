@@ -12,7 +12,7 @@
 //!   it does not belong to.
 //! How many frames of each class ran, and what each program did with them,
 //! is printed.
-use std::{collections::{BTreeMap, HashSet}, net::Ipv4Addr, process::Command};
+use std::{collections::{BTreeMap, HashSet}, net::Ipv4Addr};
 
 use wsfwd_common::DEFAULT_HASH_SEED;
 use wsfwd_tests::{
@@ -22,7 +22,6 @@ use wsfwd_tests::{
     forge::mac_of,
     pkt::checksums_ok,
     progrun::{Ran, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_REDIRECT, prog_fd, run_tc, run_xdp},
-    sys::run,
     topo::{SEED_CONFIG, Spec, Topo, UDP_SERVICE, VIP},
 };
 
@@ -48,25 +47,6 @@ enum Prog {
     TcEgress,
 }
 
-fn programs() -> BTreeMap<&'static str, u64> {
-    let out = run(Command::new("bpftool").args(["prog", "show", "-j"])).unwrap();
-    let all: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let attached: Vec<u64> = wsfwd_tests::agent::tc_links().into_iter().map(|(_, id)| id).collect();
-    let mut found = BTreeMap::new();
-    for p in all.as_array().into_iter().flatten() {
-        let (Some(id), Some(name)) = (p["id"].as_u64(), p["name"].as_str()) else { continue };
-        let key = match name {
-            n if n.starts_with("wsfwd_tc_ingres") && attached.contains(&id) => "tc-ingress",
-            n if n.starts_with("wsfwd_tc_egres") && attached.contains(&id) => "tc-egress",
-            n if n.starts_with("wsfwd_xdp_ingr") => "xdp",
-            _ => continue,
-        };
-        let e = found.entry(key).or_insert(id);
-        *e = (*e).max(id);
-    }
-    found
-}
-
 fn tuple_of(flow: &wsfwd_tests::agent::Flow) -> Option<Tuple> {
     let split = |s: &str| -> Option<(Ipv4Addr, u16)> {
         let (a, p) = s.rsplit_once(':')?;
@@ -86,11 +66,7 @@ async fn malformed_corpus_through_every_program() {
     let t = Topo::new("cp", Spec::T1).unwrap();
     let config = format!("{SEED_CONFIG}\n---\n{UDP_SERVICE}");
     let agent = Agent::start(&t.node, &t.dir, &config, &["--attach", "xdp"]).unwrap();
-    for b in &t.backends {
-        let mac: Vec<String> = mac_of(&b.ns, "e0").unwrap().iter().map(|x| format!("{x:02x}")).collect();
-        let nb = format!("nb{}", b.addr.octets()[2]);
-        t.node.ip(&["neigh", "replace", &b.addr.to_string(), "lladdr", &mac.join(":"), "nud", "permanent", "dev", &nb]).unwrap();
-    }
+    t.pin_backend_neighbours().unwrap();
     let n0: u32 = t.node.exec(&["cat", "/sys/class/net/n0/ifindex"]).unwrap().trim().parse().unwrap();
     let client = Ipv4Addr::new(10, 0, 1, 2);
     let endpoint = t.backend_by_addr(&predicted_for_client(&config, "testim-service", DEFAULT_HASH_SEED, client)).unwrap().addr;
@@ -113,8 +89,8 @@ async fn malformed_corpus_through_every_program() {
     let samples = corpus::generate(&places, 0x5eed, FRAMES);
     assert!(samples.len() >= FRAMES);
 
-    let ids = programs();
-    let (xdp, ingress, egress) = (ids["xdp"], ids["tc-ingress"], ids["tc-egress"]);
+    let ids = wsfwd_tests::agent::program_ids();
+    let (xdp, ingress, egress) = (ids.xdp.unwrap(), ids.tc_ingress.unwrap(), ids.tc_egress.unwrap());
     let frames: Vec<Vec<u8>> = samples.iter().map(|s| s.bytes.clone()).collect();
     let started = std::time::Instant::now();
     let results: Vec<[Option<Ran>; 3]> = t

@@ -5,7 +5,7 @@
 //! counter and the output frame it must give, byte for byte. Every output's
 //! IPv4 and L4 checksums are recomputed from scratch (`pkt::checksums_ok`).
 //! Cases run in order: a flow's later packets find the state its first made.
-use std::{net::Ipv4Addr, process::Command};
+use std::net::Ipv4Addr;
 
 use wsfwd_common::DEFAULT_HASH_SEED;
 use wsfwd_tests::{
@@ -14,7 +14,6 @@ use wsfwd_tests::{
     forge::mac_of,
     pkt::{Frame, L4, TCP_ACK, TCP_RST, TCP_SYN, checksums_ok},
     progrun::{Ran, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_REDIRECT, prog_fd, run_tc, run_xdp},
-    sys::run,
     topo::{SEED_CONFIG, Spec, Topo, UDP_SERVICE, VIP, upstream_config},
 };
 
@@ -65,25 +64,6 @@ struct Case {
     out: Out,
 }
 
-/// The agent's programs' ids, by name: (TC ingress, TC egress, XDP if loaded).
-fn programs() -> (u64, u64, Option<u64>) {
-    let out = run(Command::new("bpftool").args(["prog", "show", "-j"])).unwrap();
-    let all: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let attached: Vec<u64> = wsfwd_tests::agent::tc_links().into_iter().map(|(_, id)| id).collect();
-    let (mut ingress, mut egress, mut xdp) = (None, None, None);
-    for p in all.as_array().into_iter().flatten() {
-        let (Some(id), Some(name)) = (p["id"].as_u64(), p["name"].as_str()) else { continue };
-        match name {
-            n if n.starts_with("wsfwd_tc_ingres") && attached.contains(&id) => ingress = Some(id),
-            n if n.starts_with("wsfwd_tc_egres") && attached.contains(&id) => egress = Some(id),
-            // The newest: this test's agent loaded it last.
-            n if n.starts_with("wsfwd_xdp_ingr") => xdp = xdp.max(Some(id)),
-            _ => {}
-        }
-    }
-    (ingress.expect("an attached ingress program"), egress.expect("an attached egress program"), xdp)
-}
-
 fn ifindex(t: &Topo, iface: &str) -> u32 {
     t.node.exec(&["cat", &format!("/sys/class/net/{iface}/ifindex")]).unwrap().trim().parse().unwrap()
 }
@@ -107,11 +87,7 @@ async fn fixtures(xdp: bool) {
     let config = format!("{SEED_CONFIG}\n---\n{UDP_SERVICE}\n---\n{REFUSING_SERVICE}");
     let agent = Agent::start(&t.node, &t.dir, &config, &["--attach", if xdp { "xdp" } else { "tc" }]).unwrap();
     // Neighbours known, so redirects write both MACs.
-    for b in &t.backends {
-        let mac: Vec<String> = mac_of(&b.ns, "e0").unwrap().iter().map(|x| format!("{x:02x}")).collect();
-        let nb = format!("nb{}", b.addr.octets()[2]);
-        t.node.ip(&["neigh", "replace", &b.addr.to_string(), "lladdr", &mac.join(":"), "nud", "permanent", "dev", &nb]).unwrap();
-    }
+    t.pin_backend_neighbours().unwrap();
     let (n0, n0_mac, client_mac) = (ifindex(&t, "n0"), mac_of(&t.node, "n0").unwrap(), mac_of(&t.client, "c0").unwrap());
     let client = Ipv4Addr::new(10, 0, 1, 2);
     let vip = (VIP, 9080);
@@ -460,11 +436,6 @@ async fn xdp_fixtures_full_nat_t2() {
     full_nat_fixtures(true).await;
 }
 
-/// MAC `mac` as `ip neigh` takes it.
-fn mac_text(mac: [u8; 6]) -> String {
-    mac.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(":")
-}
-
 /// Full NAT (T2: client, node and endpoints on one segment): a new flow gets
 /// the node's address and a SNAT port (the one value chosen at random, read
 /// from the output), its replies come back to that port and leave from the
@@ -485,7 +456,7 @@ async fn full_nat_fixtures(xdp: bool) {
     let ep_mac = mac_of(&to.ns, "e0").unwrap();
     // Neighbours known, so redirects write both MACs.
     for (addr, mac) in [(to.addr, ep_mac), (client, client_mac)] {
-        t.node.ip(&["neigh", "replace", &addr.to_string(), "lladdr", &mac_text(mac), "nud", "permanent", "dev", "n0"]).unwrap();
+        t.pin_neighbour(addr, mac, "n0").unwrap();
     }
     let (ep, node, vip, port) = ((to.addr, 30100), t.node_addr, (VIP, 9080), 40000);
     let progs = Progs::find(xdp);
@@ -608,8 +579,12 @@ struct Progs {
 
 impl Progs {
     fn find(xdp: bool) -> Self {
-        let (ingress, egress, xdp_id) = programs();
-        Self { ingress, egress, xdp: if xdp { Some(xdp_id.expect("an XDP program under --attach xdp")) } else { None } }
+        let ids = wsfwd_tests::agent::program_ids();
+        Self {
+            ingress: ids.tc_ingress.expect("an attached ingress program"),
+            egress: ids.tc_egress.expect("an attached egress program"),
+            xdp: if xdp { Some(ids.xdp.expect("an XDP program under --attach xdp")) } else { None },
+        }
     }
 }
 

@@ -511,7 +511,7 @@ async fn t1_16_a_changed_neighbour_is_followed_at_once() {
     let mac = "02:aa:bb:cc:dd:ee";
     b.ns.ip(&["link", "set", "e0", "address", mac]).unwrap();
     let nb = format!("nb{}", b.addr.octets()[2]);
-    t.node.ip(&["neigh", "replace", &b.addr.to_string(), "lladdr", mac, "nud", "permanent", "dev", &nb]).unwrap();
+    t.pin_neighbour(b.addr, [0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0xee], &nb).unwrap();
     // The agent hears the change over rtnetlink; it has had ample time.
     tokio::time::sleep(Duration::from_millis(300)).await;
     for i in 0..3 {
@@ -520,4 +520,31 @@ async fn t1_16_a_changed_neighbour_is_followed_at_once() {
         let back = tokio::time::timeout(Duration::from_millis(150), echo(&mut ws, msg.clone())).await;
         assert!(matches!(&back, Ok(Ok(m)) if *m == msg), "message {i} after the MAC change: {back:?}");
     }
+}
+
+/// While no agent runs, nothing invalidates the datapath's cached routes:
+/// each is trusted for one second at most. An endpoint whose MAC changes
+/// after the agent stopped (the datapath forwarding alone) gets the next
+/// message once that second has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t1_17_a_cached_route_expires_without_an_agent() {
+    let mut t = Topo::new("ne", Spec::T1).unwrap();
+    t.start_ws_peers().unwrap();
+    let agent = Agent::start(&t.node, &t.dir, SEED_CONFIG, &[]).unwrap();
+    let (mut ws, hello) = ws_connect(&t.client, t.clients[0], t.vip()).await.unwrap();
+    agent.signal(libc::SIGTERM);
+    agent.wait_for_log("stopped; the datapath keeps forwarding", 1, Duration::from_secs(10)).unwrap();
+    for _ in 0..3 {
+        assert_eq!(echo(&mut ws, Message::text("no agent")).await.unwrap(), Message::text("no agent"));
+    }
+    let b = t.backends.iter().find(|b| b.name == hello.backend).unwrap();
+    b.ns.ip(&["link", "set", "e0", "address", "02:aa:bb:cc:dd:ef"]).unwrap();
+    t.pin_neighbour(b.addr, [0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0xef], &format!("nb{}", b.addr.octets()[2])).unwrap();
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    for i in 0..3 {
+        let msg = Message::text(format!("after {i}"));
+        let back = tokio::time::timeout(Duration::from_millis(150), echo(&mut ws, msg.clone())).await;
+        assert!(matches!(&back, Ok(Ok(m)) if *m == msg), "message {i} a second after the MAC change: {back:?}");
+    }
+    agent::cleanup(std::path::Path::new(&t.node.path()), &agent.bpffs).unwrap();
 }

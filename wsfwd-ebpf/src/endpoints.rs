@@ -52,7 +52,9 @@ fn run(ctx: &TcContext) -> Result<i32, Counter> {
     // that one's replies translated; left to the kernel, it meets whatever
     // the node's `rp_filter` says.
     let back = Rewrite { saddr: p.daddr, daddr: p.saddr, sport: p.dport, dport: p.sport };
-    match forward::route(ctx, p.proto, &back, 0, 0) {
+    // The length of a bare IP header: only the route is asked for, not
+    // whether this packet would fit the endpoint's link.
+    match forward::route(ctx, p.proto, &back, 0, 20) {
         Ok(r) if r.ifindex() == ctx.ingress_ifindex() => {}
         _ => return Err(passed),
     }

@@ -21,7 +21,6 @@ use crate::{
     forge::mac_of,
     pkt::{Frame, L4, TCP_ACK, TCP_PSH, TCP_SYN},
     progrun::{self, Ran, prog_fd, run_tc, run_xdp},
-    sys::run,
     topo::{Spec, Topo, VIP, VIP_PORT},
 };
 
@@ -57,28 +56,6 @@ fn config(n: usize, endpoints: &[Ipv4Addr]) -> String {
         out += &service_yaml(&format!("s{i}"), vip, VIP_PORT, VIP_PORT, endpoints);
     }
     out
-}
-
-fn programs() -> anyhow::Result<[u64; 4]> {
-    let out = run(std::process::Command::new("bpftool").args(["prog", "show", "-j"]))?;
-    let all: serde_json::Value = serde_json::from_str(&out)?;
-    let attached: Vec<u64> = agent::tc_links().into_iter().map(|(_, id)| id).collect();
-    let mut ids = [0u64; 4];
-    for p in all.as_array().into_iter().flatten() {
-        let (Some(id), Some(name)) = (p["id"].as_u64(), p["name"].as_str()) else { continue };
-        let slot = match name {
-            n if n.starts_with("wsfwd_tc_ingres") && attached.contains(&id) => 0,
-            n if n.starts_with("wsfwd_tc_egres") && attached.contains(&id) => 1,
-            n if n.starts_with("wsfwd_tc_from_e") && attached.contains(&id) => 2,
-            n if n.starts_with("wsfwd_xdp_ingr") => 3,
-            _ => continue,
-        };
-        ids[slot] = ids[slot].max(id);
-    }
-    if ids.contains(&0) {
-        bail!("not every program is loaded and attached: {ids:?}");
-    }
-    Ok(ids)
 }
 
 /// Client `i` of many: addresses of the client's /24, then ports.
@@ -146,20 +123,17 @@ pub fn measure(services: usize, flows: usize, samples: usize) -> anyhow::Result<
     // Room for a million flows (two entries each) and the new ones measured.
     let ct = (4 * flows).max(1 << 16).next_power_of_two().to_string();
     let agent = Agent::start(&t.node, &t.dir, &config(services, &endpoints), &["--attach", "xdp", "--ct-size", &ct])?;
+    t.pin_backend_neighbours()?;
     let mut nb = Vec::new();
     for b in &t.backends {
-        let mac = mac_of(&b.ns, "e0")?;
         let name = format!("nb{}", b.addr.octets()[2]);
-        let text: Vec<String> = mac.iter().map(|x| format!("{x:02x}")).collect();
-        t.node.ip(&["neigh", "replace", &b.addr.to_string(), "lladdr", &text.join(":"), "nud", "permanent", "dev", &name])?;
         let index: u32 = t.node.exec(&["cat", &format!("/sys/class/net/{name}/ifindex")])?.trim().parse()?;
         nb.push((b.addr, index, mac_of(&t.node, &name)?));
     }
     // The clients' neighbours resolved, as traffic from them would leave them.
-    let client_mac: Vec<String> = mac_of(&t.client, "c0")?.iter().map(|x| format!("{x:02x}")).collect();
+    let client_mac = mac_of(&t.client, "c0")?;
     for i in 0..250 {
-        let addr = client(i).0.to_string();
-        t.node.ip(&["neigh", "replace", &addr, "lladdr", &client_mac.join(":"), "nud", "permanent", "dev", "n0"])?;
+        t.pin_neighbour(client(i).0, client_mac, "n0")?;
     }
     let net = Net {
         client_mac: mac_of(&t.client, "c0")?,
@@ -167,7 +141,11 @@ pub fn measure(services: usize, flows: usize, samples: usize) -> anyhow::Result<
         n0: t.node.exec(&["cat", "/sys/class/net/n0/ifindex"])?.trim().parse()?,
         nb,
     };
-    let ids = programs()?;
+    let ids = agent::program_ids();
+    let ids = match ids {
+        agent::ProgramIds { tc_ingress: Some(i), tc_egress: Some(e), from_endpoints: Some(f), xdp: Some(x) } => [i, e, f, x],
+        _ => bail!("not every program is loaded and attached: {ids:?}"),
+    };
     let node_addr = t.node_addr;
     let rows = t.node.inside(move || {
         let [ingress, egress, from_endpoints, xdp] = [prog_fd(ids[0])?, prog_fd(ids[1])?, prog_fd(ids[2])?, prog_fd(ids[3])?];

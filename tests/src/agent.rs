@@ -197,6 +197,11 @@ impl Agent {
         self.log().lines().filter_map(|l| l.split(", tag ").nth(1)).map(|t| t.trim().to_owned()).collect()
     }
 
+    /// The ids of the programs this agent loaded.
+    pub fn program_ids(&self) -> ProgramIds {
+        program_ids_in(&self.log())
+    }
+
     /// The config file the agent watches.
     pub fn config_path(&self) -> &Path {
         &self.config
@@ -286,16 +291,47 @@ impl Agent {
     }
 }
 
-/// BPF links (TCX attachments) whose program is one of wsfwd's, as (link
-/// id, program id). `tc filter show` and Debian's `bpftool net show` do not
-/// list TCX attachments, so this is what proves attachment, replacement and
-/// detachment on kernels that use TCX.
-pub fn tc_links() -> Vec<(u64, u64)> {
-    links_of("wsfwd_tc")
+/// A BPF link the agent pinned under `<bpffs>/links/` (its TCX and XDP
+/// attachments), as the kernel describes it. Read through the test's own pins,
+/// so another wsfwd on the machine never counts. `tc filter show` and Debian's
+/// `bpftool net show` do not list TCX attachments, so this is what proves
+/// attachment, replacement and detachment on kernels that use TCX.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PinnedLink {
+    /// The pin's name: `<iface>-<hook>`.
+    pub pin: String,
+    pub id: u64,
+    pub prog: u64,
 }
 
-/// The ids of wsfwd's loaded programs: the TC ones that are attached (by a
-/// BPF link), and the newest XDP program (the last agent loaded it).
+/// The links pinned under `bpffs`, by pin name; none if there is no such directory.
+pub fn pinned_links(bpffs: &Path) -> Vec<PinnedLink> {
+    let Ok(dir) = std::fs::read_dir(bpffs.join("links")) else { return Vec::new() };
+    let mut out: Vec<PinnedLink> = dir
+        .filter_map(Result::ok)
+        .map(|e| {
+            let path = e.path();
+            let shown = run(Command::new("bpftool").args(["link", "show", "pinned"]).arg(&path).arg("-j")).unwrap();
+            let v: serde_json::Value = serde_json::from_str(&shown).unwrap_or_else(|e| panic!("bpftool link show printed no JSON ({e}): {shown}"));
+            let field = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("{}: no {k} in {v}", path.display()));
+            PinnedLink { pin: e.file_name().to_string_lossy().into_owned(), id: field("id"), prog: field("prog_id") }
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Whether the kernel still holds BPF link `id`.
+pub fn link_exists(id: u64) -> bool {
+    Command::new("bpftool").args(["link", "show", "id", &id.to_string()]).output().is_ok_and(|o| o.status.success())
+}
+
+/// Whether the kernel still holds program `id`.
+pub fn program_exists(id: u64) -> bool {
+    Command::new("bpftool").args(["prog", "show", "id", &id.to_string()]).output().is_ok_and(|o| o.status.success())
+}
+
+/// The ids of the programs an agent loaded (from its log, so only its own).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ProgramIds {
     pub tc_ingress: Option<u64>,
@@ -304,55 +340,29 @@ pub struct ProgramIds {
     pub xdp: Option<u64>,
 }
 
-pub fn program_ids() -> ProgramIds {
-    let out = run(Command::new("bpftool").args(["prog", "show", "-j"])).unwrap();
-    let all: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let attached: Vec<u64> = tc_links().into_iter().map(|(_, id)| id).collect();
+impl ProgramIds {
+    pub fn all(&self) -> Vec<u64> {
+        [self.tc_ingress, self.tc_egress, self.from_endpoints, self.xdp].into_iter().flatten().collect()
+    }
+}
+
+/// The ids of the programs an agent's log says it loaded (its "program id"
+/// lines; the last of each).
+pub fn program_ids_in(log: &str) -> ProgramIds {
     let mut ids = ProgramIds::default();
-    for p in all.as_array().into_iter().flatten() {
-        let (Some(id), Some(name)) = (p["id"].as_u64(), p["name"].as_str()) else { continue };
-        // Kernel program names are cut to 15 characters.
-        let slot = match name {
-            n if n.starts_with("wsfwd_tc_ingres") && attached.contains(&id) => &mut ids.tc_ingress,
-            n if n.starts_with("wsfwd_tc_egres") && attached.contains(&id) => &mut ids.tc_egress,
-            n if n.starts_with("wsfwd_tc_from_e") && attached.contains(&id) => &mut ids.from_endpoints,
-            n if n.starts_with("wsfwd_xdp_ingr") => &mut ids.xdp,
+    for line in log.lines() {
+        let Some((name, rest)) = line.split_once(": program id ") else { continue };
+        let Some(id) = rest.split(',').next().and_then(|n| n.trim().parse().ok()) else { continue };
+        let slot = match name.rsplit(' ').next().unwrap_or(name) {
+            "wsfwd_tc_ingress" => &mut ids.tc_ingress,
+            "wsfwd_tc_egress" => &mut ids.tc_egress,
+            "wsfwd_tc_from_endpoints" => &mut ids.from_endpoints,
+            "wsfwd_xdp_ingress" => &mut ids.xdp,
             _ => continue,
         };
-        *slot = (*slot).max(Some(id));
+        *slot = Some(id);
     }
     ids
-}
-
-/// BPF links of wsfwd's XDP program, as (link id, program id).
-pub fn xdp_links() -> Vec<(u64, u64)> {
-    links_of("wsfwd_xdp")
-}
-
-/// BPF links whose program's name starts with `prefix`.
-fn links_of(prefix: &str) -> Vec<(u64, u64)> {
-    let json = |args: &[&str]| -> serde_json::Value {
-        let out = run(Command::new("bpftool").args(args)).unwrap();
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("bpftool {args:?} printed no JSON ({e}): {out}"))
-    };
-    let progs = json(&["prog", "show", "-j"]);
-    let ids: Vec<u64> = progs
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with(prefix)))
-        .filter_map(|p| p["id"].as_u64())
-        .collect();
-    let links = json(&["link", "show", "-j"]);
-    let mut out: Vec<(u64, u64)> = links
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|l| Some((l["id"].as_u64()?, l["prog_id"].as_u64()?)))
-        .filter(|(_, prog)| ids.contains(prog))
-        .collect();
-    out.sort();
-    out
 }
 
 /// The kernel's tag of program `id` (a hash of its instructions), as bpftool prints it.

@@ -89,7 +89,7 @@ async fn malformed_corpus_through_every_program() {
     let samples = corpus::generate(&places, 0x5eed, FRAMES);
     assert!(samples.len() >= FRAMES);
 
-    let ids = wsfwd_tests::agent::program_ids();
+    let ids = agent.program_ids();
     let (xdp, ingress, egress) = (ids.xdp.unwrap(), ids.tc_ingress.unwrap(), ids.tc_egress.unwrap());
     let frames: Vec<Vec<u8>> = samples.iter().map(|s| s.bytes.clone()).collect();
     let started = std::time::Instant::now();

@@ -355,7 +355,7 @@ async fn fixtures(xdp: bool) {
         },
     ];
 
-    let progs = Progs::find(xdp);
+    let progs = Progs::find(&agent, xdp);
     let failures: Vec<String> = cases.into_iter().filter_map(|case| run_case(&t, &agent, &progs, n0, case).1).collect();
     assert!(failures.is_empty(), "{} cases failed:\n{}", failures.len(), failures.join("\n"));
     if xdp {
@@ -459,7 +459,7 @@ async fn full_nat_fixtures(xdp: bool) {
         t.pin_neighbour(addr, mac, "n0").unwrap();
     }
     let (ep, node, vip, port) = ((to.addr, 30100), t.node_addr, (VIP, 9080), 40000);
-    let progs = Progs::find(xdp);
+    let progs = Progs::find(&agent, xdp);
     let mut failures = Vec::new();
 
     let syn = Frame::tcp((client, port), vip, TCP_SYN, 1000, 0).macs(client_mac, n0_mac);
@@ -578,8 +578,8 @@ struct Progs {
 }
 
 impl Progs {
-    fn find(xdp: bool) -> Self {
-        let ids = wsfwd_tests::agent::program_ids();
+    fn find(agent: &Agent, xdp: bool) -> Self {
+        let ids = agent.program_ids();
         Self {
             ingress: ids.tc_ingress.expect("an attached ingress program"),
             egress: ids.tc_egress.expect("an attached egress program"),

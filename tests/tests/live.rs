@@ -3,7 +3,7 @@
 //! (SIGKILL, SIGTERM), with the datapath forwarding while no agent runs, and
 //! configuration reloads: endpoints added, removed (drained), brought back,
 //! made not ready, invalid files.
-use std::{process::Command, time::Duration};
+use std::{path::Path, process::Command, time::Duration};
 
 use wsfwd_common::DEFAULT_HASH_SEED;
 use wsfwd_tests::{
@@ -20,17 +20,14 @@ const CONNECTIONS: usize = 1000;
 const EXTRA: &[&str] = &["--gc-interval", "1"];
 
 /// How the programs are attached: the attachments' identities and their
-/// programs (TCX links, or clsact filters; XDP links).
-fn attachments(t: &Topo, clsact: bool) -> Vec<(String, u64)> {
-    let xdp = agent::xdp_links().into_iter().map(|(link, prog)| (format!("xdp link {link}"), prog));
-    let mut all: Vec<(String, u64)> = if clsact {
+/// programs (the links pinned under `bpffs`, TCX and XDP; clsact filters).
+fn attachments(t: &Topo, bpffs: &Path, clsact: bool) -> Vec<(String, u64)> {
+    let mut all: Vec<(String, u64)> = agent::pinned_links(bpffs).into_iter().map(|l| (format!("{} link {}", l.pin, l.id), l.prog)).collect();
+    if clsact {
         let ifaces = t.node.exec(&["ls", "/sys/class/net"]).unwrap();
         let on = |i: &str| -> Vec<(String, u64)> { agent::clsact_filters(&t.node, i).into_iter().map(|(at, prog)| (format!("{i} {at}"), prog)).collect() };
-        ifaces.split_whitespace().flat_map(on).collect()
-    } else {
-        agent::tc_links().into_iter().map(|(link, prog)| (format!("link {link}"), prog)).collect()
-    };
-    all.extend(xdp);
+        all.extend(ifaces.split_whitespace().flat_map(on));
+    }
     all
 }
 
@@ -53,7 +50,7 @@ async fn restarts_lose_nothing(t: &Topo, mut agent: Agent, clsact: bool) {
     assert_eq!(first_tags.len(), 2 + usize::from(endpoint_sides > 0) + usize::from(xdps > 0), "{}", agent.log());
     let rounds = [(Stop::Kill, &build), (Stop::Term, &build), (Stop::Kill, &build), (Stop::Term, &other_build), (Stop::Term, &build)];
     for (round, (how, bin)) in rounds.into_iter().enumerate() {
-        let links = attachments(t, clsact);
+        let links = attachments(t, &agent.bpffs, clsact);
         assert_eq!(links.len(), 2 + endpoint_sides + xdps, "ingress and egress on n0, replies on each endpoint-facing interface, XDP: {links:?}");
         let before = agent.stats().unwrap();
         let halted = tokio::task::block_in_place(|| agent.halt(how)).unwrap_or_else(|e| panic!("{how:?}: {e:#}"));
@@ -69,12 +66,12 @@ async fn restarts_lose_nothing(t: &Topo, mut agent: Agent, clsact: bool) {
         // The programs running are the ones this build loaded: the other
         // build's differ, and going back brings the first ones back.
         let tags = agent.program_tags();
-        let running: std::collections::BTreeSet<String> = attachments(t, clsact).iter().map(|(_, prog)| agent::program_tag(*prog)).collect();
+        let running: std::collections::BTreeSet<String> = attachments(t, &agent.bpffs, clsact).iter().map(|(_, prog)| agent::program_tag(*prog)).collect();
         assert_eq!(running, tags, "round {round}: attached programs are not this agent's");
         assert_eq!(tags == first_tags, bin == &build, "round {round}: {tags:?} vs the first build's {first_tags:?}");
         // A collection runs within a second: it must remove nothing live.
         fleet.run_for(3).await.unwrap_or_else(|e| panic!("round {round}, after restarting from {how:?}: {e:#}"));
-        let after = attachments(t, clsact);
+        let after = attachments(t, &agent.bpffs, clsact);
         let ids = |l: &[(String, u64)]| l.iter().map(|(at, _)| at.clone()).collect::<Vec<_>>();
         assert_eq!(ids(&after), ids(&links), "round {round}: the programs must be swapped inside the same links");
         for ((_, old), (_, new)) in links.iter().zip(&after) {
@@ -195,7 +192,7 @@ async fn another_layout_or_a_second_agent_is_refused_and_changes_nothing() {
     assert!(stderr.contains("another wsfwd agent is running on"), "{stderr}");
 
     let halted = tokio::task::block_in_place(|| agent.halt(Stop::Term)).unwrap();
-    let links = agent::tc_links();
+    let links = agent::pinned_links(&bpffs);
     // META says layout 99 (its first field): what a future wsfwd would have pinned.
     let meta = bpffs.join("META");
     let set_layout = |v: u8| {
@@ -213,7 +210,7 @@ async fn another_layout_or_a_second_agent_is_refused_and_changes_nothing() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("holds maps of another wsfwd layout (layout 99)"), "{stderr}");
     assert!(stderr.contains("wsfwd cleanup --bpffs"), "{stderr}");
-    assert_eq!(agent::tc_links(), links, "the refused agent touched the attachments");
+    assert_eq!(agent::pinned_links(&bpffs), links, "the refused agent touched the attachments");
     fleet.run_for(2).await.unwrap();
 
     // Its own layout again: adopted, nothing lost.

@@ -3,7 +3,6 @@
 //! agent. Each test builds and removes its own namespaces.
 use std::{
     collections::BTreeSet,
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -13,7 +12,6 @@ use wsfwd_tests::{
     checks::{Capture, affinity_checks, assert_traffic, udp_traffic, frame_checks, handshake_checks, predicted, predicted_for_client},
     client::{echo, tcp_connect, udp_exchange, ws_connect},
     peers,
-    sys::run,
     topo::{NODE_PORT, OTHER_SEED, SEED_CONFIG, Spec, Topo, UDP_SERVICE, VIP, upstream_config},
 };
 use wsfwd::{choose::Tuple, model::Protocol};
@@ -277,43 +275,59 @@ async fn t1_09_udp_flows_expire_from_conntrack() {
     assert!(sent.elapsed() >= Duration::from_secs(3));
 }
 
-fn wsfwd_programs_loaded() -> bool {
-    run(Command::new("bpftool").args(["prog", "show"])).unwrap().contains("wsfwd_tc_")
-}
-
-/// wsfwd's TCX attachments (see `agent::tc_links`).
-fn wsfwd_links() -> usize {
-    agent::tc_links().len()
+/// The kernel has let go of every link and program of `before` (an
+/// agent's programs and its pinned links): a removed attachment releases
+/// its program after an RCU grace period, so this waits up to 3 s.
+fn all_released(programs: &[u64], links: &[agent::PinnedLink]) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let held: Vec<String> = programs
+            .iter()
+            .filter(|&&p| agent::program_exists(p))
+            .map(|p| format!("program {p}"))
+            .chain(links.iter().filter(|l| agent::link_exists(l.id)).map(|l| format!("link {} ({})", l.id, l.pin)))
+            .collect();
+        if held.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(held.join(", "));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t1_10_cleanup_removes_everything_and_bad_config_attaches_nothing() {
     let mut t = Topo::new("cl", Spec::T1).unwrap();
     t.start_ws_peers().unwrap();
-    let node_has_nothing = |when: &str| {
+    let node_has_nothing = |when: &str, programs: &[u64], links: &[agent::PinnedLink]| {
         for hook in ["ingress", "egress"] {
             let f = t.node.exec(&["tc", "filter", "show", "dev", "n0", hook]).unwrap();
             assert!(!f.contains("wsfwd"), "{when}: tc filter {hook}: {f}");
         }
         let net = t.node.exec(&["bpftool", "net", "show"]).unwrap();
         assert!(!net.contains("wsfwd"), "{when}: {net}");
-        // A removed tc filter releases its program after an RCU grace period.
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while wsfwd_programs_loaded() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        assert!(!wsfwd_programs_loaded(), "{when}: wsfwd programs still loaded");
-        assert_eq!(wsfwd_links(), 0, "{when}: wsfwd still attached");
+        all_released(programs, links).unwrap_or_else(|held| panic!("{when}: the kernel still holds {held}"));
     };
     // `--cleanup-on-exit`: SIGTERM takes everything away.
     let agent = Agent::start(&t.node, &t.dir, SEED_CONFIG, &["--cleanup-on-exit"]).unwrap();
     let bpffs = agent.bpffs.clone();
-    assert!(wsfwd_programs_loaded(), "nothing to remove: the test would prove nothing");
-    assert_eq!(wsfwd_links(), 5, "ingress and egress on n0, the reply program on nb1, nb2 and nb3");
+    let (ids, links) = (agent.program_ids(), agent::pinned_links(&bpffs));
+    let programs = ids.all();
+    assert!(ids.tc_ingress.and(ids.tc_egress).and(ids.from_endpoints).is_some(), "{ids:?}: {}", agent.log());
+    let pins: Vec<&str> = links.iter().map(|l| l.pin.as_str()).collect();
+    let mut want = vec!["n0-egress", "n0-ingress", "nb1-from-endpoints", "nb2-from-endpoints", "nb3-from-endpoints"];
+    // Under WSFWD_TEST_ATTACH=xdp, XDP sits in front of TC on n0.
+    if ids.xdp.is_some() {
+        want.insert(2, "n0-xdp");
+    }
+    assert_eq!(pins, want);
+    assert!(links.iter().all(|l| programs.contains(&l.prog)), "links to another agent's programs: {links:?} {programs:?}");
     assert!(bpffs.join("CONNTRACK").exists());
     let status = agent.stop().unwrap();
     assert!(status.success(), "{status}");
-    node_has_nothing("after SIGTERM with --cleanup-on-exit");
+    node_has_nothing("after SIGTERM with --cleanup-on-exit", &programs, &links);
     assert!(!bpffs.join("CONNTRACK").exists(), "pins left behind");
 
     // By default SIGTERM leaves the datapath forwarding; `wsfwd cleanup` removes it.
@@ -323,11 +337,12 @@ async fn t1_10_cleanup_removes_everything_and_bad_config_attaches_nothing() {
         agent.signal(libc::SIGTERM);
         agent.wait_for_log("stopped; the datapath keeps forwarding", 1, Duration::from_secs(10)).unwrap();
         echo(&mut ws, Message::text("after the agent")).await.unwrap();
-        assert!(wsfwd_programs_loaded(), "{tc_mode}: the programs went with the agent");
+        let (programs, links) = (agent.program_ids().all(), agent::pinned_links(&bpffs));
+        assert!(programs.iter().all(|&p| agent::program_exists(p)), "{tc_mode}: the programs went with the agent");
         assert!(bpffs.join("CONNTRACK").exists(), "{tc_mode}: the maps went with the agent");
         let removed = agent::cleanup(std::path::Path::new(&t.node.path()), &bpffs).unwrap();
         assert!(removed.contains(&format!("n0 ingress ({tc_mode})")), "{tc_mode}: {removed}");
-        node_has_nothing(&format!("after wsfwd cleanup ({tc_mode})"));
+        node_has_nothing(&format!("after wsfwd cleanup ({tc_mode})"), &programs, &links);
         assert!(!bpffs.join("CONNTRACK").exists(), "{tc_mode}: pins left behind");
         assert!(echo(&mut ws, Message::text("after cleanup")).await.is_err(), "{tc_mode}: still forwarding");
         drop(agent);
@@ -341,7 +356,8 @@ async fn t1_10_cleanup_removes_everything_and_bad_config_attaches_nothing() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains(r#"spec.externalIPs[0]: "192.168.0.300" is not an IPv4 address"#), "{stderr}");
     assert!(!t.dir.join("bpf2").exists());
-    node_has_nothing("after a bad config");
+    assert!(!stderr.contains("program id"), "loaded before the config was read: {stderr}");
+    node_has_nothing("after a bad config", &[], &[]);
 
     // So does a hook that does not exist.
     let good = t.dir.join("good.yaml");
@@ -354,8 +370,9 @@ async fn t1_10_cleanup_removes_everything_and_bad_config_attaches_nothing() {
     let mut cmd = agent::command(&t.node, &good, &t.dir.join("bpf4"), &["--iface", "nosuch0"]);
     let out = cmd.output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("nosuch0: no such interface"));
-    node_has_nothing("after a failed attach");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("nosuch0: no such interface"), "{stderr}");
+    node_has_nothing("after a failed attach", &agent::program_ids_in(&stderr).all(), &agent::pinned_links(&t.dir.join("bpf4")));
     assert!(!t.dir.join("bpf4").join("CONNTRACK").exists());
 }
 

@@ -141,7 +141,7 @@ pub fn measure(services: usize, flows: usize, samples: usize) -> anyhow::Result<
         n0: t.node.exec(&["cat", "/sys/class/net/n0/ifindex"])?.trim().parse()?,
         nb,
     };
-    let ids = agent::program_ids();
+    let ids = agent.program_ids();
     let ids = match ids {
         agent::ProgramIds { tc_ingress: Some(i), tc_egress: Some(e), from_endpoints: Some(f), xdp: Some(x) } => [i, e, f, x],
         _ => bail!("not every program is loaded and attached: {ids:?}"),

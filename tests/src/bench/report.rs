@@ -322,7 +322,8 @@ fn max_rate_table(r: &Results) -> String {
         row
     });
     format!(
-        "## Max rate with p99 < 10 ms ({} messages)\n\n{}",
+        "## Max rate with p99 < 10 ms ({} messages)\n\nThe rate doubles until a step fails (p99 over 10 ms, or over 1% of messages lost), \
+         then the gap between the last held and the failed rate is halved until it is within 5%.\n\n{}",
         size_label(SMALL),
         md_table(&header, &rows)
     )

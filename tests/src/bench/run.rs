@@ -75,6 +75,55 @@ impl Sizes {
     };
 }
 
+/// The highest rate a contender holds: up the coarse steps until one fails,
+/// then halving the gap between the last held and the first failed until it
+/// is within `RESOLUTION` of the held one. Coarse steps alone ended most
+/// contenders on the same step, where the load generator's own limit lies,
+/// hiding what the forwarders cost.
+#[derive(Debug)]
+pub struct RateSearch {
+    steps: &'static [u32],
+    next_step: usize,
+    held: Option<u32>,
+    failed: Option<u32>,
+}
+
+/// Bisection stops when the gap is below this share of the held rate.
+const RESOLUTION: f64 = 0.05;
+
+impl RateSearch {
+    pub fn new(steps: &'static [u32]) -> Self {
+        Self { steps, next_step: 0, held: None, failed: None }
+    }
+
+    /// The next rate to try, if any.
+    pub fn next(&self) -> Option<u32> {
+        match (self.held, self.failed) {
+            (_, None) => self.steps.get(self.next_step).copied(),
+            (None, Some(_)) => None,
+            (Some(lo), Some(hi)) => {
+                let mid = (lo + (hi - lo) / 2) / 100 * 100;
+                (f64::from(hi - lo) > f64::from(lo) * RESOLUTION && mid > lo).then_some(mid)
+            }
+        }
+    }
+
+    pub fn record(&mut self, rate: u32, held: bool) {
+        if self.failed.is_none() {
+            self.next_step += 1;
+        }
+        if held {
+            self.held = Some(rate);
+        } else {
+            self.failed = Some(rate);
+        }
+    }
+
+    pub fn best(&self) -> Option<u32> {
+        self.held
+    }
+}
+
 const MESSAGE_SIZES: [usize; 2] = [64, 16 * 1024];
 const MAX_P99_US: u64 = 10_000;
 
@@ -198,14 +247,13 @@ impl Bench {
     }
 
     async fn max_rate(&self, kind: Kind) -> Option<u32> {
-        let mut best = None;
-        for &rate in self.sizes.max_rates {
-            match self.echo(kind, 64, rate, self.sizes.max_rate_time).await {
-                Ok(e) if (e.p99_us as u64) < MAX_P99_US && e.received * 100 >= e.sent * 99 => best = Some(rate),
-                _ => break,
-            }
+        let mut search = RateSearch::new(self.sizes.max_rates);
+        while let Some(rate) = search.next() {
+            let held = matches!(self.echo(kind, 64, rate, self.sizes.max_rate_time).await,
+                Ok(e) if (e.p99_us as u64) < MAX_P99_US && e.received * 100 >= e.sent * 99);
+            search.record(rate, held);
         }
-        best
+        search.best()
     }
 
     async fn churn(&self, kind: Kind) -> ConnRate {
@@ -420,5 +468,45 @@ fn ipvs(t: &Topo) -> String {
         "IPVS is available on this kernel, but kube-router's `sh` is not measured yet".into()
     } else {
         "IPVS is not available on this kernel (no ip_vs module): kube-router's `sh` is not measured".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RateSearch;
+
+    const STEPS: &[u32] = &[2_500, 5_000, 10_000, 20_000, 40_000];
+
+    /// Runs the search against a contender that holds every rate up to `limit`.
+    fn search(limit: u32) -> (Option<u32>, Vec<u32>) {
+        let mut s = RateSearch::new(STEPS);
+        let mut tried = Vec::new();
+        while let Some(rate) = s.next() {
+            assert!(tried.len() < 20, "no end: {tried:?}");
+            tried.push(rate);
+            s.record(rate, rate <= limit);
+        }
+        (s.best(), tried)
+    }
+
+    #[test]
+    fn bisects_between_the_held_and_the_failed_step() {
+        let (best, tried) = search(27_000);
+        assert_eq!(&tried[..5], &[2_500, 5_000, 10_000, 20_000, 40_000]);
+        let best = best.unwrap();
+        assert!(best <= 27_000 && f64::from(27_000 - best) <= 0.05 * f64::from(best) + 100.0, "{best} {tried:?}");
+    }
+
+    #[test]
+    fn two_limits_on_the_same_coarse_step_are_told_apart() {
+        let (a, _) = search(24_000);
+        let (b, _) = search(33_000);
+        assert!(b.unwrap() > a.unwrap() + 5_000, "{a:?} {b:?}");
+    }
+
+    #[test]
+    fn failing_the_first_step_holds_nothing_and_passing_all_holds_the_last() {
+        assert_eq!(search(1_000), (None, vec![2_500]));
+        assert_eq!(search(100_000).0, Some(40_000));
     }
 }

@@ -26,6 +26,10 @@ struct Args {
     /// the workloads; writes bench-micro.md and bench-micro.json.
     #[arg(long)]
     micro: bool,
+    /// With `--micro`: how many established flows are tracked while timing
+    /// (fewer set up faster, for a quick look; the report says how many).
+    #[arg(long, value_name = "N", default_value_t = wsfwd_tests::bench::micro::FLOWS, requires = "micro")]
+    flows: usize,
     /// Run one section only and print it, writing no report ("reload").
     #[arg(long, value_name = "SECTION")]
     only: Option<String>,
@@ -85,8 +89,8 @@ fn micro(args: &Args) -> ExitCode {
     let samples = if args.short { 2_000 } else { 20_000 };
     let mut rows = Vec::new();
     for services in [1, 10_000] {
-        eprintln!("timing the programs with {services} services and {} flows...", wsfwd_tests::bench::micro::FLOWS);
-        match wsfwd_tests::bench::micro::measure(services, wsfwd_tests::bench::micro::FLOWS, samples) {
+        eprintln!("timing the programs with {services} services and {} flows...", args.flows);
+        match wsfwd_tests::bench::micro::measure(services, args.flows, samples) {
             Ok(r) => rows.extend(r),
             Err(e) => {
                 eprintln!("micro benchmark failed: {e:#}");

@@ -42,8 +42,27 @@ pub trait Ctx {
     fn for_this_host(&self) -> Result<(), Counter>;
 
     fn store<const N: usize>(&self, off: usize, v: &[u8; N]) -> Result<(), ()>;
-    /// RFC 1624 update of the IPv4 header checksum at `off` for a `size`-byte field.
-    fn l3_csum_replace(&self, off: usize, from: u64, to: u64, size: u64) -> Result<(), ()>;
+
+    /// Two bytes at `off` (a checksum field), read directly.
+    #[inline(always)]
+    fn load2(&self, off: usize) -> Result<[u8; 2], ()> {
+        let start = self.data();
+        if start + off + 2 > self.data_end() {
+            return Err(());
+        }
+        // SAFETY: bounds checked against data_end just above.
+        Ok(unsafe { *((start + off) as *const [u8; 2]) })
+    }
+
+    /// RFC 1624 update of the IPv4 header checksum at `off` for a `size`-byte
+    /// field, in software for both hooks: unlike L4's, the IP header's
+    /// checksum is always complete, whatever the skb's `ip_summed`.
+    #[inline(always)]
+    fn l3_csum_replace(&self, off: usize, from: u64, to: u64, size: u64) -> Result<(), ()> {
+        let old = self.load2(off)?;
+        self.store(off, &replaced(old, from, to, size)?)
+    }
+
     /// The same for the L4 checksum at `off`; `flags` as `bpf_l4_csum_replace`'s
     /// (size, `BPF_F_PSEUDO_HDR`, `BPF_F_MARK_MANGLED_0`).
     fn l4_csum_replace(&self, off: usize, from: u64, to: u64, flags: u64) -> Result<(), ()>;
@@ -115,16 +134,25 @@ impl Ctx for TcContext {
         Ok(())
     }
 
+    /// Written directly where the bytes are in the linear head (TC may: the
+    /// verifier makes a cloned skb's head private first), which saves a
+    /// helper call per field; through `bpf_skb_store_bytes` otherwise.
+    /// Neither updates a CHECKSUM_COMPLETE skb's `csum`: every write here
+    /// either leaves the bytes' sum as it was (a field and its checksum) or
+    /// is outside what `csum` covers (the Ethernet header).
     #[inline(always)]
     fn store<const N: usize>(&self, off: usize, v: &[u8; N]) -> Result<(), ()> {
+        let start = TcContext::data(self);
+        if start + off + N <= TcContext::data_end(self) {
+            // SAFETY: bounds checked against data_end just above.
+            unsafe { *((start + off) as *mut [u8; N]) = *v };
+            return Ok(());
+        }
         TcContext::store(self, off, v, 0).map_err(|_| ())
     }
 
-    #[inline(always)]
-    fn l3_csum_replace(&self, off: usize, from: u64, to: u64, size: u64) -> Result<(), ()> {
-        TcContext::l3_csum_replace(self, off, from, to, size).map_err(|_| ())
-    }
-
+    /// Through the helper: a CHECKSUM_PARTIAL skb's L4 field holds only the
+    /// pseudo-header's sum, which only the kernel knows to treat so.
     #[inline(always)]
     fn l4_csum_replace(&self, off: usize, from: u64, to: u64, flags: u64) -> Result<(), ()> {
         TcContext::l4_csum_replace(self, off, from, to, flags).map_err(|_| ())
@@ -232,14 +260,8 @@ impl Ctx for XdpContext {
     }
 
     #[inline(always)]
-    fn l3_csum_replace(&self, off: usize, from: u64, to: u64, size: u64) -> Result<(), ()> {
-        let old = load2(self, off)?;
-        self.store(off, &replaced(old, from, to, size)?)
-    }
-
-    #[inline(always)]
     fn l4_csum_replace(&self, off: usize, from: u64, to: u64, flags: u64) -> Result<(), ()> {
-        let old = load2(self, off)?;
+        let old = self.load2(off)?;
         // The pseudo-header flag changes nothing for a complete checksum.
         let new = replaced(old, from, to, flags & 0xf)?;
         let new = if flags & BPF_F_MARK_MANGLED_0 as u64 != 0 { csum::udp(old, new) } else { new };
@@ -274,15 +296,4 @@ fn replaced(old: [u8; 2], from: u64, to: u64, size: u64) -> Result<[u8; 2], ()> 
         2 => Ok(csum::replace2(old, (from as u16).to_ne_bytes(), (to as u16).to_ne_bytes())),
         _ => Err(()),
     }
-}
-
-/// Two bytes at `off` (a checksum field).
-#[inline(always)]
-fn load2(ctx: &XdpContext, off: usize) -> Result<[u8; 2], ()> {
-    let start = XdpContext::data(ctx);
-    if start + off + 2 > XdpContext::data_end(ctx) {
-        return Err(());
-    }
-    // SAFETY: bounds checked against data_end just above.
-    Ok(unsafe { *((start + off) as *const [u8; 2]) })
 }

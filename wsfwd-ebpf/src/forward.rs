@@ -144,8 +144,10 @@ impl Route {
 pub fn redirect<C: Ctx>(ctx: &C, route: &Route) -> Result<i32, Counter> {
     match route.macs {
         Some((dst, src)) => {
-            ctx.store(0, &dst).map_err(|_| Counter::DropError)?;
-            ctx.store(6, &src).map_err(|_| Counter::DropError)?;
+            let mut macs = [0u8; 12];
+            macs[..6].copy_from_slice(&dst);
+            macs[6..].copy_from_slice(&src);
+            ctx.store(0, &macs).map_err(|_| Counter::DropError)?;
             ctx.redirect(route.ifindex).map_err(|_| Counter::DropError)
         }
         None => ctx.redirect_neigh(route.ifindex, route.nexthop).map_err(|_| Counter::DropError),

@@ -279,7 +279,10 @@ impl Bench {
                 "-J",
             ]))?;
             let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 -J output")?;
-            v["end"]["sum_received"]["bits_per_second"].as_f64().map(|b| b / 1e9).context("no bits_per_second in iperf3's output")
+            v["end"]["sum_received"]["bits_per_second"]
+                .as_f64()
+                .map(|b| b / 1e9)
+                .with_context(|| format!("no bits_per_second in iperf3's output; its error: {}", v["error"]))
         };
         Ok(Bulk { one_stream_gbps: gbps(1)?, four_streams_gbps: gbps(4)? })
     }
@@ -378,6 +381,29 @@ pub async fn run_reload(sizes: Sizes) -> anyhow::Result<super::results::Reload> 
     bench.done();
     bench.progress.finish_with_message("done");
     r
+}
+
+/// Only bulk TCP (`wsfwd-bench --only bulk`) for direct, wsfwd and iptables,
+/// `rounds` times each, interleaved so that the machine's drift hits all
+/// three alike: (contender, Gbit/s with 1 stream, with 4).
+pub fn run_bulk(sizes: Sizes, rounds: usize) -> anyhow::Result<Vec<(&'static str, f64, f64)>> {
+    let bench = Bench::new(sizes, (3 * rounds) as u64)?;
+    let mut out = Vec::new();
+    for _ in 0..rounds {
+        for kind in [Kind::Direct, Kind::Wsfwd, Kind::Iptables] {
+            bench.step(&format!("{}: bulk TCP", kind.name()));
+            let running = contenders::start(kind, &bench.t, 0)?;
+            let b = bench.bulk(kind);
+            contenders::stop(&bench.t, running)?;
+            // The iperf3 server finishes its side of the last test first.
+            std::thread::sleep(Duration::from_secs(2));
+            let b = b.with_context(|| kind.name())?;
+            out.push((kind.name(), b.one_stream_gbps, b.four_streams_gbps));
+            bench.done();
+        }
+    }
+    bench.progress.finish_with_message("done");
+    Ok(out)
 }
 
 /// Raises the open-file limit as far as allowed: to 1M, else to the hard limit.

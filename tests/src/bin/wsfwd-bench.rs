@@ -30,7 +30,8 @@ struct Args {
     /// (fewer set up faster, for a quick look; the report says how many).
     #[arg(long, value_name = "N", default_value_t = wsfwd_tests::bench::micro::FLOWS, requires = "micro")]
     flows: usize,
-    /// Run one section only and print it, writing no report ("reload").
+    /// Run one section only and print it, writing no report ("reload", or
+    /// "bulk": direct, wsfwd and iptables, three rounds interleaved).
     #[arg(long, value_name = "SECTION")]
     only: Option<String>,
 }
@@ -57,8 +58,23 @@ async fn main() -> ExitCode {
                 }
             };
         }
+        Some("bulk") => {
+            return match wsfwd_tests::bench::run::run_bulk(sizes, if args.short { 1 } else { 3 }) {
+                Ok(rows) => {
+                    println!("| contender | 1 stream Gbit/s | 4 streams Gbit/s |\n| --- | ---: | ---: |");
+                    for (name, one, four) in rows {
+                        println!("| {name} | {one:.1} | {four:.1} |");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("bulk benchmark failed: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Some(other) => {
-            eprintln!("--only {other}: the sections that run alone are: reload");
+            eprintln!("--only {other}: the sections that run alone are: reload, bulk");
             return ExitCode::from(2);
         }
     }

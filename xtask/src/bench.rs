@@ -10,7 +10,7 @@ use anyhow::Result;
 use crate::{cargo, cmd, prereqs};
 
 /// Debian packages only the benchmark needs.
-const PACKAGES: &[&str] = &["nginx", "libnginx-mod-stream", "haproxy", "iperf3", "fonts-dejavu-core"];
+const PACKAGES: &[&str] = &["nginx", "libnginx-mod-stream", "haproxy", "iperf3", "conntrack", "fonts-dejavu-core"];
 
 pub fn bench(args: &[OsString]) -> Result<ExitCode> {
     prereqs::check()?;

@@ -234,6 +234,12 @@ pub fn start(kind: Kind, t: &Topo, extra_services: usize) -> anyhow::Result<Runn
     let dir = t.dir.join(kind.name());
     std::fs::create_dir_all(&dir)?;
     let mut r = Running { kind, agent: None, procs: Vec::new(), undo: Vec::new() };
+    // The kernel's connection tracking starts empty for each contender: the
+    // previous one's last packets (closing connections that reached the
+    // node's stack once wsfwd's datapath was gone) leave entries without NAT,
+    // and a new connection reusing such a tuple would skip the DNAT rules.
+    // Errors only mean there is no table to flush.
+    let _ = run(t.node.command("conntrack").arg("-F"));
     if kind.is_proxy() {
         t.node.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
         r.undo.push(vec!["ip".into(), "addr".into(), "del".into(), format!("{VIP}/32"), "dev".into(), "lo".into()]);

@@ -383,27 +383,59 @@ pub async fn run_reload(sizes: Sizes) -> anyhow::Result<super::results::Reload> 
     r
 }
 
+/// One contender's bulk TCP run, for `wsfwd-bench --only bulk`.
+#[derive(Debug)]
+pub struct BulkRun {
+    pub name: &'static str,
+    pub bulk: Bulk,
+    /// wsfwd only: its programs' run time and the agent's CPU time over both
+    /// iperf3 runs, in ms per second of traffic.
+    pub bpf_ms_per_s: Option<f64>,
+    pub agent_ms_per_s: Option<f64>,
+}
+
 /// Only bulk TCP (`wsfwd-bench --only bulk`) for direct, wsfwd and iptables,
 /// `rounds` times each, interleaved so that the machine's drift hits all
-/// three alike: (contender, Gbit/s with 1 stream, with 4).
-pub fn run_bulk(sizes: Sizes, rounds: usize) -> anyhow::Result<Vec<(&'static str, f64, f64)>> {
+/// three alike.
+pub fn run_bulk(sizes: Sizes, rounds: usize) -> anyhow::Result<Vec<BulkRun>> {
     let bench = Bench::new(sizes, (3 * rounds) as u64)?;
+    let _stats = BpfStats::enable();
+    let seconds = f64::from(2 * sizes.bulk_seconds);
     let mut out = Vec::new();
     for _ in 0..rounds {
         for kind in [Kind::Direct, Kind::Wsfwd, Kind::Iptables] {
             bench.step(&format!("{}: bulk TCP", kind.name()));
             let running = contenders::start(kind, &bench.t, 0)?;
+            let agent_pid = running.agent.as_ref().map(|a| a.pid());
+            let (bpf0, cpu0) = (bpf_run_time().0, agent_pid.map(process_cpu_ns));
             let b = bench.bulk(kind);
+            let (bpf1, cpu1) = (bpf_run_time().0, agent_pid.map(process_cpu_ns));
             contenders::stop(&bench.t, running)?;
             // The iperf3 server finishes its side of the last test first.
             std::thread::sleep(Duration::from_secs(2));
-            let b = b.with_context(|| kind.name())?;
-            out.push((kind.name(), b.one_stream_gbps, b.four_streams_gbps));
+            let bulk = b.with_context(|| kind.name())?;
+            let per_s = |ns: u64| ns as f64 / 1e6 / seconds;
+            out.push(BulkRun {
+                name: kind.name(),
+                bulk,
+                bpf_ms_per_s: agent_pid.map(|_| per_s(bpf1.saturating_sub(bpf0))),
+                agent_ms_per_s: cpu0.zip(cpu1).map(|(a, b)| per_s(b.saturating_sub(a))),
+            });
             bench.done();
         }
     }
     bench.progress.finish_with_message("done");
     Ok(out)
+}
+
+/// User and system CPU time of process `pid`, ns (0 if it cannot be read).
+fn process_cpu_ns(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are the 14th and 15th fields: 12th and 13th after the name.
+    (ticks(11) + ticks(12)) * 10_000_000
 }
 
 /// Raises the open-file limit as far as allowed: to 1M, else to the hard limit.

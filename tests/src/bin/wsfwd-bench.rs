@@ -61,9 +61,17 @@ async fn main() -> ExitCode {
         Some("bulk") => {
             return match wsfwd_tests::bench::run::run_bulk(sizes, if args.short { 1 } else { 3 }) {
                 Ok(rows) => {
-                    println!("| contender | 1 stream Gbit/s | 4 streams Gbit/s |\n| --- | ---: | ---: |");
-                    for (name, one, four) in rows {
-                        println!("| {name} | {one:.1} | {four:.1} |");
+                    println!("| contender | 1 stream Gbit/s | 4 streams Gbit/s | programs ms/s | agent ms/s |\n| --- | ---: | ---: | ---: | ---: |");
+                    let ms = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.1}"));
+                    for r in rows {
+                        println!(
+                            "| {} | {:.1} | {:.1} | {} | {} |",
+                            r.name,
+                            r.bulk.one_stream_gbps,
+                            r.bulk.four_streams_gbps,
+                            ms(r.bpf_ms_per_s),
+                            ms(r.agent_ms_per_s)
+                        );
                     }
                     ExitCode::SUCCESS
                 }

@@ -11,7 +11,8 @@
 use std::{
     collections::HashMap,
     net::{Ipv4Addr, SocketAddrV4},
-    path::PathBuf,
+    path::{Path, PathBuf},
+    process::Command,
 };
 
 use anyhow::Context as _;
@@ -148,6 +149,28 @@ pub struct Topo {
     veths: Vec<(String, String)>,
 }
 
+/// Removes what an earlier run of test `test` left behind when it was
+/// killed before its cleanup: its directory, and the bpffs mounted in it,
+/// which would otherwise keep that run's datapath (pinned links and
+/// programs) alive for good. Only directories whose process is gone.
+fn sweep_dirs(test: &str) {
+    let prefix = format!("wsfwd-e2e-{test}-");
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    for e in entries.filter_map(Result::ok) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let dir = e.path();
+        for at in mounts.lines().filter_map(|l| l.split_whitespace().nth(1)).filter(|m| Path::new(m).starts_with(&dir)) {
+            let _ = Command::new("umount").arg("-l").arg(at).status();
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
 impl Topo {
     /// Builds topology `spec` for test `test` (a short name; namespace names
     /// carry it and the PID).
@@ -155,6 +178,7 @@ impl Topo {
         require_root();
         let prefix = format!("wst-{test}-");
         netns::sweep(&prefix);
+        sweep_dirs(test);
         let pid = std::process::id();
         let name = |role: &str| format!("{prefix}{pid}-{role}");
         let dir = std::env::temp_dir().join(format!("wsfwd-e2e-{test}-{pid}"));

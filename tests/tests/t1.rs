@@ -565,3 +565,51 @@ async fn t1_17_a_cached_route_expires_without_an_agent() {
     }
     agent::cleanup(std::path::Path::new(&t.node.path()), &agent.bpffs).unwrap();
 }
+
+/// Packets to endpoints behind veths (pods) are handed straight to the
+/// endpoint's end of the pair, and replies straight to the client's: the
+/// node's own ends never transmit them. Only veths whose other end is in
+/// another namespace qualify (a redirect to a peer in the same namespace
+/// is dropped by the kernel).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t1_18_redirects_go_straight_to_the_veth_peer() {
+    let mut t = Topo::new("pr", Spec::T1).unwrap();
+    t.start_ws_peers().unwrap();
+    t.node.ip(&["link", "add", "vx0", "type", "veth", "peer", "name", "vx1"]).unwrap();
+    let found: BTreeSet<String> = t
+        .node
+        .inside(|| Ok(wsfwd::netif::veths_to_other_namespaces()?.into_iter().filter_map(wsfwd::netif::name_of).collect()))
+        .unwrap();
+    let expected: BTreeSet<String> = ["n0", "nb1", "nb2", "nb3"].map(String::from).into();
+    assert_eq!(found, expected, "veths to other namespaces");
+
+    let agent = Agent::start(&t.node, &t.dir, SEED_CONFIG, &[]).unwrap();
+    // XDP in front (the suite's XDP run) redirects towards endpoints itself,
+    // and XDP has no peer redirect: there, only replies (TC at the endpoint
+    // side) are checked.
+    let xdp = agent::attach_under_test().as_deref() == Some("xdp");
+    let node_ends: &[&str] = if xdp { &["n0"] } else { &["n0", "nb1", "nb2", "nb3"] };
+    let stat = |ns: &wsfwd_tests::netns::Netns, dev: &str, what: &str| -> u64 {
+        ns.exec(&["cat", &format!("/sys/class/net/{dev}/statistics/{what}")]).unwrap().trim().parse().unwrap()
+    };
+    let node_tx = |t: &Topo| node_ends.iter().map(|d| stat(&t.node, d, "tx_packets")).sum::<u64>();
+    let endpoints_rx = |t: &Topo| t.backends.iter().map(|b| stat(&b.ns, "e0", "rx_packets")).sum::<u64>();
+    let mut conns = Vec::new();
+    for &c in &t.clients[..4] {
+        conns.push(ws_connect(&t.client, c, t.vip()).await.unwrap().0);
+    }
+    let (tx0, rx0, client_rx0) = (node_tx(&t), endpoints_rx(&t), stat(&t.client, "c0", "rx_packets"));
+    for i in 0..50 {
+        for ws in &mut conns {
+            let msg = Message::text(format!("message {i}"));
+            assert_eq!(echo(ws, msg.clone()).await.unwrap(), msg);
+        }
+    }
+    let (tx, rx, client_rx) = (node_tx(&t) - tx0, endpoints_rx(&t) - rx0, stat(&t.client, "c0", "rx_packets") - client_rx0);
+    assert!(rx >= 200 && client_rx >= 200, "the messages did not get through: {rx} packets to endpoints, {client_rx} to the client");
+    let forwarded = if xdp { client_rx } else { rx + client_rx };
+    // A few packets of the kernel's own (neighbour probes) may leave.
+    assert!(tx * 20 < forwarded, "the node's veth ends {node_ends:?} transmitted {tx} packets of {forwarded} forwarded");
+    let stats = agent.stats().unwrap();
+    assert!(stats["redirected"] >= 200 && stats["reply-redirected"] >= 200, "{stats:?}");
+}

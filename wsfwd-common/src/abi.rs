@@ -121,6 +121,25 @@ impl Attachment {
 pub const XDP_NATIVE: u32 = 1;
 pub const XDP_GENERIC: u32 = 2;
 
+/// `IFACES` value, by ifindex: what the programs know of an interface of
+/// the node. Written by the agent only; all-zero says nothing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceInfo {
+    /// The interface's MAC, valid with `IFACE_F_XDP`.
+    pub mac: [u8; 6],
+    pub flags: u8,
+    pub _pad: u8,
+}
+
+/// XDP runs here: frames addressed to `mac` are for this host.
+pub const IFACE_F_XDP: u8 = 1;
+/// One end of a veth pair whose other end is in another network namespace
+/// (a pod's): a packet redirected here at TC ingress can be handed straight
+/// to the other end's ingress (`bpf_redirect_peer`), skipping a trip
+/// through this end's transmit and the other end's backlog queue.
+pub const IFACE_F_PEER: u8 = 2;
+
 /// Capacity of `SNAT_IPS`.
 pub const MAX_SNAT_IPS: u32 = 64;
 
@@ -613,6 +632,7 @@ const _: () = {
     assert!(size_of::<FragKey>() == 12);
     assert!(size_of::<Meta>() == 40);
     assert!(size_of::<Attachment>() == 24);
+    assert!(size_of::<IfaceInfo>() == 8);
     assert!(size_of::<FrontendName>() == 160);
     assert!(size_of::<RevNatEntry>() == 16);
     assert!(size_of::<Traffic>() == 32);
@@ -652,6 +672,7 @@ pub mod names_text {
 mod pod {
     use super::*;
     // SAFETY: plain-old-data: repr(C), no implicit padding, every bit pattern valid.
+    unsafe impl aya::Pod for IfaceInfo {}
     unsafe impl aya::Pod for ServiceKey {}
     unsafe impl aya::Pod for ServiceEntry {}
     unsafe impl aya::Pod for Backend {}

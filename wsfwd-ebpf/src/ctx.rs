@@ -9,12 +9,15 @@ use aya_ebpf::{
         BPF_F_MARK_MANGLED_0, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, bpf_fib_lookup, bpf_redir_neigh,
         xdp_action::{XDP_DROP, XDP_PASS, XDP_REDIRECT},
     },
-    helpers::{bpf_redirect, generated::{bpf_fib_lookup as fib_lookup, bpf_redirect_neigh}},
+    helpers::{bpf_redirect, generated::{bpf_fib_lookup as fib_lookup, bpf_redirect_neigh, bpf_redirect_peer}},
     programs::{TcContext, XdpContext},
 };
-use wsfwd_common::{abi::Counter, csum};
+use wsfwd_common::{
+    abi::{Counter, IFACE_F_PEER, IFACE_F_XDP},
+    csum,
+};
 
-use crate::maps::LOCAL_MACS;
+use crate::maps::IFACES;
 
 pub trait Ctx {
     /// The verdict that hands the packet on untouched.
@@ -69,7 +72,8 @@ pub trait Ctx {
 
     /// `bpf_fib_lookup` for this packet.
     fn fib_lookup(&self, params: &mut bpf_fib_lookup) -> i64;
-    /// Sends the packet out of `ifindex`; the verdict that does it.
+    /// Sends the packet out of `ifindex`; the verdict that does it. In TC,
+    /// called at ingress only (where a veth's peer can take it directly).
     fn redirect(&self, ifindex: u32) -> Result<i32, ()>;
     /// Sends it out of `ifindex` to `nexthop`, whose MAC the kernel resolves
     /// (TC only).
@@ -166,8 +170,12 @@ impl Ctx for TcContext {
 
     #[inline(always)]
     fn redirect(&self, ifindex: u32) -> Result<i32, ()> {
-        // SAFETY: plain helper call.
-        let rc = unsafe { bpf_redirect(ifindex, 0) };
+        // A veth to another namespace: straight into its peer's ingress, as
+        // if received there (the kernel drops it if the peer has since moved
+        // here, which the agent's refresh on every link change outruns).
+        let peer = IFACES.get(ifindex).is_some_and(|i| i.flags & IFACE_F_PEER != 0);
+        // SAFETY: plain helper calls.
+        let rc = unsafe { if peer { bpf_redirect_peer(ifindex, 0) } else { bpf_redirect(ifindex, 0) } };
         if rc == TC_ACT_REDIRECT as i64 { Ok(TC_ACT_REDIRECT as i32) } else { Err(()) }
     }
 
@@ -244,8 +252,8 @@ impl Ctx for XdpContext {
         }
         // SAFETY: bounds checked just above.
         let eth = unsafe { *(start as *const [u8; 14]) };
-        let own = LOCAL_MACS.get(XdpContext::ingress_ifindex(self) as u32).ok_or(Counter::PassNotForHost)?;
-        if own[6] == 1 && eth[..6] == own[..6] { Ok(()) } else { Err(Counter::PassNotForHost) }
+        let own = IFACES.get(XdpContext::ingress_ifindex(self) as u32).ok_or(Counter::PassNotForHost)?;
+        if own.flags & IFACE_F_XDP != 0 && eth[..6] == own.mac { Ok(()) } else { Err(Counter::PassNotForHost) }
     }
 
     #[inline(always)]

@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use wsfwd_common::abi::{
-    AffinityEntry, AffinityKey, Attachment, Backend, COUNTER_COUNT, FlowEntry, FlowKey, FragKey, FrontendName, MAX_SNAT_IPS, Meta, ReadyKey, RevNatEntry, RevNatKey, Rewrite, ServiceEntry, ServiceKey, Traffic, TrafficOwner,
+    AffinityEntry, AffinityKey, Attachment, IfaceInfo, Backend, COUNTER_COUNT, FlowEntry, FlowKey, FragKey, FrontendName, MAX_SNAT_IPS, Meta, ReadyKey, RevNatEntry, RevNatKey, Rewrite, ServiceEntry, ServiceKey, Traffic, TrafficOwner,
 };
 
 /// Not preallocated, like `REVNAT` and `READY`: the agent updates entries
@@ -100,11 +100,12 @@ pub static FRONTEND_NAMES: HashMap<ServiceKey, FrontendName> = HashMap::with_max
 #[map]
 pub static FRAGMENT_SOURCES: LruHashMap<FragKey, Rewrite> = LruHashMap::with_max_entries(4096, 0);
 
-/// Each external interface's MAC, by ifindex (`[mac, 1, 0]`; below 65,536):
-/// XDP has no packet type, so it compares the frame's destination itself.
-/// Filled by the agent before its XDP program is attached; not pinned.
+/// The node's interfaces, by ifindex (below 65,536): each XDP interface's
+/// MAC (XDP has no packet type, so it compares the frame's destination
+/// itself), and which are veths to another namespace. Refreshed by the
+/// agent (XDP's entries before it attaches XDP); not pinned.
 #[map]
-pub static LOCAL_MACS: Array<[u8; 8]> = Array::with_max_entries(65536, 0);
+pub static IFACES: Array<IfaceInfo> = Array::with_max_entries(65536, 0);
 
 /// Routes recently looked up (`forward::route`), by (source, destination,
 /// arrival interface): the next hop's interface and MACs and the link's MTU,

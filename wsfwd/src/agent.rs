@@ -206,6 +206,13 @@ impl Agent<'_> {
         self.dp.attach_endpoint_side(&ifaces, self.args.tc_mode)
     }
 
+    /// Links changed: cached next hops are stale, and veths may have come
+    /// or gone.
+    pub fn links_changed(&mut self) {
+        self.dp.refresh_ifaces();
+        self.forget_routes();
+    }
+
     /// Routes, addresses, links or neighbours changed: the datapath's cached
     /// next hops are stale.
     pub fn forget_routes(&mut self) {

@@ -12,6 +12,7 @@ pub mod drain;
 pub mod maglev;
 pub mod metrics;
 pub mod model;
+pub mod netlink;
 pub mod netif;
 pub mod placement;
 pub mod reload;

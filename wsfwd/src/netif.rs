@@ -1,5 +1,7 @@
 //! The node's interfaces, in the agent's network namespace.
-use std::{ffi::CString, net::Ipv4Addr};
+use std::{ffi::CString, mem::size_of, net::Ipv4Addr};
+
+use crate::netlink::{self, NlMsgHdr};
 
 /// An external interface, as named by `--iface`.
 #[derive(Clone, Debug)]
@@ -128,4 +130,54 @@ pub fn mac(name: &str) -> Option<[u8; 6]> {
     // The union becomes a sockaddr: the family, then the address.
     let ifr = ifreq_ioctl(name, SIOCGIFHWADDR, &[])?;
     ifr[18..24].try_into().ok()
+}
+
+/// The interfaces here that are one end of a veth pair whose other end is
+/// in another network namespace (a pod's): those the kernel says are veths
+/// (`IFLA_INFO_KIND`) with a peer namespace id (`IFLA_LINK_NETNSID`).
+pub fn veths_to_other_namespaces() -> std::io::Result<Vec<u32>> {
+    const RTM_GETLINK: u16 = 18;
+    const RTM_NEWLINK: u16 = 16;
+    const IFLA_LINKINFO: u16 = 18;
+    const IFLA_INFO_KIND: u16 = 1;
+    const IFLA_LINK_NETNSID: u16 = 37;
+    // struct ifinfomsg: family, pad, type, index, flags, change.
+    const IFINFOMSG_LEN: usize = 16;
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Request {
+        hdr: NlMsgHdr,
+        ifinfomsg: [u8; IFINFOMSG_LEN],
+    }
+    let req = Request {
+        hdr: NlMsgHdr {
+            len: size_of::<Request>() as u32,
+            ty: RTM_GETLINK,
+            flags: (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16,
+            seq: 1,
+            pid: 0,
+        },
+        // AF_UNSPEC (0): every link.
+        ifinfomsg: [0; IFINFOMSG_LEN],
+    };
+    let socket = netlink::Socket::open()?;
+    socket.send(&req)?;
+    let mut out = Vec::new();
+    for (ty, msg) in socket.dump()? {
+        let Some(index) = netlink::u32_at(&msg, 4).filter(|_| ty == RTM_NEWLINK) else { continue };
+        let (mut veth, mut elsewhere) = (false, false);
+        for (attr, payload) in netlink::attrs(&msg, IFINFOMSG_LEN) {
+            match attr {
+                IFLA_LINK_NETNSID => elsewhere = true,
+                IFLA_LINKINFO => {
+                    veth |= netlink::attrs(payload, 0).any(|(a, kind)| a == IFLA_INFO_KIND && kind.starts_with(b"veth\0"));
+                }
+                _ => {}
+            }
+        }
+        if veth && elsewhere {
+            out.push(index);
+        }
+    }
+    Ok(out)
 }

@@ -3,23 +3,14 @@
 //! behind the node and which need full NAT.
 use std::{io, mem::size_of, net::Ipv4Addr};
 
+use crate::netlink::{self, HDR_LEN, NLMSG_ERROR, NlMsgHdr, u16_at, u32_at};
+
 const RTM_GETROUTE: u16 = 26;
 const RTM_NEWROUTE: u16 = 24;
-const NLMSG_ERROR: u16 = 2;
 const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
 const RTA_GATEWAY: u16 = 5;
 const RTA_PREFSRC: u16 = 7;
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct NlMsgHdr {
-    len: u32,
-    ty: u16,
-    flags: u16,
-    seq: u32,
-    pid: u32,
-}
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -36,6 +27,7 @@ struct RtMsg {
 }
 
 #[repr(C)]
+#[derive(Clone, Copy)]
 struct Request {
     hdr: NlMsgHdr,
     rtm: RtMsg,
@@ -55,14 +47,7 @@ pub struct Route {
 
 /// Looks up the route to `dst`; `Ok(None)` when there is none.
 pub fn get(dst: Ipv4Addr) -> io::Result<Option<Route>> {
-    // SAFETY: a plain socket call; the fd is closed by OwnedFd.
-    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh, owned descriptor.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    let socket = netlink::Socket::open()?;
     let req = Request {
         hdr: NlMsgHdr {
             len: size_of::<Request>() as u32,
@@ -76,30 +61,14 @@ pub fn get(dst: Ipv4Addr) -> io::Result<Option<Route>> {
         rta_type: RTA_DST,
         dst: dst.octets(),
     };
-    // SAFETY: sending the bytes of a repr(C) request to the kernel.
-    let sent = unsafe { libc::send(raw, (&req as *const Request).cast(), size_of::<Request>(), 0) };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    socket.send(&req)?;
     let mut buf = [0u8; 8192];
-    // SAFETY: receiving into a buffer of the given size.
-    let n = unsafe { libc::recv(raw, buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    parse(&buf[..n as usize])
+    let n = socket.recv(&mut buf)?;
+    parse(&buf[..n])
 }
 
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
-fn addr_at(b: &[u8], at: usize) -> Option<Ipv4Addr> {
-    let o: [u8; 4] = b.get(at..at + 4)?.try_into().ok()?;
+fn addr_at(b: &[u8]) -> Option<Ipv4Addr> {
+    let o: [u8; 4] = b.get(..4)?.try_into().ok()?;
     Some(Ipv4Addr::from(o))
 }
 
@@ -108,9 +77,8 @@ fn parse(msg: &[u8]) -> io::Result<Option<Route>> {
     let len = u32_at(msg, 0).ok_or_else(bad)? as usize;
     let ty = u16_at(msg, 4).ok_or_else(bad)?;
     let msg = msg.get(..len).ok_or_else(bad)?;
-    let hdr = size_of::<NlMsgHdr>();
     if ty == NLMSG_ERROR {
-        let errno = -(u32_at(msg, hdr).ok_or_else(bad)? as i32);
+        let errno = -(u32_at(msg, HDR_LEN).ok_or_else(bad)? as i32);
         return match errno {
             0 => Ok(None),
             libc::ENETUNREACH | libc::EHOSTUNREACH | libc::ESRCH => Ok(None),
@@ -121,20 +89,13 @@ fn parse(msg: &[u8]) -> io::Result<Option<Route>> {
         return Err(bad());
     }
     let mut route = Route { oif: 0, prefsrc: None, gateway: None };
-    let mut at = hdr + size_of::<RtMsg>();
-    while at + 4 <= msg.len() {
-        let rta_len = u16_at(msg, at).ok_or_else(bad)? as usize;
-        let rta_ty = u16_at(msg, at + 2).ok_or_else(bad)?;
-        if rta_len < 4 {
-            break;
-        }
-        match rta_ty {
-            RTA_OIF => route.oif = u32_at(msg, at + 4).ok_or_else(bad)?,
-            RTA_PREFSRC => route.prefsrc = addr_at(msg, at + 4),
-            RTA_GATEWAY => route.gateway = addr_at(msg, at + 4),
+    for (ty, payload) in netlink::attrs(msg, HDR_LEN + size_of::<RtMsg>()) {
+        match ty {
+            RTA_OIF => route.oif = u32_at(payload, 0).ok_or_else(bad)?,
+            RTA_PREFSRC => route.prefsrc = addr_at(payload),
+            RTA_GATEWAY => route.gateway = addr_at(payload),
             _ => {}
         }
-        at += (rta_len + 3) & !3;
     }
     Ok((route.oif != 0).then_some(route))
 }
@@ -157,9 +118,15 @@ impl Watch {
         Self::groups(RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_IFADDR)
     }
 
-    /// Changes of links and neighbours: what a cached next hop may miss.
-    pub fn links_and_neighbours() -> io::Result<Self> {
-        Self::groups(RTMGRP_LINK | RTMGRP_NEIGH)
+    /// Changes of links: what a cached next hop may miss, and which
+    /// interfaces are veths to other namespaces.
+    pub fn links() -> io::Result<Self> {
+        Self::groups(RTMGRP_LINK)
+    }
+
+    /// Changes of neighbours: what a cached next hop may miss.
+    pub fn neighbours() -> io::Result<Self> {
+        Self::groups(RTMGRP_NEIGH)
     }
 
     fn groups(groups: u32) -> io::Result<Self> {

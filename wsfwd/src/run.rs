@@ -39,7 +39,8 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     cfg.notes.log();
     // Watching from before the first look: no change can fall in between.
     let mut routes = route::Watch::new().context("subscribing to route changes (rtnetlink)")?;
-    let mut neighbours = route::Watch::links_and_neighbours().context("subscribing to link and neighbour changes (rtnetlink)")?;
+    let mut links = route::Watch::links().context("subscribing to link changes (rtnetlink)")?;
+    let mut neighbours = route::Watch::neighbours().context("subscribing to neighbour changes (rtnetlink)")?;
     let mut config_watch = ConfigWatch::new(&args.config).context("watching the config file (inotify)")?;
     let ifaces = netif::resolve(&args.ifaces).map_err(anyhow::Error::msg)?;
     let node = placement::resolve(&cfg.services, &ifaces, &args.snat_ips).map_err(anyhow::Error::msg)?;
@@ -149,9 +150,15 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 agent.reload("file changed", false);
             }
             _ = tick.tick() => agent.collect(),
+            changed = links.changed() => {
+                if let Err(e) = changed {
+                    log::warn!("reading link changes: {e}");
+                }
+                agent.links_changed();
+            }
             changed = neighbours.changed() => {
                 if let Err(e) = changed {
-                    log::warn!("reading link and neighbour changes: {e}");
+                    log::warn!("reading neighbour changes: {e}");
                 }
                 agent.forget_routes();
             }

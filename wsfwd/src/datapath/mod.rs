@@ -8,6 +8,7 @@
 pub mod attach;
 pub mod contents;
 pub mod gc;
+pub mod ifaces;
 pub mod plan;
 
 use std::path::Path;
@@ -37,7 +38,7 @@ const INGRESS: &str = "wsfwd_tc_ingress";
 const EGRESS: &str = "wsfwd_tc_egress";
 const XDP: &str = "wsfwd_xdp_ingress";
 const FROM_ENDPOINTS: &str = "wsfwd_tc_from_endpoints";
-const LOCAL_MACS: &str = "LOCAL_MACS";
+const IFACES: &str = "IFACES";
 const ROUTE_GENERATION: &str = "ROUTE_GENERATION";
 
 pub struct Options {
@@ -82,6 +83,7 @@ pub struct Datapath {
     pub start: Start,
     /// Where the programs are attached: (interface, mode).
     attached: Vec<(String, u32)>,
+    ifaces: ifaces::Ifaces,
     /// Remove everything when dropped: set by a fresh start until its owner
     /// has a plan live (so a failure leaves nothing behind), and by
     /// `--cleanup-on-exit`.
@@ -251,6 +253,7 @@ impl Datapath {
         let half_open = HashMap::try_from(take(&mut ebpf, names::HALF_OPEN)?)?;
         let meta = Array::try_from(take(&mut ebpf, names::META)?)?;
         let affinity = HashMap::try_from(take(&mut ebpf, names::AFFINITY)?)?;
+        let iface_table = ifaces::Ifaces::new(Array::try_from(take(&mut ebpf, IFACES)?)?);
         let (maglev_size, backends_size) = (2 * capacity.maglev, 2 * capacity.backends);
         let maglev_pin = pins.path(names::MAGLEV);
         let layout = match adopted {
@@ -270,6 +273,7 @@ impl Datapath {
             layout,
             start: if adopted.is_some() { Start::Adopted } else { Start::Fresh },
             attached: Vec::new(),
+            ifaces: iface_table,
             cleanup_on_drop: adopted.is_none(),
             pins,
         };
@@ -280,6 +284,7 @@ impl Datapath {
         // `this` cleans up after itself (`cleanup_on_drop`) from here on.
         guard.disarm();
         this.write_meta(meta)?;
+        this.refresh_ifaces();
         this.attach(ifaces, opts.attach, opts.hook)?;
         Ok(this)
     }
@@ -317,14 +322,10 @@ impl Datapath {
             let (mut choice, mut why) = attach::xdp_choice(hook, netif::driver(&iface.name).as_deref());
             // XDP compares frames' destinations with the interface's MAC.
             if choice.is_some() {
-                let mac = netif::mac(&iface.name).filter(|_| iface.index < 65536);
+                let mac = netif::mac(&iface.name).filter(|_| iface.index < ifaces::MAX_INDEX);
                 match mac {
                     Some(mac) => {
-                        let mut macs: Array<_, [u8; 8]> = Array::try_from(self.ebpf.map_mut(LOCAL_MACS).ok_or_else(|| anyhow!("no {LOCAL_MACS} map"))?)?;
-                        let mut v = [0u8; 8];
-                        v[..6].copy_from_slice(&mac);
-                        v[6] = 1;
-                        macs.set(iface.index, v, 0).context("writing LOCAL_MACS")?;
+                        self.ifaces.set_xdp(iface.index, mac)?;
                     }
                     None => (choice, why) = (None, "TC (its MAC or index could not be used for XDP)".into()),
                 }
@@ -424,6 +425,15 @@ impl Datapath {
             attached_map.insert(index, a, 0).context("writing ATTACHED")?;
         }
         Ok(())
+    }
+
+    /// Links changed (or the datapath starts): which interfaces are veths to
+    /// other namespaces is read again. Without it, redirects there take the
+    /// plain path.
+    pub fn refresh_ifaces(&mut self) {
+        if let Err(e) = self.ifaces.refresh_peers() {
+            log::warn!("which interfaces are veths to other namespaces is unknown ({e:#}); redirects to them take the plain path");
+        }
     }
 
     /// Makes every route the programs cached stale (`ROUTE_GENERATION`).

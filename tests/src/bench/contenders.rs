@@ -224,6 +224,15 @@ fn haproxy_config(t: &Topo, dir: &Path) -> String {
     )
 }
 
+/// The node's connection tracking, routes and attached programs, for an
+/// error report.
+pub fn node_state(t: &Topo) -> String {
+    let script = "conntrack -C; conntrack -L 2>/dev/null | grep -v TIME_WAIT | head -8; \
+                  ip route get 192.168.0.150 2>&1; iptables -t nat -L KUBE-SERVICES -n -v 2>&1 | head -6; \
+                  bpftool net show 2>&1 | head -12";
+    run(t.node.command("sh").args(["-c", script])).unwrap_or_else(|e| format!("{e:#}"))
+}
+
 fn node_cmd(t: &Topo, args: &[&str]) -> anyhow::Result<String> {
     t.node.exec(args)
 }
@@ -300,6 +309,19 @@ fn wait_listening(t: &Topo, p: &mut Proc) -> anyhow::Result<()> {
 
 /// Undoes `start`.
 pub fn stop(t: &Topo, mut r: Running) -> anyhow::Result<()> {
+    // Connections finish closing through this contender, on both ends: a
+    // segment retransmitted after it is gone would reach the node's stack and
+    // leave a connection-tracking entry without NAT that a later contender's
+    // connection can collide with (seen: iptables' SYNs answered "network
+    // unreachable").
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let open = |ns: &crate::netns::Netns| {
+        let ss = ns.exec(&["ss", "-Htan", "state", "connected", "exclude", "time-wait"]).unwrap_or_default();
+        !ss.trim().is_empty()
+    };
+    while std::time::Instant::now() < deadline && (open(&t.client) || t.backends.iter().any(|b| open(&b.ns))) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
     if let Some(agent) = r.agent.take() {
         let status = agent.stop()?;
         anyhow::ensure!(status.success(), "wsfwd exited with {status}");

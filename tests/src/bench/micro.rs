@@ -151,6 +151,10 @@ pub fn measure(services: usize, flows: usize, samples: usize) -> anyhow::Result<
         let [ingress, egress, from_endpoints, xdp] = [prog_fd(ids[0])?, prog_fd(ids[1])?, prog_fd(ids[2])?, prog_fd(ids[3])?];
         let tc_floor = progrun::load_verdict_only(progrun::SCHED_CLS, 0)?;
         let xdp_floor = progrun::load_verdict_only(progrun::XDP, 2)?;
+        // What one lookup in a table of as many flows costs, for scale.
+        let keys: Vec<[u8; 16]> = (0..flows).map(|i| progrun::one_lookup_key(client(i), (VIP, VIP_PORT))).collect();
+        let one_lookup = progrun::OneLookup::load(progrun::SCHED_CLS, 0, ct.parse()?, &keys)?;
+        drop(keys);
         // A million handshakes: SYN in, SYN-ACK from the endpoint, ACK in.
         let mut eps = Vec::with_capacity(flows);
         for i in 0..flows {
@@ -201,6 +205,8 @@ pub fn measure(services: usize, flows: usize, samples: usize) -> anyhow::Result<
         row("tc", "reply (endpoint side)", &from_endpoints, &tc_floor, false, &replies)?;
         row("tc", "reply, one flow", &from_endpoints, &tc_floor, false, &hot_replies)?;
         row("tc", "reply (egress)", &egress, &tc_floor, false, &replies_at_egress)?;
+        row("tc", "reference: one lookup", &one_lookup.prog, &tc_floor, false, &established)?;
+        row("tc", "reference: one lookup, one flow", &one_lookup.prog, &tc_floor, false, &hot)?;
         Ok(rows)
     });
     drop(agent);

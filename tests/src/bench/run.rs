@@ -218,7 +218,11 @@ impl Bench {
 
     async fn echo(&self, kind: Kind, size: usize, rate: u32, time: Duration) -> anyhow::Result<Echo> {
         let t = &self.t;
-        let conns = load::open(&t.client, &t.clients, &|i| kind.target(t, i), self.sizes.connections).await?;
+        let conns = match load::open(&t.client, &t.clients, &|i| kind.target(t, i), self.sizes.connections).await {
+            Ok(c) => c,
+            // What the node held when a connection could not be opened.
+            Err(e) => return Err(e.context(contenders::node_state(t))),
+        };
         // Only the paced run is measured, not the handshakes before it.
         let bpf_before = (kind == Kind::Wsfwd).then(bpf_run_time);
         let cpu_before = cpu_ns();
@@ -421,6 +425,43 @@ pub fn run_bulk(sizes: Sizes, rounds: usize) -> anyhow::Result<Vec<BulkRun>> {
                 bpf_ms_per_s: agent_pid.map(|_| per_s(bpf1.saturating_sub(bpf0))),
                 agent_ms_per_s: cpu0.zip(cpu1).map(|(a, b)| per_s(b.saturating_sub(a))),
             });
+            bench.done();
+        }
+    }
+    bench.progress.finish_with_message("done");
+    Ok(out)
+}
+
+/// One contender's echo runs, for `wsfwd-bench --only echo`.
+#[derive(Debug)]
+pub struct EchoRun {
+    pub name: &'static str,
+    /// At the standard rate: 64 B and 16 KiB messages.
+    pub echo: Vec<Echo>,
+    pub max_rate: Option<u32>,
+    pub errors: Vec<String>,
+}
+
+/// Only the echo latencies and the highest rate (`wsfwd-bench --only echo`)
+/// for direct, wsfwd and iptables, `rounds` times each, interleaved.
+pub async fn run_echo(sizes: Sizes, rounds: usize) -> anyhow::Result<Vec<EchoRun>> {
+    let bench = Bench::new(sizes, (3 * rounds) as u64)?;
+    let _stats = BpfStats::enable();
+    let mut out = Vec::new();
+    for _ in 0..rounds {
+        for kind in [Kind::Direct, Kind::Wsfwd, Kind::Iptables] {
+            bench.step(&format!("{}: echo", kind.name()));
+            let running = contenders::start(kind, &bench.t, 0)?;
+            let (mut echo, mut errors) = (Vec::new(), Vec::new());
+            for size in MESSAGE_SIZES {
+                match bench.echo(kind, size, sizes.rate, sizes.echo_time).await {
+                    Ok(e) => echo.push(e),
+                    Err(e) => errors.push(format!("echo {size} B: {e:#}")),
+                }
+            }
+            let max_rate = bench.max_rate(kind).await;
+            contenders::stop(&bench.t, running)?;
+            out.push(EchoRun { name: kind.name(), echo, max_rate, errors });
             bench.done();
         }
     }

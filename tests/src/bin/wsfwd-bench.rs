@@ -30,8 +30,9 @@ struct Args {
     /// (fewer set up faster, for a quick look; the report says how many).
     #[arg(long, value_name = "N", default_value_t = wsfwd_tests::bench::micro::FLOWS, requires = "micro")]
     flows: usize,
-    /// Run one section only and print it, writing no report ("reload", or
-    /// "bulk": direct, wsfwd and iptables, three rounds interleaved).
+    /// Run one section only and print it, writing no report: "reload";
+    /// "bulk" or "echo" (latency and highest rate): direct, wsfwd and
+    /// iptables, three rounds interleaved (one with --short).
     #[arg(long, value_name = "SECTION")]
     only: Option<String>,
 }
@@ -81,8 +82,30 @@ async fn main() -> ExitCode {
                 }
             };
         }
+        Some("echo") => {
+            return match wsfwd_tests::bench::run::run_echo(sizes, if args.short { 1 } else { 3 }).await {
+                Ok(rows) => {
+                    println!("| contender | 64 B p99 µs | 16 KiB p99 µs | highest rate msgs/s | programs ns/packet |\n| --- | ---: | ---: | ---: | ---: |");
+                    for r in rows {
+                        let at = |size: usize| r.echo.iter().find(|e| e.message_bytes == size);
+                        let p99 = |size: usize| at(size).map_or("–".to_owned(), |e| format!("{:.0}", e.p99_us));
+                        let bpf = at(64).and_then(|e| e.bpf_ns_per_packet).map_or("–".to_owned(), |v| format!("{v:.0}"));
+                        let rate = r.max_rate.map_or("–".to_owned(), |v| v.to_string());
+                        println!("| {} | {} | {} | {rate} | {bpf} |", r.name, p99(64), p99(16 * 1024));
+                        for e in &r.errors {
+                            eprintln!("{}: {e}", r.name);
+                        }
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("echo benchmark failed: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Some(other) => {
-            eprintln!("--only {other}: the sections that run alone are: reload, bulk");
+            eprintln!("--only {other}: the sections that run alone are: reload, bulk, echo");
             return ExitCode::from(2);
         }
     }
@@ -131,7 +154,10 @@ fn micro(args: &Args) -> ExitCode {
          The verdict-only program of the same hook runs the same frames in the same run; its time is \
          mostly the test run's own. \"established\" and \"reply\" rows pick a different one of the \
          tracked flows for each packet (their entries mostly out of cache); \"one flow\" rows send \
-         the same flow's packet every time.\n\n{table}",
+         the same flow's packet every time. The two \"reference\" rows time a program that does \
+         nothing but look the packet's addresses and ports up in an LRU map of the conntrack's shape \
+         and size holding as many flows: what one flow-table access costs on this machine, for a \
+         different flow each time and for the same one.\n\n{table}",
         args.command,
         machine.cpu,
         machine.cores,

@@ -612,4 +612,8 @@ async fn t1_18_redirects_go_straight_to_the_veth_peer() {
     assert!(tx * 20 < forwarded, "the node's veth ends {node_ends:?} transmitted {tx} packets of {forwarded} forwarded");
     let stats = agent.stats().unwrap();
     assert!(stats["redirected"] >= 200 && stats["reply-redirected"] >= 200, "{stats:?}");
+    assert!(agent.log().contains("4 veths lead to other namespaces"), "{}", agent.log());
+    // A pod's link that appears later is found when the link changes.
+    t.node.ip(&["link", "add", "vy0", "type", "veth", "peer", "name", "vy1", "netns", &t.client.name]).unwrap();
+    agent.wait_for_log("5 veths lead to other namespaces", 1, Duration::from_secs(5)).unwrap();
 }

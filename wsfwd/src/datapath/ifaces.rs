@@ -37,7 +37,9 @@ impl Ifaces {
         let mut peers = crate::netif::veths_to_other_namespaces().context("listing the node's links (rtnetlink)")?;
         peers.sort_unstable();
         if peers != self.peers {
-            log::debug!("veths to other namespaces (redirected to their peer): {peers:?}");
+            // One line per change, not per link: a node's pods come and go.
+            log::info!("{} veths lead to other namespaces: packets redirected to them go straight to the other end", peers.len());
+            log::debug!("veths to other namespaces, by index: {peers:?}");
             self.peers = peers;
             self.write()?;
         }

@@ -172,7 +172,7 @@ impl Ctx for TcContext {
     fn redirect(&self, ifindex: u32) -> Result<i32, ()> {
         // A veth to another namespace: straight into its peer's ingress, as
         // if received there (the kernel drops it if the peer has since moved
-        // here, which the agent's refresh on every link change outruns).
+        // here, until the agent's refresh on that link change clears the flag).
         let peer = IFACES.get(ifindex).is_some_and(|i| i.flags & IFACE_F_PEER != 0);
         // SAFETY: plain helper calls.
         let rc = unsafe { if peer { bpf_redirect_peer(ifindex, 0) } else { bpf_redirect(ifindex, 0) } };

@@ -312,8 +312,8 @@ pub fn stop(t: &Topo, mut r: Running) -> anyhow::Result<()> {
     // Connections finish closing through this contender, on both ends: a
     // segment retransmitted after it is gone would reach the node's stack and
     // leave a connection-tracking entry without NAT that a later contender's
-    // connection can collide with (seen: iptables' SYNs answered "network
-    // unreachable").
+    // connection could collide with (suspected, not shown, behind iptables'
+    // intermittent "network unreachable" in this bench).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let open = |ns: &crate::netns::Netns| {
         let ss = ns.exec(&["ss", "-Htan", "state", "connected", "exclude", "time-wait"]).unwrap_or_default();

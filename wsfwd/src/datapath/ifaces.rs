@@ -33,8 +33,17 @@ impl Ifaces {
 
     /// Reads which interfaces are veths to other namespaces again (on
     /// every link change) and writes what changed.
+    /// When they cannot be read, every peer flag is cleared: a stale one
+    /// would send packets where the kernel drops them, the plain path never.
     pub fn refresh_peers(&mut self) -> anyhow::Result<()> {
-        let mut peers = crate::netif::veths_to_other_namespaces().context("listing the node's links (rtnetlink)")?;
+        let mut peers = match crate::netif::veths_to_other_namespaces() {
+            Ok(p) => p,
+            Err(e) => {
+                self.peers.clear();
+                self.write()?;
+                return Err(anyhow::Error::new(e).context("listing the node's links (rtnetlink)"));
+            }
+        };
         peers.sort_unstable();
         if peers != self.peers {
             // One line per change, not per link: a node's pods come and go.

@@ -1,6 +1,7 @@
 //! The real `wsfwd` binary, run in the node namespace.
 use std::{
     collections::{BTreeMap, BTreeSet},
+    ffi::OsString,
     path::{Path, PathBuf},
     process::{Command, ExitStatus},
     sync::OnceLock,
@@ -83,6 +84,8 @@ pub struct Agent {
     proc: Proc,
     pub bpffs: PathBuf,
     config: PathBuf,
+    /// Where it reads its services: `--config FILE`, or `--kubernetes --kubeconfig FILE`.
+    source: Vec<OsString>,
     dir: PathBuf,
     /// The network namespace it runs in (its path).
     net: PathBuf,
@@ -97,6 +100,7 @@ pub struct Agent {
 pub struct Halted {
     dir: PathBuf,
     config: PathBuf,
+    source: Vec<OsString>,
     net: PathBuf,
     generation: u32,
 }
@@ -110,7 +114,7 @@ impl Halted {
     /// `resume` with another build of the agent.
     pub fn resume_with(self, bin: &Path, ns: &Netns, extra: &[&str]) -> anyhow::Result<Agent> {
         let this = std::mem::ManuallyDrop::new(self);
-        Agent::spawn(bin, ns, &this.dir, this.config.clone(), this.generation + 1, extra)
+        Agent::spawn(bin, ns, &this.dir, this.config.clone(), this.source.clone(), this.generation + 1, extra)
     }
 }
 
@@ -132,16 +136,19 @@ pub enum Stop {
 /// Runs `wsfwd run` in `ns` (entering only its network namespace, so its
 /// pins stay visible to this process) and waits for its "ready" line.
 pub fn command(ns: &Netns, config: &Path, bpffs: &Path, extra: &[&str]) -> Command {
-    command_of(&binary(), ns, config, bpffs, extra)
+    command_of(&binary(), ns, &file_source(config), bpffs, extra)
 }
 
-fn command_of(bin: &Path, ns: &Netns, config: &Path, bpffs: &Path, extra: &[&str]) -> Command {
+fn file_source(config: &Path) -> Vec<OsString> {
+    vec!["--config".into(), config.into()]
+}
+
+fn command_of(bin: &Path, ns: &Netns, source: &[OsString], bpffs: &Path, extra: &[&str]) -> Command {
     let mut c = Command::new("nsenter");
     c.arg(format!("--net={}", ns.path()))
         .arg(bin)
         .args(["run", "--iface", "n0"])
-        .arg("--config")
-        .arg(config)
+        .args(source)
         .arg("--bpffs")
         .arg(bpffs)
         .args(extra)
@@ -165,15 +172,22 @@ impl Agent {
     pub fn start(ns: &Netns, dir: &Path, config_yaml: &str, extra: &[&str]) -> anyhow::Result<Self> {
         let config = dir.join("config.yaml");
         std::fs::write(&config, config_yaml)?;
-        Self::spawn(&binary(), ns, dir, config, 0, extra)
+        let source = file_source(&config);
+        Self::spawn(&binary(), ns, dir, config, source, 0, extra)
     }
 
-    fn spawn(bin: &Path, ns: &Netns, dir: &Path, config: PathBuf, generation: u32, extra: &[&str]) -> anyhow::Result<Self> {
+    /// `start` in DaemonSet mode: services from the API server `kubeconfig` names.
+    pub fn start_kube(ns: &Netns, dir: &Path, kubeconfig: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        let source = vec!["--kubernetes".into(), "--kubeconfig".into(), kubeconfig.into()];
+        Self::spawn(&binary(), ns, dir, kubeconfig.to_owned(), source, 0, extra)
+    }
+
+    fn spawn(bin: &Path, ns: &Netns, dir: &Path, config: PathBuf, source: Vec<OsString>, generation: u32, extra: &[&str]) -> anyhow::Result<Self> {
         let bpffs = dir.join("bpf");
         let log = dir.join(if generation == 0 { "agent.log".to_owned() } else { format!("agent-{generation}.log") });
-        let mut proc = Proc::spawn(&mut command_of(bin, ns, &config, &bpffs, extra), &log)?;
+        let mut proc = Proc::spawn(&mut command_of(bin, ns, &source, &bpffs, extra), &log)?;
         proc.wait_for_line("ready", Duration::from_secs(20)).context("wsfwd run did not get ready")?;
-        Ok(Self { proc, bpffs, config, dir: dir.to_owned(), net: ns.path().into(), generation, handed_over: false })
+        Ok(Self { proc, bpffs, config, source, dir: dir.to_owned(), net: ns.path().into(), generation, handed_over: false })
     }
 
     /// Stops this agent as `how` says, leaving the datapath running; `resume`
@@ -189,7 +203,7 @@ impl Agent {
             anyhow::ensure!(status.success(), "wsfwd exited {status} on SIGTERM:\n{}", self.proc.output());
         }
         self.handed_over = true;
-        Ok(Halted { dir: self.dir.clone(), config: self.config.clone(), net: self.net.clone(), generation: self.generation })
+        Ok(Halted { dir: self.dir.clone(), config: self.config.clone(), source: self.source.clone(), net: self.net.clone(), generation: self.generation })
     }
 
     /// The tags of the programs this agent loaded, as its log says.

@@ -2,6 +2,7 @@
 //! real peers in them, the real agent, and clients that provably send only
 //! from inside a test namespace. Everything is removed on drop, panics included.
 pub mod agent;
+pub mod apiserver;
 pub mod bench;
 pub mod checks;
 pub mod client;

@@ -58,7 +58,9 @@ pub const LAYOUT_VERSION: u32 = 2;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Meta {
     pub layout: u32,
-    pub _reserved: u32,
+    /// Where the configuration comes from and how that is going: one of
+    /// `SOURCE_*` (0 in datapaths from before this field was used).
+    pub source: u32,
     pub hash_seed: u32,
     /// Bumped by every configuration applied (start, reload, re-placement).
     pub generation: u32,
@@ -70,6 +72,12 @@ pub struct Meta {
     /// PID of the agent that wrote this last.
     pub agent_pid: u32,
 }
+
+/// `Meta::source`.
+pub const SOURCE_FILE: u32 = 0;
+pub const SOURCE_API_CONNECTING: u32 = 1;
+pub const SOURCE_API_REACHABLE: u32 = 2;
+pub const SOURCE_API_UNREACHABLE: u32 = 3;
 
 /// `Meta::last_load`.
 pub const LOAD_NONE: u32 = 0;

@@ -7,18 +7,20 @@ use std::{
     time::{Duration, Instant},
 };
 
-use wsfwd_common::abi::{LOAD_APPLIED, LOAD_REJECTED, RevNatEntry, RevNatKey};
+use wsfwd_common::abi::{
+    LOAD_APPLIED, LOAD_REJECTED, RevNatEntry, RevNatKey, SOURCE_API_CONNECTING, SOURCE_API_REACHABLE, SOURCE_API_UNREACHABLE,
+};
 
 use crate::{
     collector, config,
     datapath::{self, Datapath, contents::ServiceIds},
     drain::{self, Drains},
-    metrics,
+    kubernetes, metrics,
     model::Service,
     netif,
     placement::{self, Node},
     reload,
-    settings::{RunArgs, check_node_ports},
+    settings::{RunArgs, Source, check_node_ports},
 };
 
 /// How long a config file that does not parse is given to be finished by
@@ -43,6 +45,14 @@ pub struct Agent<'a> {
     counts: Arc<Mutex<metrics::AgentCounts>>,
     /// Service ids, kept stable across reloads (and adopted at start).
     ids: ServiceIds,
+    /// Whether a plan of this agent's is live. In DaemonSet mode an agent
+    /// over a running datapath waits for complete lists before its first:
+    /// until then the adopted plan stays exactly as it was.
+    planned: bool,
+    /// DaemonSet mode: Services skipped last time and why, and the notes
+    /// already logged, so each is said once.
+    skipped: BTreeMap<kubernetes::Key, Vec<String>>,
+    notes: BTreeSet<String>,
 }
 
 impl<'a> Agent<'a> {
@@ -66,6 +76,9 @@ impl<'a> Agent<'a> {
             departed: BTreeMap::new(),
             drains: Drains::new(args.drain_timeout),
             counts,
+            planned: false,
+            skipped: BTreeMap::new(),
+            notes: BTreeSet::new(),
         }
     }
 
@@ -76,6 +89,7 @@ impl<'a> Agent<'a> {
         self.drains.update(&[], &services, Instant::now());
         self.apply(&services, node)?;
         self.services = services;
+        self.planned = true;
         self.dp.cleanup_on_drop = self.args.cleanup_on_exit;
         Ok(())
     }
@@ -83,6 +97,11 @@ impl<'a> Agent<'a> {
     /// The live plan.
     pub fn live(&self) -> &datapath::Contents {
         self.dp.live()
+    }
+
+    /// Whether a plan of this agent's is live (see `planned`).
+    pub fn planned(&self) -> bool {
+        self.planned
     }
 
     /// Service ports in the configuration applied last.
@@ -99,12 +118,13 @@ impl Agent<'_> {
     /// Reads the config file again and applies it if it changed (`force`:
     /// whether or not). A file that is rejected changes nothing.
     pub fn reload(&mut self, why: &str, force: bool) {
-        let path = self.args.config.display().to_string();
-        let text = match std::fs::read(&self.args.config) {
+        let Source::File(file) = &self.args.source else { return };
+        let path = file.display().to_string();
+        let text = match std::fs::read(file) {
             Ok(t) => t,
             // Mid-swap (a rename or symlink swap in progress): the next event reads it.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !force => return,
-            Err(e) => return self.rejected(&path, &config::unreadable(&self.args.config, &e)),
+            Err(e) => return self.rejected(&path, &config::unreadable(file, &e)),
         };
         if text == self.last_read && !force {
             return;
@@ -116,7 +136,7 @@ impl Agent<'_> {
         if parsed.is_err() && !force {
             // Perhaps caught mid-write: judge what the writer leaves.
             std::thread::sleep(CONFIG_SETTLE);
-            if let Ok(text) = std::fs::read(&self.args.config) {
+            if let Ok(text) = std::fs::read(file) {
                 if text != self.last_read {
                     self.last_read = text;
                     parsed = config::parse(&String::from_utf8_lossy(&self.last_read));
@@ -128,27 +148,90 @@ impl Agent<'_> {
             Err(errors) => return self.rejected(&path, &errors),
         };
         cfg.notes.log();
+        self.update(cfg.services, &path, started);
+    }
+
+    /// The cluster's Services or EndpointSlices changed: applies what they
+    /// translate to. Services that do not translate are skipped alone (and
+    /// said once); the first complete snapshot is the first plan.
+    pub fn cluster_changed(&mut self, selected: kubernetes::Selected) {
+        let started = Instant::now();
+        for k in kubernetes::newly_skipped(&self.skipped, &selected.skipped) {
+            for why in &selected.skipped[k] {
+                log::warn!("{why}");
+            }
+            log::warn!("Service {}/{} skipped: it does not translate (above); the others are applied", k.0, k.1);
+        }
+        self.skipped = selected.skipped;
+        let notes: BTreeSet<String> = selected.notes.warnings.iter().chain(&selected.notes.infos).cloned().collect();
+        for n in notes.difference(&self.notes) {
+            log::info!("{n}");
+        }
+        self.notes = notes;
+        if self.planned {
+            return self.update(selected.services, "kubernetes", started);
+        }
+        let placed = netif::resolve(&self.args.ifaces)
+            .and_then(|i| placement::resolve(&selected.services, &i, &self.args.snat_ips, self.args.node_name.as_deref()))
+            .map_err(anyhow::Error::msg)
+            .and_then(|node| check_node_ports(self.snat_range, &selected.services).map(|()| node));
+        let first = placed.and_then(|node| self.first_plan(selected.services, &node).map(|()| node));
+        match first {
+            Ok(node) => {
+                let _ = self.dp.record_load(LOAD_APPLIED);
+                log::info!("kubernetes: first complete list applied: {} service ports", self.services.len());
+                self.node = node;
+                if let Err(e) = self.attach_endpoint_side() {
+                    log::warn!("endpoint-facing interfaces not attached ({e:#}); replies are translated at external egress");
+                }
+            }
+            Err(e) => {
+                let _ = self.dp.record_load(LOAD_REJECTED);
+                log::error!("kubernetes: the first plan was not applied ({e:#}); the datapath keeps what it had");
+            }
+        }
+    }
+
+    /// Records the API server's state for `wsfwd status` and the metrics.
+    pub fn api_state(&mut self, state: kubernetes::ApiState) {
+        let code = match state {
+            kubernetes::ApiState::Connecting => SOURCE_API_CONNECTING,
+            kubernetes::ApiState::Reachable => SOURCE_API_REACHABLE,
+            kubernetes::ApiState::Unreachable => SOURCE_API_UNREACHABLE,
+        };
+        if let Err(e) = self.dp.record_source(code) {
+            log::warn!("recording the API server's state: {e:#}");
+        }
+        if let Ok(mut c) = self.counts.lock() {
+            c.api = Some(state);
+        }
+    }
+
+    /// Applies `services`, read from `source` since `started`, if they differ
+    /// from the running configuration. Nothing is applied if the plan cannot be made.
+    fn update(&mut self, services: Vec<Service>, source: &str, started: Instant) {
         let parsed_in = started.elapsed();
-        let changes = reload::describe(&self.services, &cfg.services);
+        let changes = reload::describe(&self.services, &services);
         if changes.is_empty() {
-            log::info!("{path}: unchanged; nothing to apply");
+            log::info!("{source}: unchanged; nothing to apply");
             let _ = self.dp.record_load(LOAD_APPLIED);
             return;
         }
-        let placed = netif::resolve(&self.args.ifaces).and_then(|i| placement::resolve(&cfg.services, &i, &self.args.snat_ips));
+        let placed = netif::resolve(&self.args.ifaces)
+            .and_then(|i| placement::resolve(&services, &i, &self.args.snat_ips, self.args.node_name.as_deref()));
         let applied = placed
             .map_err(anyhow::Error::msg)
-            .and_then(|node| check_node_ports(self.snat_range, &cfg.services).map(|()| node))
-            .and_then(|node| self.apply(&cfg.services, &node).map(|a| (node, a)));
+            .and_then(|node| check_node_ports(self.snat_range, &services).map(|()| node))
+            .and_then(|node| self.apply(&services, &node).map(|a| (node, a)));
         match applied {
             Ok((node, a)) => {
-                self.drains.update(&self.services, &cfg.services, Instant::now());
-                self.services = cfg.services;
+                self.drains.update(&self.services, &services, Instant::now());
+                self.services = services;
                 self.node = node;
                 let _ = self.dp.record_load(LOAD_APPLIED);
                 let generation = self.dp.meta().map(|m| m.generation).unwrap_or(0);
                 log::info!(
-                    "{path}: applied (generation {generation}): {} tables written, {} frontends switched, {} untouched; \
+                    "{source}: applied (generation {generation}): {} tables written, {} frontends switched, {} untouched; \
                      parsed in {} ms, planned and written in {} ms",
                     a.tables_written,
                     a.frontends_switched,
@@ -162,7 +245,7 @@ impl Agent<'_> {
             }
             Err(e) => {
                 let _ = self.dp.record_load(LOAD_REJECTED);
-                log::error!("{path}: not applied ({e:#}); the running configuration is kept");
+                log::error!("{source}: not applied ({e:#}); the running configuration is kept");
             }
         }
     }
@@ -225,7 +308,11 @@ impl Agent<'_> {
     /// any moved, switches to the plan for where they are now. A plan that
     /// cannot be made keeps the running one, and says why.
     pub fn replace_if_moved(&mut self) {
-        let placed = netif::resolve(&self.args.ifaces).and_then(|i| placement::resolve(&self.services, &i, &self.args.snat_ips));
+        if !self.planned {
+            return;
+        }
+        let placed = netif::resolve(&self.args.ifaces)
+            .and_then(|i| placement::resolve(&self.services, &i, &self.args.snat_ips, self.args.node_name.as_deref()));
         let next = match placed {
             Ok(next) if next == self.node => return,
             Ok(next) => next,
@@ -270,6 +357,7 @@ impl Agent<'_> {
         let collected = collector::collect(&mut self.dp, &self.args.timeouts, self.args.snat_quarantine);
         if let Ok(mut c) = self.counts.lock() {
             c.gateway_flows_collected += collected.gateway_removed;
+            c.heartbeat = Some(Instant::now());
         }
         let in_use = collected.in_use;
         let done: Vec<RevNatKey> = self.departed.keys().filter(|k| !in_use.contains(k)).copied().collect();

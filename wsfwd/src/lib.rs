@@ -9,6 +9,7 @@ pub mod collector;
 pub mod config;
 pub mod datapath;
 pub mod drain;
+pub mod kubernetes;
 pub mod maglev;
 pub mod metrics;
 pub mod model;

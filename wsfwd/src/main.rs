@@ -125,8 +125,37 @@ const DEFAULT_BPFFS: &str = "/sys/fs/bpf/wsfwd";
 #[derive(clap::Args)]
 struct RunCli {
     /// Multi-document YAML file of Services and EndpointSlices/Endpoints.
-    #[arg(long, value_name = "FILE")]
-    config: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "kubernetes", conflicts_with = "kubernetes")]
+    config: Option<PathBuf>,
+    /// Follow Services and EndpointSlices from the Kubernetes API server
+    /// instead of a file (DaemonSet mode). Configuration: --kubeconfig, else
+    /// KUBECONFIG, else the pod's service account, else ~/.kube/config.
+    /// Nothing is applied until both are listed completely; while the API
+    /// server is away the datapath keeps its plan and the agent retries.
+    #[arg(long)]
+    kubernetes: bool,
+    /// The kubeconfig file to use with --kubernetes.
+    #[arg(long, value_name = "FILE", requires = "kubernetes")]
+    kubeconfig: Option<PathBuf>,
+    /// This node's name as Kubernetes knows it (the downward API's
+    /// spec.nodeName): endpoints on other nodes then get full NAT whatever
+    /// the routes say.
+    #[arg(long, value_name = "NAME", env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// Which Services to forward with --kubernetes: "labelled" (those
+    /// labelled service.kubernetes.io/service-proxy-name=wsfwd, which
+    /// kube-proxy then leaves alone) or "all" (every Service's externalIPs,
+    /// NodePorts and LoadBalancer IPs, beside kube-proxy; not Services
+    /// labelled for another proxy).
+    #[arg(long, value_name = "WHICH", value_enum, default_value = "labelled", requires = "kubernetes")]
+    services: wsfwd::kubernetes::Which,
+    /// A label selector (as kubectl's -l) narrowing the Services further.
+    #[arg(long, value_name = "SELECTOR", requires = "kubernetes")]
+    selector: Option<String>,
+    /// With --kubernetes: print the plan the cluster's objects make (as
+    /// `wsfwd check --iface` does) and exit, touching nothing.
+    #[arg(long, requires = "kubernetes")]
+    dry_run: bool,
     /// An external interface: where frontend traffic arrives and replies to
     /// clients leave. Repeat for several. NodePorts are served on its IPv4
     /// addresses.
@@ -160,7 +189,7 @@ struct RunCli {
     /// Seed of the flow hash; every node of a deployment must use the same
     /// one. The default is published (the agent warns): give a secret one, so
     /// no one can compute which endpoint a client lands on.
-    #[arg(long, value_name = "N", default_value_t = wsfwd_common::DEFAULT_HASH_SEED)]
+    #[arg(long, value_name = "N", env = "WSFWD_HASH_SEED", default_value_t = wsfwd_common::DEFAULT_HASH_SEED)]
     hash_seed: u32,
     /// Idle timeout of an established TCP flow, in seconds (Cilium: 21600;
     /// kube-proxy sets the kernel's to 86400).
@@ -247,8 +276,11 @@ fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
 
 fn init_logging(level: &str) {
     // Info lines are plain ("ready: ..."); others say their level.
+    // The Kubernetes client's own records repeat every retry the agent
+    // already reports once per state change; RUST_LOG can still show them.
     env_logger::Builder::new()
         .parse_filters(level)
+        .parse_filters("kube_client=off,kube_runtime=off,tower=off,hyper_util=off")
         .parse_env("RUST_LOG")
         .format(|buf, record| match record.level() {
             log::Level::Info => writeln!(buf, "{}", record.args()),
@@ -301,7 +333,7 @@ fn check_cmd(path: &std::path::Path, json: bool, seed: u32, ifaces: &[String]) -
     let node = if ifaces.is_empty() {
         None
     } else {
-        let resolved = netif::resolve(ifaces).and_then(|i| placement::resolve(&config.services, &i, &[]));
+        let resolved = netif::resolve(ifaces).and_then(|i| placement::resolve(&config.services, &i, &[], None));
         match resolved {
             Ok(node) => Some(node),
             Err(e) => {
@@ -326,8 +358,18 @@ fn check_cmd(path: &std::path::Path, json: bool, seed: u32, ifaces: &[String]) -
 }
 
 fn run_cmd(a: RunCli) -> ExitCode {
+    let source = match a.config.clone() {
+        Some(path) => wsfwd::settings::Source::File(path),
+        None => wsfwd::settings::Source::Kubernetes(wsfwd::kubernetes::Options {
+            kubeconfig: a.kubeconfig.clone(),
+            which: a.services,
+            selector: a.selector.clone(),
+        }),
+    };
     let args = wsfwd::settings::RunArgs {
-        config: a.config.clone(),
+        source,
+        dry_run: a.dry_run,
+        node_name: a.node_name.clone(),
         ifaces: a.ifaces,
         bpffs: a.bpffs,
         tc_mode: a.tc_mode,
@@ -361,7 +403,7 @@ fn run_cmd(a: RunCli) -> ExitCode {
     match rt.block_on(run::run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(run::RunError::Config(errors)) => {
-            print_config_errors(&a.config, &errors);
+            print_config_errors(a.config.as_deref().unwrap_or(std::path::Path::new("the cluster")), &errors);
             ExitCode::from(EXIT_BAD_CONFIG)
         }
         Err(run::RunError::Other(e)) => {

@@ -27,6 +27,21 @@ pub struct AgentCounts {
     pub gateway_flows_collected: u64,
     /// (gateway flows created, gateway flows present) when the agent started.
     pub at_start: Option<(u64, u64)>,
+    /// DaemonSet mode: whether the API server answers.
+    pub api: Option<crate::kubernetes::ApiState>,
+    /// When the agent's event loop last ran a collection (its heartbeat).
+    pub heartbeat: Option<std::time::Instant>,
+}
+
+/// `/healthz`: the agent's event loop ran a collection lately (within
+/// `limit`). The datapath forwards without the agent; this says whether
+/// the agent still looks after it (collections, drains, reloads).
+fn healthz(agent: &AgentCounts, limit: std::time::Duration) -> (u16, String) {
+    match agent.heartbeat {
+        Some(t) if t.elapsed() <= limit => (200, "ok\n".into()),
+        Some(t) => (503, format!("the agent's last collection was {} s ago\n", t.elapsed().as_secs())),
+        None => (503, "the agent has not run a collection yet\n".into()),
+    }
 }
 
 type Labels = Vec<(String, String)>;
@@ -174,13 +189,21 @@ pub fn render(dir: &Path, agent: &AgentCounts) -> anyhow::Result<String> {
     counter_family(&mut reg, "endpoint_packets", &format!("Packets forwarded per service port and endpoint {help}"), &packets);
     counter_family(&mut reg, "endpoint_bytes", &format!("IPv4 bytes forwarded per service port and endpoint {help}"), &bytes);
 
+    if let Some(api) = agent.api {
+        let up = i64::from(api == crate::kubernetes::ApiState::Reachable);
+        gauge_family(&mut reg, "kubernetes_api_up", "1 while the Kubernetes API server answers the agent's watches", &[(Vec::new(), up)]);
+    }
+
     let mut out = String::new();
     encode(&mut out, &reg)?;
     Ok(out)
 }
 
-/// Serves `GET /metrics` on `listener` until the agent exits.
-pub async fn serve(listener: TcpListener, dir: PathBuf, agent: Arc<Mutex<AgentCounts>>) {
+/// Serves `GET /metrics`, and `/healthz` and `/readyz` for a kubelet's
+/// probes, on `listener` until the agent exits. The agent serves them once
+/// its datapath is attached, so ready means forwarding (with its own plan,
+/// or an adopted one while the API server's lists are awaited).
+pub async fn serve(listener: TcpListener, dir: PathBuf, agent: Arc<Mutex<AgentCounts>>, heartbeat_limit: std::time::Duration) {
     loop {
         let Ok((mut conn, _)) = listener.accept().await else { continue };
         let (dir, agent) = (dir.clone(), agent.clone());
@@ -210,8 +233,12 @@ pub async fn serve(listener: TcpListener, dir: PathBuf, agent: Arc<Mutex<AgentCo
                     Ok(Err(e)) => http(500, "text/plain", &format!("reading the pinned maps: {e:#}\n")),
                     Err(e) => http(500, "text/plain", &format!("{e}\n")),
                 }
+            } else if request.starts_with("GET ") && (path == "/healthz" || path == "/readyz") {
+                let counts = agent.lock().map(|a| *a).unwrap_or_default();
+                let (code, body) = healthz(&counts, heartbeat_limit);
+                http(code, "text/plain", &body)
             } else {
-                http(404, "text/plain", "wsfwd serves /metrics only\n")
+                http(404, "text/plain", "wsfwd serves /metrics, /healthz and /readyz\n")
             };
             let _ = conn.write_all(response.as_bytes()).await;
             let _ = conn.shutdown().await;
@@ -223,6 +250,7 @@ fn http(code: u16, content_type: &str, body: &str) -> String {
     let reason = match code {
         200 => "OK",
         404 => "Not Found",
+        503 => "Service Unavailable",
         _ => "Internal Server Error",
     };
     format!(

@@ -50,7 +50,12 @@ pub fn serves(svc: &Service, node: &Node, e: &Endpoint) -> bool {
 
 /// Builds the node's view: its external addresses, and which endpoints are
 /// not behind it, by asking the routing table about each endpoint.
-pub fn resolve(services: &[Service], ifaces: &[Iface], snat_ips: &[Ipv4Addr]) -> Result<Node, String> {
+///
+/// With `node_name` (DaemonSet mode), an endpoint that Kubernetes places on
+/// another node is not behind this one whatever the routes say (a pod
+/// network's overlay interface is not external, yet the pod's replies would
+/// leave its own node): it gets full NAT, from the route's source address.
+pub fn resolve(services: &[Service], ifaces: &[Iface], snat_ips: &[Ipv4Addr], node_name: Option<&str>) -> Result<Node, String> {
     let addrs: Vec<Ipv4Addr> = ifaces.iter().flat_map(|i| i.addrs.iter().copied()).collect();
     for ip in snat_ips {
         if !addrs.contains(ip) {
@@ -58,6 +63,12 @@ pub fn resolve(services: &[Service], ifaces: &[Iface], snat_ips: &[Ipv4Addr]) ->
         }
     }
     let endpoints: BTreeSet<Ipv4Addr> = services.iter().flat_map(|s| s.endpoints.iter().map(|e| e.address)).collect();
+    let elsewhere: BTreeSet<Ipv4Addr> = services
+        .iter()
+        .flat_map(|s| &s.endpoints)
+        .filter(|e| node_name.is_some_and(|me| e.node_name.as_deref().is_some_and(|n| n != me)))
+        .map(|e| e.address)
+        .collect();
     let mut node = Node { addrs, snat_ips: snat_ips.to_vec(), ..Node::default() };
     for addr in endpoints {
         let route = route::get(addr).map_err(|e| format!("looking up the route to endpoint {addr}: {e}"))?;
@@ -65,7 +76,12 @@ pub fn resolve(services: &[Service], ifaces: &[Iface], snat_ips: &[Ipv4Addr]) ->
             log::warn!("endpoint {addr}: no route; its flows will be dropped (counter drop-no-route)");
             continue;
         };
-        if let Some(iface) = ifaces.iter().find(|i| i.index == route.oif) {
+        if elsewhere.contains(&addr) {
+            let src = route.prefsrc.or_else(|| node.addrs.first().copied()).ok_or_else(|| {
+                format!("endpoint {addr} is on another node and the --iface interfaces have no IPv4 address to SNAT from")
+            })?;
+            node.external.insert(addr, src);
+        } else if let Some(iface) = ifaces.iter().find(|i| i.index == route.oif) {
             let src = route.prefsrc.or_else(|| iface.addrs.first().copied()).ok_or_else(|| {
                 format!("endpoint {addr} is reached through {} which has no IPv4 address to SNAT from", iface.name)
             })?;

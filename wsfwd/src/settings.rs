@@ -8,8 +8,20 @@ use crate::{
     model::Service,
 };
 
+/// Where the Services and endpoints come from.
+pub enum Source {
+    /// A YAML file, watched.
+    File(PathBuf),
+    /// The API server (DaemonSet mode).
+    Kubernetes(crate::kubernetes::Options),
+}
+
 pub struct RunArgs {
-    pub config: PathBuf,
+    pub source: Source,
+    /// `--kubernetes --dry-run`: print the plan and exit.
+    pub dry_run: bool,
+    /// This node's name (`--node-name`, `NODE_NAME`), for the log.
+    pub node_name: Option<String>,
     pub ifaces: Vec<String>,
     pub bpffs: PathBuf,
     pub tc_mode: datapath::attach::Mode,

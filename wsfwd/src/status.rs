@@ -12,7 +12,7 @@ use aya::maps::{Array, HashMap, Map, MapInfo, PerCpuArray};
 use serde::Serialize;
 use wsfwd_common::abi::{
     ATTACH_CLSACT, Attachment, BACKEND_F_SNAT, BACKEND_F_TERMINATING, Backend, DIR_ORIGINAL, FlowEntry, FlowKey,
-    FlowStatus, FrontendName, LOAD_APPLIED, LOAD_REJECTED, Meta, PROTO_TCP, RevNatEntry, RevNatKey, ServiceEntry, ServiceKey, Traffic, TrafficOwner, map_names as names, names_text,
+    FlowStatus, FrontendName, LOAD_APPLIED, LOAD_REJECTED, Meta, SOURCE_API_CONNECTING, SOURCE_API_REACHABLE, SOURCE_API_UNREACHABLE, PROTO_TCP, RevNatEntry, RevNatKey, ServiceEntry, ServiceKey, Traffic, TrafficOwner, map_names as names, names_text,
 };
 
 
@@ -45,6 +45,9 @@ pub struct Status {
     pub agent_pid: u32,
     pub agent_running: bool,
     pub config_generation: u32,
+    /// "file", or the Kubernetes API server's state: "kubernetes API
+    /// connecting", "... reachable", "... unreachable".
+    pub source: &'static str,
     /// Unix seconds; 0 when no configuration was read since the maps were made.
     pub last_load_unix: u64,
     pub last_load: &'static str,
@@ -126,6 +129,12 @@ pub fn status(dir: &Path) -> anyhow::Result<Status> {
         agent_pid: meta.agent_pid,
         agent_running,
         config_generation: meta.generation,
+        source: match meta.source {
+            SOURCE_API_CONNECTING => "kubernetes API connecting",
+            SOURCE_API_REACHABLE => "kubernetes API reachable",
+            SOURCE_API_UNREACHABLE => "kubernetes API unreachable (the datapath keeps its last plan)",
+            _ => "file",
+        },
         last_load_unix: meta.last_load_unix,
         last_load: match meta.last_load {
             LOAD_APPLIED => "applied",
@@ -170,6 +179,7 @@ pub fn render_status(s: &Status) -> String {
     let agent = if s.agent_running { format!("running (pid {})", s.agent_pid) } else { "not running: the datapath forwards on its own".into() };
     out += &format!("agent:      {agent}\n");
     out += &format!("layout:     {}\n", s.layout);
+    out += &format!("source:     {}\n", s.source);
     out += &format!("config:     generation {}, last read {} at {}\n", s.config_generation, s.last_load, utc(s.last_load_unix));
     out += &format!("reloads:    {} applied, {} rejected\n", s.reloads_applied, s.reloads_rejected);
     for a in &s.attached {

@@ -5,6 +5,7 @@ mod bench;
 mod cargo;
 mod cmd;
 mod demo;
+mod image;
 mod prereqs;
 mod test;
 mod testrun;
@@ -94,6 +95,14 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "BENCH_ARGS")]
         args: Vec<OsString>,
     },
+
+    /// Build the container image (the `Containerfile`): the agent linked statically, on
+    /// `scratch`, with buildah (installed from Debian if missing; needs root).
+    ///
+    /// Tags it `localhost/wsfwd:VERSION`, saves it as `target/wsfwd-image-VERSION.tar` (an OCI
+    /// archive, for `ctr -n k8s.io images import` on nodes), and checks it: the image holds
+    /// only `/wsfwd`, which runs chrooted in the image's own filesystem.
+    Image,
 }
 
 fn main() -> ExitCode {
@@ -124,5 +133,6 @@ fn dispatch(command: Cmd) -> Result<ExitCode> {
         Cmd::Test { args } => test::test(&args),
         Cmd::Demo => demo::demo().map(|()| ExitCode::SUCCESS),
         Cmd::Bench { args } => bench::bench(&args),
+        Cmd::Image => image::image().map(|()| ExitCode::SUCCESS),
     }
 }

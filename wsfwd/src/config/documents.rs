@@ -53,6 +53,16 @@ pub fn parse(text: &str, notes: &mut Notes, errors: &mut Vec<ConfigError>) -> Ve
     docs
 }
 
+/// Objects that did not come from a file: numbered 0, labelled as `parse` labels them.
+pub fn from_objects(services: impl IntoIterator<Item = Service>, slices: impl IntoIterator<Item = EndpointSlice>) -> Vec<Document> {
+    let label = |kind: &str, m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        format!("{kind} {}/{}", m.namespace.as_deref().unwrap_or("default"), m.name.as_deref().unwrap_or("<unnamed>"))
+    };
+    let services = services.into_iter().map(|s| Document { number: 0, label: label("Service", &s.metadata), object: Object::Service(Box::new(s)) });
+    let slices = slices.into_iter().map(|s| Document { number: 0, label: label("EndpointSlice", &s.metadata), object: Object::EndpointSlice(Box::new(s)) });
+    services.chain(slices).collect()
+}
+
 fn classify(number: usize, value: Value, notes: &mut Notes) -> Result<Option<Document>, ConfigError> {
     let map = match &value {
         Value::Mapping(m) => m,

@@ -4,7 +4,8 @@ use std::fmt;
 /// `document 2, EndpointSlice default/im-abc, endpoints[0].addresses[0]: "300.1.1.1" is not an IPv4 address`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {
-    /// 1-based YAML document number; `None` for problems with the file itself.
+    /// 1-based YAML document number; `None` for problems with the file itself
+    /// and for objects read from the API server.
     pub document: Option<usize>,
     /// `Kind namespace/name`, when known.
     pub object: Option<String>,
@@ -14,9 +15,10 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    /// `document` 0: an object that did not come from a file.
     pub fn new(document: usize, object: Option<&str>, path: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
-            document: Some(document),
+            document: (document != 0).then_some(document),
             object: object.map(str::to_owned),
             path: path.into(),
             message: message.into(),

@@ -53,6 +53,19 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
     if errors.is_empty() { Ok(Config { services, notes }) } else { Err(ConfigErrors(errors)) }
 }
 
+/// Validates objects read from the API server, as `parse` does a file's
+/// (messages name the objects, not document numbers).
+pub fn from_objects(
+    services: impl IntoIterator<Item = k8s_openapi::api::core::v1::Service>,
+    slices: impl IntoIterator<Item = k8s_openapi::api::discovery::v1::EndpointSlice>,
+) -> Result<Config, ConfigErrors> {
+    let mut notes = Notes::default();
+    let mut errors = Vec::new();
+    let docs = documents::from_objects(services, slices);
+    let services = translate::translate(&docs, &mut notes, &mut errors);
+    if errors.is_empty() { Ok(Config { services, notes }) } else { Err(ConfigErrors(errors)) }
+}
+
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| unreadable(path, &e))?;

@@ -28,6 +28,14 @@ struct At<'a> {
     label: &'a str,
 }
 
+/// `document 2, Service default/web`, or `Service default/web` for an
+/// object that did not come from a file (number 0).
+impl std::fmt::Display for At<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.number == 0 { f.write_str(self.label) } else { write!(f, "document {}, {}", self.number, self.label) }
+    }
+}
+
 impl At<'_> {
     fn err(self, path: impl Into<String>, message: impl Into<String>) -> ConfigError {
         ConfigError::new(self.number, Some(self.label), path, message)
@@ -89,8 +97,7 @@ pub fn translate(docs: &[Document], notes: &mut Notes, errors: &mut Vec<ConfigEr
                             slices.entry((ns, svc.clone())).or_default().push(group);
                         }
                         None => notes.warn(format!(
-                            "document {}, {}: no {SERVICE_NAME_LABEL} label, so it belongs to no Service; ignored",
-                            at.number, at.label
+                            "{at}: no {SERVICE_NAME_LABEL} label, so it belongs to no Service; ignored"
                         )),
                     }
                 }
@@ -105,8 +112,8 @@ pub fn translate(docs: &[Document], notes: &mut Notes, errors: &mut Vec<ConfigEr
         if !services.contains_key(k) {
             for g in groups {
                 notes.warn(format!(
-                    "document {}, {}: no Service {}/{} in the file; ignored",
-                    g.at.number, g.label, k.0, k.1
+                    "{}: no Service {}/{} in the file; ignored",
+                    At { label: &g.label, ..g.at }, k.0, k.1
                 ));
             }
         }
@@ -260,7 +267,7 @@ fn service_ports(
         "ClusterIP" => false,
         "NodePort" | "LoadBalancer" => true,
         "ExternalName" => {
-            notes.info(format!("document {}, {}: type ExternalName has no endpoints to forward to; skipped", at.number, at.label));
+            notes.info(format!("{at}: type ExternalName has no endpoints to forward to; skipped"));
             return Vec::new();
         }
         other => {
@@ -319,7 +326,7 @@ fn service_ports(
     };
     if let Some(s) = scheduler.as_deref().filter(|s| *s != "sh") {
         let used = if hash == HashInput::ClientIp { "the client-IP hash (ClientIP affinity)" } else { "the 5-tuple hash" };
-        notes.info(format!("document {}, {}: scheduler {s:?} is not implemented; using {used}", at.number, at.label));
+        notes.info(format!("{at}: scheduler {s:?} is not implemented; using {used}"));
     }
 
     let ports = spec.ports.as_deref().unwrap_or_default();
@@ -359,7 +366,7 @@ fn service_ports(
                 None
             }
             (Some(_), false) => {
-                notes.warn(format!("document {}, {}, {path}.nodePort: ignored, the Service type is ClusterIP", at.number, at.label));
+                notes.warn(format!("{at}, {path}.nodePort: ignored, the Service type is ClusterIP"));
                 None
             }
             (None, _) => None,
@@ -382,10 +389,7 @@ fn service_ports(
             .collect();
         frontends.extend(node_port.map(|port| Frontend::NodePort { port, protocol }));
         if frontends.is_empty() {
-            notes.info(format!(
-                "document {}, {}, {path}: no externalIPs or nodePort, nothing to forward (ClusterIP is left to kube-proxy)",
-                at.number, at.label
-            ));
+            notes.info(format!("{at}, {path}: no externalIPs or nodePort, nothing to forward (ClusterIP is left to kube-proxy)"));
             continue;
         }
 
@@ -492,8 +496,12 @@ fn check_frontend_conflicts(
                 errors.push(at.err(
                     field,
                     format!(
-                        "frontend {f} is claimed by both Service {}/{} (document {}) and Service {}/{}",
-                        first.namespace, first.name, first_at.number, svc.namespace, svc.name
+                        "frontend {f} is claimed by both Service {}/{}{} and Service {}/{}",
+                        first.namespace,
+                        first.name,
+                        if first_at.number == 0 { String::new() } else { format!(" (document {})", first_at.number) },
+                        svc.namespace,
+                        svc.name
                     ),
                 ));
             } else {

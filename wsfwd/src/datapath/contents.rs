@@ -49,6 +49,19 @@ impl Capacity {
         }
     }
 
+    /// The least a cluster's datapath is made with: endpoints come and go
+    /// with its pods, and the plan maps keep their size while pinned.
+    pub const CLUSTER: Capacity = Capacity { backends: 4096, maglev: 1 << 20, ready: 4096, frontends: 1024 };
+
+    pub fn at_least(self, floor: Capacity) -> Self {
+        Capacity {
+            backends: self.backends.max(floor.backends),
+            maglev: self.maglev.max(floor.maglev),
+            ready: self.ready.max(floor.ready),
+            frontends: self.frontends.max(floor.frontends),
+        }
+    }
+
     /// Room for reloads and re-placement to grow into: twice what the plan
     /// needs, and at least 256 endpoints and 65,536 Maglev slots (784 KiB
     /// for both halves). Fixed for as long as the maps stay pinned.

@@ -39,6 +39,8 @@ const EGRESS: &str = "wsfwd_tc_egress";
 const XDP: &str = "wsfwd_xdp_ingress";
 const FROM_ENDPOINTS: &str = "wsfwd_tc_from_endpoints";
 const IFACES: &str = "IFACES";
+/// What loading and attaching the programs takes, for errors that come from lacking it.
+const NEEDS: &str = "this needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON";
 const ROUTE_GENERATION: &str = "ROUTE_GENERATION";
 
 pub struct Options {
@@ -240,7 +242,7 @@ impl Datapath {
                 if adopted.is_none() {
                     let _ = bpffs::remove_all(pins.dir());
                 }
-                bail!("loading the eBPF programs: {e} (this needs root: CAP_BPF and CAP_NET_ADMIN)");
+                bail!("loading the eBPF programs: {e} ({NEEDS})");
             }
         };
         // A fresh start that fails from here on removes what it pinned.
@@ -301,7 +303,7 @@ impl Datapath {
                 .program_mut(prog)
                 .ok_or_else(|| anyhow!("program {prog} missing from the object"))?
                 .try_into()?;
-            p.load().with_context(|| format!("loading {prog}"))?;
+            p.load().with_context(|| format!("loading {prog} ({NEEDS})"))?;
             // Says which build runs: the tag is a hash of the instructions.
             if let Ok(info) = p.info() {
                 log::info!("{prog}: program id {}, tag {:016x}", info.id(), info.tag());
@@ -335,7 +337,7 @@ impl Datapath {
                 Some(xdp_mode) => {
                     let p: &mut Xdp = self.ebpf.program_mut(XDP).ok_or_else(|| anyhow!("program {XDP} missing from the object"))?.try_into()?;
                     if p.fd().is_err() {
-                        p.load().with_context(|| format!("loading {XDP}"))?;
+                        p.load().with_context(|| format!("loading {XDP} ({NEEDS})"))?;
                         if let Ok(info) = p.info() {
                             log::info!("{XDP}: program id {}, tag {:016x}", info.id(), info.tag());
                         }
@@ -402,7 +404,7 @@ impl Datapath {
         let p: &mut SchedClassifier =
             self.ebpf.program_mut(FROM_ENDPOINTS).ok_or_else(|| anyhow!("program {FROM_ENDPOINTS} missing from the object"))?.try_into()?;
         if p.fd().is_err() {
-            p.load().with_context(|| format!("loading {FROM_ENDPOINTS}"))?;
+            p.load().with_context(|| format!("loading {FROM_ENDPOINTS} ({NEEDS})"))?;
             if let Ok(info) = p.info() {
                 log::info!("{FROM_ENDPOINTS}: program id {}, tag {:016x}", info.id(), info.tag());
             }
@@ -466,6 +468,12 @@ impl Datapath {
             _ => m.reloads_rejected += 1,
         }
         self.write_meta(m)
+    }
+
+    /// Records where the configuration comes from (`SOURCE_*`), for `wsfwd status`.
+    pub fn record_source(&mut self, source: u32) -> anyhow::Result<()> {
+        let m = self.meta()?;
+        self.write_meta(Meta { source, ..m })
     }
 
     /// Makes `next` the live plan: each service whose table changed gets it

@@ -157,11 +157,18 @@ async fn kube_01_rollout_and_api_faults_lose_no_connection() {
     assert_eq!(lost.len(), on_b1, "only b1's connections end, all of them: {lost:#?}");
     assert!(lost.iter().all(|l| l.contains(" on b1: ")), "{lost:#?}");
 
+    // A Service changed: a second external IP, served at once.
+    let frontends = |agent: &Agent| agent.services().unwrap().iter().map(|f| f.frontend.clone()).collect::<Vec<_>>();
+    let two_ips = b1_gone.replace("  externalIPs:\n  - 192.168.0.150\n", "  externalIPs:\n  - 192.168.0.150\n  - 192.168.0.152\n");
+    assert_ne!(two_ips, b1_gone);
+    api.apply_yaml(&two_ips).unwrap();
+    applied(4).unwrap();
+    assert!(frontends(&agent).contains(&"192.168.0.152:9080".to_owned()), "{:?}", frontends(&agent));
     // A Service deleted: its NodePort is gone, the other Service untouched.
-    let node_port = |agent: &Agent| agent.services().unwrap().iter().any(|f| f.frontend.ends_with(":30100"));
+    let node_port = |agent: &Agent| frontends(agent).iter().any(|f| f.ends_with(":30100"));
     assert!(node_port(&agent));
     api.delete(Kind::Service, "default", "im-service").unwrap();
-    applied(4).unwrap();
+    applied(5).unwrap();
     assert!(!node_port(&agent), "{:?}", agent.services().unwrap());
     fleet.run_for_except(1, &["b1"]).await.unwrap();
 
@@ -178,7 +185,7 @@ async fn kube_01_rollout_and_api_faults_lose_no_connection() {
     api.cut_next_event();
     let b1_back = cluster(&[&[("10.244.1.10", READY), ("10.244.2.10", READY), ("10.244.3.10", READY)], &[("10.244.4.10", READY)]]);
     api.apply_yaml(&b1_back).unwrap();
-    applied(5).unwrap();
+    applied(6).unwrap();
     affinity.new_connections_follow(&t, &b1_back, "after a cut stream").await;
     assert!(!agent.log().contains("kubernetes API unreachable"), "a cut stream is not an outage:\n{}", agent.log());
 
@@ -263,4 +270,32 @@ async fn kube_02_the_daemonsets_capabilities_are_enough_and_each_is_needed() {
         // A failed fresh start leaves nothing pinned.
         assert!(std::fs::read_dir(bpffs.join("wsfwd")).map_or(true, |d| d.count() == 0), "without CAP_{}: pins left", missing.to_uppercase());
     }
+}
+
+/// With `--node-name`, an endpoint that Kubernetes places on another node
+/// gets full NAT (its replies must come back through this node), whatever
+/// the routes say; this node's own endpoints see the client's address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_03_endpoints_on_other_nodes_get_full_nat() {
+    let mut t = Topo::new("kb3", Spec::T1).unwrap();
+    t.start_ws_peers().unwrap();
+    let api = ApiServer::start(&t.node).unwrap();
+    let yaml = cluster(&[&[("10.244.1.10", READY), ("10.244.2.10", READY)]])
+        .replace("- addresses: [\"10.244.1.10\"]\n", "- addresses: [\"10.244.1.10\"]\n  nodeName: node-a\n")
+        .replace("- addresses: [\"10.244.2.10\"]\n", "- addresses: [\"10.244.2.10\"]\n  nodeName: node-b\n");
+    api.apply_yaml(&yaml).unwrap();
+    let kubeconfig = api.kubeconfig(&t.dir).unwrap();
+    let agent = Agent::start_kube(&t.node, &t.dir, &kubeconfig, &["--node-name", "node-a"]).unwrap();
+    let log = agent.log();
+    assert!(log.contains("endpoint 10.244.1.10:9080: behind the node, sees the client address"), "{log}");
+    assert!(log.contains("endpoint 10.244.2.10:9080: not behind the node, full NAT from "), "{log}");
+    let mut seen = BTreeMap::new();
+    for &src in &t.clients {
+        let (ws, hello) = ws_connect(&t.client, src, t.vip()).await.unwrap();
+        let sees_client = hello.client == src.to_string();
+        assert_eq!(sees_client, hello.backend == "b1", "{src} reached {} seen as {}", hello.backend, hello.client);
+        seen.insert(hello.backend, hello.client);
+        drop(ws);
+    }
+    assert_eq!(seen.len(), 2, "both endpoints reached: {seen:?}");
 }

@@ -1,5 +1,6 @@
 //! Ingress of an endpoint-facing interface: a reply of an endpoint behind
-//! the node is translated where it enters the node and redirected straight
+//! the node (or a full-NAT reply of one on another node, coming back through
+//! the pod network) is translated where it enters the node and redirected straight
 //! out of the interface towards the client, so it never crosses the node's
 //! forwarding and netfilter (a `FORWARD` policy of DROP, or a `ctstate
 //! INVALID` rule, would drop a reply whose flow netfilter never saw).
@@ -45,7 +46,7 @@ fn run(ctx: &TcContext) -> Result<i32, Counter> {
     if p.invalid.is_some() || p.frag != Frag::Whole || p.ttl <= 1 {
         return Err(passed);
     }
-    let reply = revnat::find(p).map_err(|_| passed)?;
+    let reply = revnat::find(p).or_else(|_| revnat::find_nat(p)).map_err(|_| passed)?;
     // Strict reverse path, as `rp_filter=1`: a reply must arrive from where
     // the node routes its source. This program runs before the kernel's own
     // check, so an endpoint forging another's address would otherwise have

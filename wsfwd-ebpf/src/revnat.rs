@@ -2,12 +2,12 @@
 //! (`CONNTRACK`, or `HANDSHAKES` while it is being established), or, for an
 //! endpoint of exactly one frontend whose flow was evicted, `REVNAT`. Shared
 //! by external egress and the endpoint-facing program, which look the same
-//! packets up at different places.
+//! packets up at different places; the latter also takes full-NAT replies.
 use wsfwd_common::abi::{Counter, DIR_REPLY, FlowEntry, FlowKey, REVNAT_F_UNIQUE, RevNatKey, Rewrite};
 
 use crate::{
     conntrack::{self, Table},
-    maps::REVNAT,
+    maps::{REVNAT, snat_ports},
     parse::Packet,
 };
 
@@ -49,6 +49,22 @@ pub fn find(p: &Packet) -> Result<Reply, Counter> {
         }),
         None => Err(Counter::PassReplyUnknown),
     }
+}
+
+/// A full-NAT reply (to a SNAT address and port) that enters the node where
+/// endpoints are rather than on an external interface: an endpoint on
+/// another node, reached through the pod network's interface.
+#[inline(always)]
+pub fn find_nat(p: &Packet) -> Result<Reply, Counter> {
+    let (port_min, port_count) = snat_ports();
+    let dport = u16::from_be_bytes(p.dport) as u32;
+    if dport < port_min || dport - port_min >= port_count {
+        return Err(Counter::PassNotOurs);
+    }
+    let key = conntrack::key(p, DIR_REPLY);
+    let e = Table::Nat.get(&key).ok_or(Counter::PassNotOurs)?;
+    // SAFETY: a pointer into a map value, valid for this run.
+    Ok(Reply { to: unsafe { (*e).to }, slot: unsafe { (*e).traffic }, key, entry: Some((Table::Nat, e)) })
 }
 
 impl Reply {

@@ -81,6 +81,11 @@ pub fn resolve(services: &[Service], ifaces: &[Iface], snat_ips: &[Ipv4Addr], no
                 format!("endpoint {addr} is on another node and the --iface interfaces have no IPv4 address to SNAT from")
             })?;
             node.external.insert(addr, src);
+            // Its replies come back through that interface: the endpoint-side
+            // program translates them there (external ingress does elsewhere).
+            if !ifaces.iter().any(|i| i.index == route.oif) && !netif::is_loopback(route.oif) {
+                node.endpoint_links.insert(route.oif);
+            }
         } else if let Some(iface) = ifaces.iter().find(|i| i.index == route.oif) {
             let src = route.prefsrc.or_else(|| iface.addrs.first().copied()).ok_or_else(|| {
                 format!("endpoint {addr} is reached through {} which has no IPv4 address to SNAT from", iface.name)

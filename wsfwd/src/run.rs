@@ -188,10 +188,10 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         tokio::spawn(metrics::serve(listener, args.bpffs.clone(), counts, limit));
     }
     let names: Vec<&str> = ifaces.iter().map(|i| i.name.as_str()).collect();
+    let of = if agent.planned() { format!("of {} service ports", agent.service_count()) } else { "of the adopted plan".into() };
     log::info!(
-        "ready: {} frontends of {} service ports on {} (tc), conntrack {} entries, maps pinned in {}",
+        "ready: {} frontends {of} on {} (tc), conntrack {} entries, maps pinned in {}",
         contents.services.len(),
-        agent.service_count(),
         names.join(", "),
         args.ct_size,
         args.bpffs.display()

@@ -116,6 +116,11 @@ async fn kube_01_rollout_and_api_faults_lose_no_connection() {
     assert!(requests.iter().all(|r| r.contains("/version") || r.contains("labelSelector=service.kubernetes.io%2Fservice-proxy-name%3Dwsfwd")), "{requests:#?}");
     assert_eq!(source(&agent), "kubernetes API reachable");
     assert_eq!(api_up_metric(&t).await, Some(1.0));
+    // The DaemonSet's probes.
+    for path in ["/healthz", "/readyz"] {
+        let (status, body) = http_get(&t.node, "127.0.0.1:9477".parse().unwrap(), path).await.unwrap();
+        assert!(status.contains(" 200 ") && body == "ok\n", "{path}: {status} {body:?}");
+    }
     let frontends: Vec<String> = agent.services().unwrap().iter().map(|f| f.frontend.clone()).collect();
     assert!(!frontends.iter().any(|f| f.starts_with("192.168.0.151")), "{frontends:?}");
 
@@ -196,9 +201,13 @@ async fn kube_01_rollout_and_api_faults_lose_no_connection() {
     agent.wait_for_log("kubernetes API unreachable", 1, Duration::from_secs(15)).unwrap();
     assert!(source(&agent).starts_with("kubernetes API unreachable"), "{}", source(&agent));
     assert_eq!(api_up_metric(&t).await, Some(0.0));
-    let down_generation = generation(&agent);
     fleet.run_for_except(5, &["b1"]).await.unwrap();
+    let bpffs = agent.bpffs.clone();
     let halted = agent.halt(Stop::Term).unwrap();
+    // The plan as the stopped agent left it (its last collections may have
+    // retired drained endpoints): the restarted one must not change it.
+    let pinned = run(Command::new(agent::binary()).args(["status", "--json", "--bpffs"]).arg(&bpffs)).unwrap();
+    let down_generation = serde_json::from_str::<serde_json::Value>(&pinned).unwrap()["configGeneration"].as_u64().unwrap();
     agent = halted.resume(&t.node, &["--drain-timeout", "6", "--gc-interval", "1"]).unwrap();
     agent.wait_for_log("kubernetes API unreachable", 1, Duration::from_secs(15)).unwrap();
     assert_eq!(generation(&agent), down_generation, "an agent restarted while the API is away changed the plan");

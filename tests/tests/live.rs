@@ -409,7 +409,10 @@ async fn reloads_lose_no_connection_full_nat_t2() {
 /// it within a second or two of the deadline, the endpoint sees its side end
 /// — while every other connection goes on.
 async fn drain_timeout_case(t: &Topo, all: &str, without_first: &str, first: &str) {
-    let agent = Agent::start(&t.node, &t.dir, all, &["--gc-interval", "1", "--drain-timeout", "5"]).unwrap();
+    // Reset flows linger --tcp-fin-timeout before they are collected (and
+    // their endpoint's traffic slot freed): short here, so that last check
+    // does not race the default 10 s.
+    let agent = Agent::start(&t.node, &t.dir, all, &["--gc-interval", "1", "--drain-timeout", "5", "--tcp-fin-timeout", "2"]).unwrap();
     let fleet = Fleet::open(&t.client, &t.clients, t.vip(), 64).await.unwrap();
     fleet.run_for(1).await.unwrap();
     let on_first = fleet.members.iter().filter(|m| m.backend == first).count();

@@ -9,6 +9,7 @@ mod image;
 mod prereqs;
 mod test;
 mod testrun;
+mod vm;
 
 use std::{ffi::OsString, process::ExitCode};
 
@@ -103,6 +104,22 @@ enum Cmd {
     /// archive, for `ctr -n k8s.io images import` on nodes), and checks it: the image holds
     /// only `/wsfwd`, which runs chrooted in the image's own filesystem.
     Image,
+
+    /// Run a command inside a VM on Debian 12's kernel (6.1), under qemu's software emulation.
+    ///
+    /// The kernel comes from Debian's linux-image-6.1.0-*-amd64 package, unpacked under
+    /// target/vm (never installed); the guest's root is this machine's tree shared read-only
+    /// over 9p, with tmpfs on /tmp and /run and bpffs mounted, so built binaries run as they
+    /// are. The command runs as root in the current directory; its exit status becomes ours.
+    /// Example: `cargo xtask vm -- target/debug/wsfwd --version`.
+    Vm {
+        /// The guest kernel: debian-6.1.
+        #[arg(long, default_value = "debian-6.1")]
+        kernel: String,
+        /// The command (after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
+        command: Vec<OsString>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -134,5 +151,6 @@ fn dispatch(command: Cmd) -> Result<ExitCode> {
         Cmd::Demo => demo::demo().map(|()| ExitCode::SUCCESS),
         Cmd::Bench { args } => bench::bench(&args),
         Cmd::Image => image::image().map(|()| ExitCode::SUCCESS),
+        Cmd::Vm { kernel, command } => vm::vm(&kernel, &command),
     }
 }

@@ -303,7 +303,7 @@ impl Datapath {
                 .program_mut(prog)
                 .ok_or_else(|| anyhow!("program {prog} missing from the object"))?
                 .try_into()?;
-            p.load().with_context(|| format!("loading {prog} ({NEEDS})"))?;
+            p.load().with_context(|| format!("loading {prog} ({NEEDS}; with them, a refusal is the verifier's, whose output follows)"))?;
             // Says which build runs: the tag is a hash of the instructions.
             if let Ok(info) = p.info() {
                 log::info!("{prog}: program id {}, tag {:016x}", info.id(), info.tag());
@@ -337,7 +337,7 @@ impl Datapath {
                 Some(xdp_mode) => {
                     let p: &mut Xdp = self.ebpf.program_mut(XDP).ok_or_else(|| anyhow!("program {XDP} missing from the object"))?.try_into()?;
                     if p.fd().is_err() {
-                        p.load().with_context(|| format!("loading {XDP} ({NEEDS})"))?;
+                        p.load().with_context(|| format!("loading {XDP} ({NEEDS}; with them, a refusal is the verifier's, whose output follows)"))?;
                         if let Ok(info) = p.info() {
                             log::info!("{XDP}: program id {}, tag {:016x}", info.id(), info.tag());
                         }
@@ -404,7 +404,7 @@ impl Datapath {
         let p: &mut SchedClassifier =
             self.ebpf.program_mut(FROM_ENDPOINTS).ok_or_else(|| anyhow!("program {FROM_ENDPOINTS} missing from the object"))?.try_into()?;
         if p.fd().is_err() {
-            p.load().with_context(|| format!("loading {FROM_ENDPOINTS} ({NEEDS})"))?;
+            p.load().with_context(|| format!("loading {FROM_ENDPOINTS} ({NEEDS}; with them, a refusal is the verifier's, whose output follows)"))?;
             if let Ok(info) = p.info() {
                 log::info!("{FROM_ENDPOINTS}: program id {}, tag {:016x}", info.id(), info.tag());
             }

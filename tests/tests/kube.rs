@@ -138,18 +138,16 @@ async fn kube_01_rollout_and_api_faults_lose_no_connection() {
         &[("10.244.1.10", READY), ("10.244.2.10", READY), ("10.244.3.10", READY)],
         &[("10.244.4.10", READY)],
     ]);
-    api.apply_yaml(&b4_added).unwrap();
-    applied(1).unwrap();
-    fleet.run_for(2).await.unwrap();
-    affinity.new_connections_follow(&t, &b4_added, "b4 added").await;
     let b1_terminating = cluster(&[
         &[("10.244.1.10", TERMINATING), ("10.244.2.10", READY), ("10.244.3.10", READY)],
         &[("10.244.4.10", READY)],
     ]);
-    api.apply_yaml(&b1_terminating).unwrap();
-    applied(2).unwrap();
-    fleet.run_for(2).await.unwrap();
-    affinity.new_connections_follow(&t, &b1_terminating, "b1 terminating").await;
+    for (n, (step, yaml)) in [("b4 added", &b4_added), ("b1 terminating", &b1_terminating)].into_iter().enumerate() {
+        api.apply_yaml(yaml).unwrap();
+        applied(n + 1).unwrap_or_else(|e| panic!("{step}: {e:#}"));
+        fleet.run_for(2).await.unwrap_or_else(|e| panic!("{step}: {e:#}"));
+        affinity.new_connections_follow(&t, yaml, step).await;
+    }
     let b1_gone = cluster(&[&[("10.244.2.10", READY), ("10.244.3.10", READY)], &[("10.244.4.10", READY)]]);
     api.apply_yaml(&b1_gone).unwrap();
     applied(3).unwrap();

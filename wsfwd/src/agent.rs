@@ -163,19 +163,18 @@ impl Agent<'_> {
             log::warn!("Service {}/{} skipped: it does not translate (above); the others are applied", k.0, k.1);
         }
         self.skipped = selected.skipped;
-        let notes: BTreeSet<String> = selected.notes.warnings.iter().chain(&selected.notes.infos).cloned().collect();
-        for n in notes.difference(&self.notes) {
+        // Said once each, at their level, as a file's are when it is read.
+        for n in selected.notes.warnings.iter().filter(|n| !self.notes.contains(*n)) {
+            log::warn!("{n}");
+        }
+        for n in selected.notes.infos.iter().filter(|n| !self.notes.contains(*n)) {
             log::info!("{n}");
         }
-        self.notes = notes;
+        self.notes = selected.notes.warnings.into_iter().chain(selected.notes.infos).collect();
         if self.planned {
             return self.update(selected.services, "kubernetes", started);
         }
-        let placed = netif::resolve(&self.args.ifaces)
-            .and_then(|i| placement::resolve(&selected.services, &i, &self.args.snat_ips, self.args.node_name.as_deref()))
-            .map_err(anyhow::Error::msg)
-            .and_then(|node| check_node_ports(self.snat_range, &selected.services).map(|()| node));
-        let first = placed.and_then(|node| self.first_plan(selected.services, &node).map(|()| node));
+        let first = self.place(&selected.services).and_then(|node| self.first_plan(selected.services, &node).map(|()| node));
         match first {
             Ok(node) => {
                 let _ = self.dp.record_load(LOAD_APPLIED);
@@ -217,12 +216,7 @@ impl Agent<'_> {
             let _ = self.dp.record_load(LOAD_APPLIED);
             return;
         }
-        let placed = netif::resolve(&self.args.ifaces)
-            .and_then(|i| placement::resolve(&services, &i, &self.args.snat_ips, self.args.node_name.as_deref()));
-        let applied = placed
-            .map_err(anyhow::Error::msg)
-            .and_then(|node| check_node_ports(self.snat_range, &services).map(|()| node))
-            .and_then(|node| self.apply(&services, &node).map(|a| (node, a)));
+        let applied = self.place(&services).and_then(|node| self.apply(&services, &node).map(|a| (node, a)));
         match applied {
             Ok((node, a)) => {
                 self.drains.update(&self.services, &services, Instant::now());
@@ -256,6 +250,15 @@ impl Agent<'_> {
         }
         log::error!("{path}: rejected ({} error(s)); the running configuration is kept", errors.0.len());
         let _ = self.dp.record_load(LOAD_REJECTED);
+    }
+
+    /// Where `services`' endpoints sit from this node, checked against the
+    /// SNAT port range: what a new plan is made for.
+    fn place(&self, services: &[Service]) -> anyhow::Result<Node> {
+        let ifaces = netif::resolve(&self.args.ifaces).map_err(anyhow::Error::msg)?;
+        let node = placement::resolve(services, &ifaces, &self.args.snat_ips, self.args.node_name.as_deref()).map_err(anyhow::Error::msg)?;
+        check_node_ports(self.snat_range, services)?;
+        Ok(node)
     }
 
     /// Compiles `services` as placed on `node` and makes it the live plan.

@@ -258,3 +258,21 @@ fn http(code: u16, content_type: &str, body: &str) -> String {
         body.len()
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::{AgentCounts, healthz};
+
+    #[test]
+    fn healthz_follows_the_agents_collections() {
+        let limit = Duration::from_secs(20);
+        let at = |ago: u64| AgentCounts { heartbeat: Instant::now().checked_sub(Duration::from_secs(ago)), ..AgentCounts::default() };
+        assert_eq!(healthz(&at(1), limit).0, 200);
+        let (code, why) = healthz(&at(30), limit);
+        assert_eq!(code, 503);
+        assert!(why.contains("30 s ago"), "{why}");
+        assert_eq!(healthz(&AgentCounts::default(), limit).0, 503);
+    }
+}

@@ -55,7 +55,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             );
             let mut f = Follower::start(client, opts);
             if args.dry_run {
-                return dry_run(&args, &mut f, opts.which).await;
+                return dry_run(&args, &mut f).await;
             }
             follower = Some(f);
             (Vec::new(), None)
@@ -84,9 +84,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 _ = int.recv() => return Ok(()),
                 () = f.until_listed() => {}
             }
-            let which = kube_which(&args);
-            let selected = f.snapshot().select(which);
-            Some(selected.services)
+            Some(f.selected().services)
         }
         _ => None,
     };
@@ -211,7 +209,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             notice = next_notice(&mut follower) => match notice {
                 Notice::Changed => {
                     if let Some(f) = &follower {
-                        agent.cluster_changed(f.snapshot().select(kube_which(&args)));
+                        agent.cluster_changed(f.selected());
                     }
                 }
                 Notice::State(state) => agent.api_state(state),
@@ -264,23 +262,16 @@ async fn next_notice(follower: &mut Option<Follower>) -> Notice {
     }
 }
 
-fn kube_which(args: &RunArgs) -> kubernetes::Which {
-    match &args.source {
-        Source::Kubernetes(o) => o.which,
-        Source::File(_) => kubernetes::Which::All,
-    }
-}
-
 /// How long `--dry-run` waits for the API server's lists.
 const DRY_RUN_WAIT: Duration = Duration::from_secs(60);
 
 /// `run --kubernetes --dry-run`: the plan the cluster's objects make, as
 /// `wsfwd check --iface` prints it (routes read, nothing touched).
-async fn dry_run(args: &RunArgs, f: &mut Follower, which: kubernetes::Which) -> Result<(), RunError> {
+async fn dry_run(args: &RunArgs, f: &mut Follower) -> Result<(), RunError> {
     if tokio::time::timeout(DRY_RUN_WAIT, f.until_listed()).await.is_err() {
         return Err(anyhow::anyhow!("the API server's lists were not complete within {} s", DRY_RUN_WAIT.as_secs()).into());
     }
-    let selected = f.snapshot().select(which);
+    let selected = f.selected();
     selected.notes.log();
     for (k, why) in &selected.skipped {
         for w in why {

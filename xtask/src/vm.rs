@@ -11,7 +11,7 @@ use std::{
     process::{Command, ExitCode},
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 
 use crate::{cargo, cmd, prereqs};
 
@@ -129,16 +129,12 @@ fn initramfs(dir: &Path, root: &Path, version: &str) -> Result<PathBuf> {
 fn script(root: &Path, command: &[OsString]) -> Result<String> {
     let cwd = std::env::current_dir()?;
     let words: Vec<String> = command.iter().map(|w| quote(Path::new(w))).collect();
-    let modules = root.display().to_string();
-    if modules.contains('\'') {
-        bail!("the kernel tree's path {modules:?} holds a quote");
-    }
     Ok(format!(
         r#"mount -t bpf bpf /sys/fs/bpf
 mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 mkdir -p /run/netns
 # The kernel asks for modules (veth, sch_ingress…) by running this.
-printf '#!/bin/sh\nexec /usr/sbin/modprobe -d %s "$@"\n' '{modules}' > /run/modprobe && chmod +x /run/modprobe
+printf '#!/bin/sh\nexec /usr/sbin/modprobe -d "%s" "$@"\n' {modules} > /run/modprobe && chmod +x /run/modprobe
 echo /run/modprobe > /proc/sys/kernel/modprobe
 ip link set lo up
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root PYTHONDONTWRITEBYTECODE=1
@@ -150,6 +146,7 @@ echo o > /proc/sysrq-trigger
 sleep 10
 "#,
         cwd = quote(&cwd),
+        modules = quote(root),
         cmd = words.join(" "),
     ))
 }

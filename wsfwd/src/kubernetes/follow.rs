@@ -25,7 +25,7 @@ use tokio::{
     task::JoinHandle,
 };
 
-use super::snapshot::{Key, Snapshot, Which, key_of};
+use super::snapshot::{Key, Selected, Snapshot, Which, key_of};
 
 /// How long the stream must be quiet before a change is reported, and the
 /// longest a change waits while events keep coming.
@@ -65,16 +65,6 @@ pub enum ApiState {
     Reachable,
     /// Failing; the agent keeps retrying and the datapath keeps its plan.
     Unreachable,
-}
-
-impl ApiState {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Connecting => "connecting",
-            Self::Reachable => "reachable",
-            Self::Unreachable => "unreachable",
-        }
-    }
 }
 
 /// What the follower has to tell.
@@ -139,6 +129,7 @@ impl<K: Resource> Kind<K> {
 
 pub struct Follower {
     rx: mpsc::Receiver<Msg>,
+    which: Which,
     services: Kind<Service>,
     slices: Kind<EndpointSlice>,
     state: ApiState,
@@ -209,6 +200,7 @@ impl Follower {
         }));
         Self {
             rx,
+            which: opts.which,
             services: Kind::new(),
             slices: Kind::new(),
             state: ApiState::Connecting,
@@ -235,9 +227,9 @@ impl Follower {
         }
     }
 
-    /// The objects as last reported.
-    pub fn snapshot(&self) -> Snapshot {
-        Snapshot { services: self.services.objects.clone(), slices: self.slices.objects.clone() }
+    /// The service ports the objects as last reported make.
+    pub fn selected(&self) -> Selected {
+        Snapshot { services: self.services.objects.clone(), slices: self.slices.objects.clone() }.select(self.which)
     }
 
     /// Waits for the next notice. Cancel-safe: what was received is kept.

@@ -4,7 +4,7 @@ mod follow;
 mod snapshot;
 
 pub use follow::{ApiState, Follower, Notice, Options, client};
-pub use snapshot::{Key, Selected, Snapshot, Which, newly_skipped};
+pub use snapshot::{Key, Selected, Which, newly_skipped};
 
 /// Kubernetes' label that hands a Service to a proxy other than kube-proxy.
 pub const PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
